@@ -1,0 +1,79 @@
+//! The admin listener: `/livez`, `/readyz`, `/metrics`. Never the callback port,
+//! so probes and scrapes neither compete with nor reveal the callback path.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::gateway::Gateway;
+use crate::server::HEADER_READ_TIMEOUT;
+
+/// Serves until `stop` turns true.
+pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let stream = tokio::select! {
+            _ = async { stop.wait_for(|s| *s).await.is_ok() } => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let gateway = gateway.clone();
+                async move { Ok::<_, Infallible>(route(&gateway, &request)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn route(gateway: &Gateway, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    match request.uri().path() {
+        "/livez" => text(StatusCode::OK, "ok\n"),
+        "/readyz" if gateway.health.is_ready() => text(StatusCode::OK, "ready\n"),
+        "/readyz" if gateway.health.is_shutting_down() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+        }
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
+        "/metrics" => {
+            let mut response = Response::new(Full::new(Bytes::from(gateway.metrics.render())));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

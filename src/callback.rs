@@ -1,0 +1,596 @@
+//! The callback's JSON object: parsing, validation, and the body the legacy
+//! system receives.
+//!
+//! Values are kept as the raw JSON text Feishu sent, never re-encoded, so a
+//! `message_id` above 2^53 or any unknown field reaches the upstream exactly as
+//! it arrived, in the same order. Pure functions, no I/O.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+/// Field names Feishu defines.
+pub mod field {
+    pub const ACTION_TYPE: &str = "action_type";
+    pub const ACTION_CONTEXT: &str = "action_context";
+    pub const USER_ID: &str = "user_id";
+    pub const APPROVAL_CODE: &str = "approval_code";
+    pub const INSTANCE_ID: &str = "instance_id";
+    pub const TASK_ID: &str = "task_id";
+    pub const MESSAGE_ID: &str = "message_id";
+    pub const ID: &str = "id";
+    pub const REASON: &str = "reason";
+    pub const ATTACHMENTS: &str = "attachments";
+    pub const TOKEN: &str = "token";
+    pub const ENCRYPT: &str = "encrypt";
+}
+
+/// Why a body is not an acceptable callback object. Each variant names what is wrong
+/// so the approver (and the operator reading logs) can tell which field it was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("body is not valid JSON")]
+    NotJson,
+    #[error("body is not a JSON object")]
+    NotObject,
+    #[error("body is nested more than {MAX_DEPTH} levels deep")]
+    TooDeep,
+    #[error("field {0} appears more than once")]
+    DuplicateField(String),
+    #[error("field {0} is missing")]
+    Missing(&'static str),
+    #[error("field {field} must be {expected}")]
+    WrongType {
+        field: &'static str,
+        expected: &'static str,
+    },
+}
+
+/// The deepest nesting accepted. Feishu's callbacks are three levels deep at
+/// most; a deeper body could only be meant to exhaust a parser's stack,
+/// the gateway's or the legacy system's.
+pub const MAX_DEPTH: usize = 32;
+
+/// The deepest nesting of arrays and objects in `bytes`, counting past strings.
+/// Stops counting once `limit` is exceeded.
+fn depth_exceeds(bytes: &[u8], limit: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// A parsed JSON object whose values are still the raw text they arrived as.
+pub struct Fields<'a> {
+    entries: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl fmt::Debug for Fields<'_> {
+    /// Lists field names only: values can hold the token.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.entries.iter().map(|(k, _)| k))
+            .finish()
+    }
+}
+
+impl<'a> Fields<'a> {
+    /// Parses a JSON object, refusing duplicate keys: with two `token` fields,
+    /// the gateway and the legacy system could disagree on which one counts.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, BodyError> {
+        if depth_exceeds(bytes, MAX_DEPTH) {
+            return Err(BodyError::TooDeep);
+        }
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let mut duplicate = None;
+        let entries = match de.deserialize_map(ObjectVisitor {
+            duplicate: &mut duplicate,
+        }) {
+            Ok(entries) => entries,
+            Err(_) if duplicate.is_some() => {
+                return Err(BodyError::DuplicateField(duplicate.unwrap_or_default()));
+            }
+            Err(e) if e.is_data() => return Err(BodyError::NotObject),
+            Err(_) => return Err(BodyError::NotJson),
+        };
+        de.end().map_err(|_| BodyError::NotJson)?;
+        Ok(Self { entries })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.entries
+            .iter()
+            .find_map(|(k, v)| (k.as_ref() == name).then_some(*v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// A field's value when it is a JSON string; `Ok(None)` when absent or null.
+    pub fn string(&self, name: &'static str) -> Result<Option<Cow<'a, str>>, BodyError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(raw) if raw.get() == "null" => Ok(None),
+            Some(raw) => serde_json::from_str::<Cow<'a, str>>(raw.get())
+                .map(Some)
+                .map_err(|_| BodyError::WrongType {
+                    field: name,
+                    expected: "a string",
+                }),
+        }
+    }
+
+    fn required_string(&self, name: &'static str) -> Result<Cow<'a, str>, BodyError> {
+        match self.string(name)? {
+            Some(s) if !s.is_empty() => Ok(s),
+            Some(_) => Err(BodyError::WrongType {
+                field: name,
+                expected: "a non-empty string",
+            }),
+            None => Err(BodyError::Missing(name)),
+        }
+    }
+}
+
+struct ObjectVisitor<'d> {
+    /// Set to the repeated key, so the caller can name it.
+    duplicate: &'d mut Option<String>,
+}
+
+impl<'de> Visitor<'de> for ObjectVisitor<'_> {
+    type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut entries: Self::Value = Vec::with_capacity(map.size_hint().unwrap_or(12));
+        while let Some(Key(key)) = map.next_key()? {
+            if entries.iter().any(|(k, _)| *k == key) {
+                // Callback objects have a dozen fields, so a linear scan beats hashing.
+                *self.duplicate = Some(key.into_owned());
+                return Err(de::Error::custom("duplicate field"));
+            }
+            let value: &'de RawValue = map.next_value()?;
+            entries.push((key, value));
+        }
+        Ok(entries)
+    }
+}
+
+/// A key borrowed from the input when it has no escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// The facts about a validated callback that logs, metrics and duplicate
+/// detection need. Values are decoded strings; none of them is secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub action_type: String,
+    pub user_id: String,
+    pub approval_code: String,
+    pub instance_id: Option<String>,
+    pub task_id: Option<String>,
+    pub message_id: Option<String>,
+}
+
+/// A callback that passed validation, ready to forward.
+#[derive(Debug)]
+pub struct Callback {
+    pub summary: Summary,
+    /// What the legacy system receives: the object minus `token` and `encrypt`.
+    pub upstream_body: Vec<u8>,
+    /// Stable for the same approval decision, different for a different one.
+    pub idempotency_key: String,
+}
+
+/// Options that change the forwarded body.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForwardOptions {
+    /// Forward `message_id` as a decimal string (JavaScript legacy systems round
+    /// large JSON numbers).
+    pub message_id_as_string: bool,
+}
+
+/// Validates an authenticated callback object and builds what is forwarded.
+pub fn validate(fields: &Fields<'_>, opts: ForwardOptions) -> Result<Callback, BodyError> {
+    let action_type = fields.required_string(field::ACTION_TYPE)?;
+    let user_id = fields.required_string(field::USER_ID)?;
+    let approval_code = fields.required_string(field::APPROVAL_CODE)?;
+    let instance_id = fields.string(field::INSTANCE_ID)?;
+    let task_id = fields.string(field::TASK_ID)?;
+    let id = fields.string(field::ID)?;
+    let action_context = fields.string(field::ACTION_CONTEXT)?;
+    fields.string(field::REASON)?;
+    let message_id = message_id(fields)?;
+    check_attachments(fields)?;
+
+    let upstream_body = upstream_body(fields, message_id.as_ref(), opts);
+
+    let mut hash = Sha256::new();
+    hash.update(b"feishu-gate/decision/v1");
+    for part in [
+        Some(approval_code.as_ref()),
+        instance_id.as_deref(),
+        task_id.as_deref(),
+        id.as_deref(),
+        message_id.as_ref().map(|m| m.digits.as_str()),
+        Some(user_id.as_ref()),
+        Some(action_type.as_ref()),
+        action_context.as_deref(),
+    ] {
+        hash_part(&mut hash, part.map(str::as_bytes));
+    }
+    let targets_nothing =
+        instance_id.is_none() && task_id.is_none() && id.is_none() && message_id.is_none();
+    if targets_nothing {
+        // Without an id naming the task, only the whole content tells decisions apart.
+        hash_part(&mut hash, Some(&upstream_body));
+    }
+    let idempotency_key = hex(&hash.finalize());
+
+    Ok(Callback {
+        summary: Summary {
+            action_type: action_type.into_owned(),
+            user_id: user_id.into_owned(),
+            approval_code: approval_code.into_owned(),
+            instance_id: instance_id.map(Cow::into_owned),
+            task_id: task_id.map(Cow::into_owned),
+            message_id: message_id.map(|m| m.digits),
+        },
+        upstream_body,
+        idempotency_key,
+    })
+}
+
+fn hash_part(hash: &mut Sha256, part: Option<&[u8]>) {
+    match part {
+        None => hash.update([0u8]),
+        Some(bytes) => {
+            hash.update([1u8]);
+            hash.update((bytes.len() as u64).to_be_bytes());
+            hash.update(bytes);
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
+struct MessageId {
+    /// Canonical decimal digits, identical for the number and string forms.
+    digits: String,
+    /// Whether it arrived as a bare JSON number.
+    is_number: bool,
+}
+
+const MESSAGE_ID_TYPE: BodyError = BodyError::WrongType {
+    field: field::MESSAGE_ID,
+    expected: "an int64 number or a string of digits",
+};
+
+fn message_id(fields: &Fields<'_>) -> Result<Option<MessageId>, BodyError> {
+    let Some(raw) = fields.get(field::MESSAGE_ID) else {
+        return Ok(None);
+    };
+    let text = raw.get();
+    if text == "null" {
+        return Ok(None);
+    }
+    let (digits, is_number) = if text.starts_with('"') {
+        let s: Cow<'_, str> = serde_json::from_str(text).map_err(|_| MESSAGE_ID_TYPE)?;
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(MESSAGE_ID_TYPE);
+        }
+        (s.into_owned(), false)
+    } else {
+        // Only integer syntax: `1.0` or `1e3` would already have lost the exact id.
+        let unsigned = text.strip_prefix('-').unwrap_or(text);
+        if unsigned.is_empty() || !unsigned.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(MESSAGE_ID_TYPE);
+        }
+        (text.to_owned(), true)
+    };
+    let value: i64 = digits.parse().map_err(|_| MESSAGE_ID_TYPE)?;
+    Ok(Some(MessageId {
+        digits: value.to_string(),
+        is_number,
+    }))
+}
+
+fn check_attachments(fields: &Fields<'_>) -> Result<(), BodyError> {
+    let Some(raw) = fields.get(field::ATTACHMENTS) else {
+        return Ok(());
+    };
+    if raw.get() == "null" {
+        return Ok(());
+    }
+    let wrong = BodyError::WrongType {
+        field: field::ATTACHMENTS,
+        expected: "a list of objects",
+    };
+    let items: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(|_| wrong.clone())?;
+    if items.iter().all(|item| item.get().starts_with('{')) {
+        Ok(())
+    } else {
+        Err(wrong)
+    }
+}
+
+fn upstream_body(
+    fields: &Fields<'_>,
+    message_id: Option<&MessageId>,
+    opts: ForwardOptions,
+) -> Vec<u8> {
+    let size: usize = fields
+        .entries
+        .iter()
+        .map(|(k, v)| k.len() + v.get().len() + 4)
+        .sum();
+    let mut out = Vec::with_capacity(size + 2);
+    out.push(b'{');
+    let mut first = true;
+    for (key, value) in &fields.entries {
+        if key == field::TOKEN || key == field::ENCRYPT {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_json_string(&mut out, key);
+        out.push(b':');
+        match message_id {
+            Some(id) if key == field::MESSAGE_ID && id.is_number && opts.message_id_as_string => {
+                out.push(b'"');
+                out.extend_from_slice(id.digits.as_bytes());
+                out.push(b'"');
+            }
+            _ => out.extend_from_slice(value.get().as_bytes()),
+        }
+    }
+    out.push(b'}');
+    out
+}
+
+fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a `str` into a `Vec` cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V1: &str = r#"{"action_type":"APPROVE","action_context":"ctx-42","user_id":"b85s39b","approval_code":"A3895051-9B16-4ABA-B785-AD2986177BB1","instance_id":"people_1234","task_id":"step1","message_id":7250020197497765889,"reason":"ok","token":"sdjkljkx9lsadf110"}"#;
+
+    fn ok(body: &str) -> Callback {
+        validate(
+            &Fields::parse(body.as_bytes()).unwrap(),
+            ForwardOptions::default(),
+        )
+        .unwrap()
+    }
+
+    fn err(body: &str) -> BodyError {
+        match Fields::parse(body.as_bytes()) {
+            Err(e) => e,
+            Ok(f) => validate(&f, ForwardOptions::default()).unwrap_err(),
+        }
+    }
+
+    #[test]
+    fn forwards_everything_but_the_token_byte_exact_and_in_order() {
+        let cb = ok(V1);
+        assert_eq!(
+            String::from_utf8(cb.upstream_body).unwrap(),
+            r#"{"action_type":"APPROVE","action_context":"ctx-42","user_id":"b85s39b","approval_code":"A3895051-9B16-4ABA-B785-AD2986177BB1","instance_id":"people_1234","task_id":"step1","message_id":7250020197497765889,"reason":"ok"}"#
+        );
+        assert_eq!(
+            cb.summary.message_id.as_deref(),
+            Some("7250020197497765889")
+        );
+    }
+
+    #[test]
+    fn unknown_fields_escapes_and_nesting_pass_through_untouched() {
+        let body = r#"{"z":1.50,"token":"t","a\"b":"\u00e9\n","user_id":"u","nested":{"x":[1,2e3, null]},"approval_code":"c","action_type":"X_CUSTOM","big":123456789012345678901234567890}"#;
+        let cb = ok(body);
+        assert_eq!(
+            String::from_utf8(cb.upstream_body).unwrap(),
+            r#"{"z":1.50,"a\"b":"\u00e9\n","user_id":"u","nested":{"x":[1,2e3, null]},"approval_code":"c","action_type":"X_CUSTOM","big":123456789012345678901234567890}"#
+        );
+    }
+
+    #[test]
+    fn message_id_as_string_when_asked() {
+        let f = Fields::parse(V1.as_bytes()).unwrap();
+        let cb = validate(
+            &f,
+            ForwardOptions {
+                message_id_as_string: true,
+            },
+        )
+        .unwrap();
+        let body = String::from_utf8(cb.upstream_body).unwrap();
+        assert!(
+            body.contains(r#""message_id":"7250020197497765889""#),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn message_id_string_and_number_are_the_same_decision() {
+        let as_string = V1.replace("7250020197497765889", "\"7250020197497765889\"");
+        let a = ok(V1);
+        let b = ok(&as_string);
+        assert_eq!(a.idempotency_key, b.idempotency_key);
+        assert!(
+            String::from_utf8(b.upstream_body)
+                .unwrap()
+                .contains("\"7250020197497765889\"")
+        );
+    }
+
+    #[test]
+    fn idempotency_key_tracks_the_decision_not_the_comment() {
+        let base = ok(V1).idempotency_key;
+        assert_eq!(base.len(), 64);
+        assert_eq!(base, ok(&V1.replace("\"ok\"", "\"fine\"")).idempotency_key);
+        assert_ne!(base, ok(&V1.replace("APPROVE", "REJECT")).idempotency_key);
+        assert_ne!(base, ok(&V1.replace("step1", "step2")).idempotency_key);
+        assert_ne!(base, ok(&V1.replace("b85s39b", "other")).idempotency_key);
+        // Without any task id the content decides.
+        let a = ok(r#"{"action_type":"APPROVE","user_id":"u","approval_code":"c","reason":"a"}"#);
+        let b = ok(r#"{"action_type":"APPROVE","user_id":"u","approval_code":"c","reason":"b"}"#);
+        assert_ne!(a.idempotency_key, b.idempotency_key);
+    }
+
+    #[test]
+    fn malformed_bodies() {
+        assert_eq!(err("not json"), BodyError::NotJson);
+        assert_eq!(err(""), BodyError::NotJson);
+        assert_eq!(err("[1,2]"), BodyError::NotObject);
+        assert_eq!(err("\"s\""), BodyError::NotObject);
+        assert_eq!(err("{\"a\":1"), BodyError::NotJson);
+        assert_eq!(err("{\"a\":1} x"), BodyError::NotJson);
+        assert_eq!(
+            err(&format!(
+                "{{\"a\":{}1{}}}",
+                "[".repeat(200),
+                "]".repeat(200)
+            )),
+            BodyError::TooDeep
+        );
+        assert_eq!(
+            err(r#"{"token":"a","token":"b"}"#),
+            BodyError::DuplicateField("token".into())
+        );
+        assert!(matches!(
+            Fields::parse(b"{\"a\":\"\xff\"}"),
+            Err(BodyError::NotJson)
+        ));
+    }
+
+    #[test]
+    fn required_fields_and_types() {
+        let full = r#"{"action_type":"APPROVE","user_id":"u","approval_code":"c"}"#;
+        ok(full);
+        for name in ["action_type", "user_id", "approval_code"] {
+            let mut v: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(full).unwrap();
+            v.remove(name);
+            let missing = serde_json::to_string(&v).unwrap();
+            assert!(matches!(err(&missing), BodyError::Missing(n) if n == name));
+            for bad in [
+                serde_json::json!(1),
+                serde_json::json!(""),
+                serde_json::json!(["x"]),
+            ] {
+                v.insert(name.to_owned(), bad);
+                let body = serde_json::to_string(&v).unwrap();
+                assert!(
+                    matches!(err(&body), BodyError::WrongType { field, .. } if field == name),
+                    "{body}"
+                );
+            }
+        }
+        for (name, bad) in [
+            ("instance_id", "1"),
+            ("task_id", "{}"),
+            ("id", "true"),
+            ("reason", "[]"),
+            ("action_context", "2"),
+            ("message_id", "1.5"),
+            ("message_id", "1e19"),
+            ("message_id", "\"12a\""),
+            ("message_id", "\"\""),
+            ("message_id", "99999999999999999999"),
+            ("message_id", "true"),
+            ("attachments", "{}"),
+            ("attachments", "[1]"),
+            ("attachments", "\"x\""),
+        ] {
+            let body = format!(
+                r#"{{"action_type":"A","user_id":"u","approval_code":"c","{name}":{bad}}}"#
+            );
+            assert!(
+                matches!(err(&body), BodyError::WrongType { field, .. } if field == name),
+                "{body}"
+            );
+        }
+        ok(
+            r#"{"action_type":"A","user_id":"u","approval_code":"c","attachments":[{"file_type":"IMAGE","file_size":3,"file_name":"a.png","url":"https://x"}],"instance_id":null}"#,
+        );
+    }
+
+    #[test]
+    fn debug_lists_names_not_values() {
+        let f = Fields::parse(V1.as_bytes()).unwrap();
+        let shown = format!("{f:?}");
+        assert!(shown.contains("token"));
+        assert!(!shown.contains("sdjkljkx9lsadf110"));
+    }
+}

@@ -1,0 +1,364 @@
+//! The command line: `serve` (default), `check-config`, `demo`, `send`,
+//! `encrypt`, `decrypt`. The process edge: environment, signals, exit codes.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use http::Uri;
+use tokio::net::TcpListener;
+
+use crate::config::{self, Config, ConfigErrors, EXIT_CONFIG, Loaded};
+use crate::envelope::CallbackKey;
+use crate::gateway::Gateway;
+use crate::logging::{self, Sink};
+use crate::send::{self, CallbackFields};
+use crate::server::{self, Listeners};
+
+/// Exit status when a second signal cuts the drain short.
+const EXIT_FORCED: u8 = 130;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "feishu-gate",
+    version,
+    about = "Sidecar between Feishu's quick-approval callbacks and a legacy approval system",
+    long_about = "Sidecar between Feishu's quick-approval callbacks and a legacy approval system.\n\n\
+                  Configured by FEISHU_GATE_* environment variables; run `feishu-gate check-config` \
+                  to see the effective settings."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway, configured from the environment (the default).
+    Serve,
+    /// Validate the environment and print the effective settings, secrets redacted.
+    CheckConfig,
+    /// Start the gateway and an example legacy system on loopback, send a sample
+    /// encrypted callback through both, then keep serving until Ctrl-C.
+    Demo(crate::demo::DemoArgs),
+    /// Play Feishu against a running gateway: the smoke test after a deployment.
+    Send(Box<SendArgs>),
+    /// Seal stdin into Feishu's `{"encrypt": ...}` envelope.
+    Encrypt(EncryptArgs),
+    /// Open Feishu's envelope (a `{"encrypt": ...}` body or the bare base64) from stdin.
+    Decrypt(KeyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// Feishu's action_callback_key (a comma-separated list: tried in order).
+    #[arg(long, env = "FEISHU_GATE_KEY", hide_env_values = true)]
+    pub key: String,
+}
+
+#[derive(Debug, Args)]
+pub struct EncryptArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Print only the base64 value, not the JSON body.
+    #[arg(long)]
+    pub raw: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The gateway's callback URL.
+    #[arg(long, default_value = "http://127.0.0.1:8443/")]
+    pub url: Uri,
+    /// Feishu's action_callback_token (the first of a comma-separated list is used).
+    #[arg(long, env = "FEISHU_GATE_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Feishu's action_callback_key; when given, the callback is encrypted.
+    #[arg(long, env = "FEISHU_GATE_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// APPROVE, REJECT, or a custom action key.
+    #[arg(long, default_value = "APPROVE")]
+    pub action: String,
+    #[arg(long, default_value = "feishu-gate-smoke-test")]
+    pub user_id: String,
+    #[arg(long, default_value = "FEISHU-GATE-SMOKE-TEST")]
+    pub approval_code: String,
+    #[arg(long)]
+    pub instance_id: Option<String>,
+    #[arg(long)]
+    pub task_id: Option<String>,
+    #[arg(long)]
+    pub message_id: Option<u64>,
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[arg(long)]
+    pub action_context: Option<String>,
+    /// PEM file of a CA to trust for an https:// URL (besides the system's roots).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Give up after this long (Feishu waits 10 s).
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+}
+
+/// Runs the command line and returns the process's exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(),
+        Command::CheckConfig => check_config(),
+        Command::Demo(args) => run_async(crate::demo::run(args)),
+        Command::Send(args) => run_async(send_command(*args)),
+        Command::Encrypt(args) => encrypt(&args),
+        Command::Decrypt(args) => decrypt(&args),
+    }
+}
+
+fn run_async(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("feishu-gate: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_failure(errors: &ConfigErrors) -> ExitCode {
+    eprintln!("{errors}");
+    ExitCode::from(EXIT_CONFIG as u8)
+}
+
+/// The configuration plus every check that needs the files it names, so that
+/// `check-config` and `serve` refuse exactly the same things.
+fn load() -> Result<(Loaded, Gateway), ConfigErrors> {
+    let loaded = Config::from_env()?;
+    let gateway = Gateway::new(&loaded.config)?;
+    Ok((loaded, gateway))
+}
+
+fn check_config() -> ExitCode {
+    let result = load();
+    match result {
+        Err(errors) => config_failure(&errors),
+        Ok((loaded, _)) => {
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
+            }
+            for (name, value) in loaded.config.describe() {
+                println!("{name}={value}");
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn serve() -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("feishu-gate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let (loaded, gateway) = match load() {
+            Ok(ok) => ok,
+            Err(errors) => return config_failure(&errors),
+        };
+        let config = loaded.config;
+        logging::init(config.log_format, Sink::Stdout);
+        for warning in &loaded.warnings {
+            tracing::warn!("{warning}");
+        }
+        let settings: Vec<String> = config.describe().into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), settings = %settings.join(" "), "starting");
+        let listeners = match bind(&config).await {
+            Ok(l) => l,
+            Err(message) => {
+                tracing::error!("{message}");
+                eprintln!("{message}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let shutdown = shutdown_signal();
+        server::serve(Arc::new(gateway), listeners, None, shutdown, config.shutdown_grace).await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn bind(config: &Config) -> Result<Listeners, String> {
+    let callback = TcpListener::bind(config.listen).await.map_err(|e| {
+        format!(
+            "{}: cannot listen on {}: {e}",
+            config::LISTEN,
+            config.listen
+        )
+    })?;
+    let admin = TcpListener::bind(config.admin_listen).await.map_err(|e| {
+        format!(
+            "{}: cannot listen on {}: {e}",
+            config::ADMIN_LISTEN,
+            config.admin_listen
+        )
+    })?;
+    Ok(Listeners { callback, admin })
+}
+
+/// Completes on the first SIGTERM or SIGINT. A second one exits at once.
+pub async fn shutdown_signal() {
+    wait_for_signal().await;
+    tracing::info!("signal received: draining (send it again to exit at once)");
+    tokio::spawn(async {
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting without waiting for in-flight callbacks");
+        std::process::exit(i32::from(EXIT_FORCED));
+    });
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the only way out is being killed; never resolve.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn read_stdin() -> Result<Vec<u8>, ExitCode> {
+    let mut input = Vec::new();
+    std::io::stdin().read_to_end(&mut input).map_err(|e| {
+        eprintln!("feishu-gate: cannot read stdin: {e}");
+        ExitCode::FAILURE
+    })?;
+    Ok(input)
+}
+
+fn first_key(list: &str) -> &str {
+    list.split(',')
+        .map(str::trim)
+        .find(|k| !k.is_empty())
+        .unwrap_or(list)
+}
+
+fn encrypt(args: &EncryptArgs) -> ExitCode {
+    let input = match read_stdin() {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
+    // A shell's trailing newline is no part of the callback.
+    let plaintext = input.strip_suffix(b"\n").unwrap_or(&input);
+    let sealed = match CallbackKey::new(first_key(&args.key.key)).encrypt(plaintext) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("feishu-gate: no randomness for the IV: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let out = if args.raw {
+        sealed
+    } else {
+        serde_json::json!({ "encrypt": sealed }).to_string()
+    };
+    println!("{out}");
+    ExitCode::SUCCESS
+}
+
+fn decrypt(args: &KeyArgs) -> ExitCode {
+    let input = match read_stdin() {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
+    let text = String::from_utf8_lossy(&input);
+    let text = text.trim();
+    let encrypt = if text.starts_with('{') {
+        match serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|v| v.get("encrypt").and_then(|e| e.as_str()).map(str::to_owned))
+        {
+            Some(e) => e,
+            None => {
+                eprintln!("feishu-gate: the input is JSON without a string \"encrypt\" field");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        text.to_owned()
+    };
+    let mut last_error = None;
+    for key in args.key.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+        match CallbackKey::new(key).decrypt(&encrypt) {
+            Ok(plain) if serde_json::from_slice::<serde_json::Value>(&plain).is_ok() => {
+                let mut out = std::io::stdout();
+                let _ = out.write_all(&plain);
+                let _ = out.write_all(b"\n");
+                return ExitCode::SUCCESS;
+            }
+            Ok(_) => {
+                last_error = Some("decrypts to something that is not JSON (wrong key?)".to_owned())
+            }
+            Err(e) => last_error = Some(e.to_string()),
+        }
+    }
+    eprintln!(
+        "feishu-gate: cannot decrypt: {}",
+        last_error.unwrap_or_else(|| "no key given".to_owned())
+    );
+    ExitCode::FAILURE
+}
+
+async fn send_command(args: SendArgs) -> ExitCode {
+    let token = first_key(&args.token);
+    let fields = CallbackFields {
+        action_type: args.action,
+        user_id: args.user_id,
+        approval_code: args.approval_code,
+        instance_id: args.instance_id,
+        task_id: args.task_id,
+        message_id: args.message_id,
+        reason: args.reason,
+        action_context: args.action_context,
+    };
+    let plaintext = fields.to_json(token);
+    let body = match args.key.as_deref().map(first_key) {
+        None => plaintext,
+        Some(key) => match send::seal(key, &plaintext) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("feishu-gate: no randomness for the IV: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let timeout = Duration::from_millis(args.timeout_ms);
+    match send::post(&args.url, body, args.ca_file.as_deref(), timeout).await {
+        Ok((status, body)) => {
+            println!("{} {}", status.as_u16(), String::from_utf8_lossy(&body));
+            if status.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("feishu-gate: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

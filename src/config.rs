@@ -1,0 +1,990 @@
+//! Configuration: every `FEISHU_GATE_*` variable, parsed once into [`Config`].
+//!
+//! All variables are read and every problem is collected before anything
+//! binds, so an operator sees the whole list at once. The rest of the code
+//! never reads the environment; tests pass a map.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Uri};
+
+use crate::secret::{KeySet, TokenSet};
+
+/// Prefix every variable shares.
+pub const PREFIX: &str = "FEISHU_GATE_";
+
+/// Address Feishu's callbacks arrive on.
+pub const LISTEN: &str = "FEISHU_GATE_LISTEN";
+/// Address of `/livez`, `/readyz` and `/metrics`; never the callback port.
+pub const ADMIN_LISTEN: &str = "FEISHU_GATE_ADMIN_LISTEN";
+/// The one path that accepts callbacks.
+pub const CALLBACK_PATH: &str = "FEISHU_GATE_CALLBACK_PATH";
+/// The legacy system's endpoint.
+pub const UPSTREAM_URL: &str = "FEISHU_GATE_UPSTREAM_URL";
+/// Bound on the whole upstream exchange, in milliseconds.
+pub const UPSTREAM_TIMEOUT_MS: &str = "FEISHU_GATE_UPSTREAM_TIMEOUT_MS";
+/// Extra request headers for the legacy system, `name=value,name=value`
+/// (values percent-encoded). Secret: they usually carry credentials.
+pub const UPSTREAM_HEADERS: &str = "FEISHU_GATE_UPSTREAM_HEADERS";
+/// Extra trust anchors (PEM) for an `https://` upstream.
+pub const UPSTREAM_CA_FILE: &str = "FEISHU_GATE_UPSTREAM_CA_FILE";
+/// Client certificate chain (PEM) for mutual TLS to the upstream.
+pub const UPSTREAM_CLIENT_CERT: &str = "FEISHU_GATE_UPSTREAM_CLIENT_CERT";
+/// Private key (PEM) for [`UPSTREAM_CLIENT_CERT`].
+pub const UPSTREAM_CLIENT_KEY: &str = "FEISHU_GATE_UPSTREAM_CLIENT_KEY";
+/// Business-success rule for a 2xx answer, `POINTER==VALUE`.
+pub const UPSTREAM_OK: &str = "FEISHU_GATE_UPSTREAM_OK";
+/// Feishu's `action_callback_token`; comma-separated during rotation.
+pub const TOKEN: &str = "FEISHU_GATE_TOKEN";
+/// Feishu's `action_callback_key`; comma-separated during rotation.
+pub const KEY: &str = "FEISHU_GATE_KEY";
+/// With a key set, also accept unencrypted callbacks.
+pub const ALLOW_PLAINTEXT: &str = "FEISHU_GATE_ALLOW_PLAINTEXT";
+/// PEM certificate chain for the callback listener.
+pub const TLS_CERT: &str = "FEISHU_GATE_TLS_CERT";
+/// PEM private key for the callback listener.
+pub const TLS_KEY: &str = "FEISHU_GATE_TLS_KEY";
+/// Larger bodies are refused before they are read.
+pub const MAX_BODY_BYTES: &str = "FEISHU_GATE_MAX_BODY_BYTES";
+/// Callbacks per second, all approvers together; `0` turns the limit off.
+pub const RATE_LIMIT_RPS: &str = "FEISHU_GATE_RATE_LIMIT_RPS";
+/// Burst allowance of the global limit.
+pub const RATE_LIMIT_BURST: &str = "FEISHU_GATE_RATE_LIMIT_BURST";
+/// Callbacks per second per approver `user_id`; `0` (default) is off.
+pub const USER_RATE_LIMIT_RPS: &str = "FEISHU_GATE_USER_RATE_LIMIT_RPS";
+/// Burst allowance of the per-approver limit.
+pub const USER_RATE_LIMIT_BURST: &str = "FEISHU_GATE_USER_RATE_LIMIT_BURST";
+/// How long a delivered decision is remembered; `0` turns suppression off.
+pub const DEDUP_TTL_SECS: &str = "FEISHU_GATE_DEDUP_TTL_SECS";
+/// Forward `message_id` as a decimal string.
+pub const MESSAGE_ID_AS_STRING: &str = "FEISHU_GATE_MESSAGE_ID_AS_STRING";
+/// Language of the gateway's own messages to approvers.
+pub const LANG: &str = "FEISHU_GATE_LANG";
+/// `json` or `text`.
+pub const LOG_FORMAT: &str = "FEISHU_GATE_LOG_FORMAT";
+/// How long in-flight callbacks may finish after SIGTERM.
+pub const SHUTDOWN_GRACE_MS: &str = "FEISHU_GATE_SHUTDOWN_GRACE_MS";
+
+/// Every variable the gateway reads (secrets also have a `_FILE` form).
+pub const VARIABLES: &[&str] = &[
+    LISTEN,
+    ADMIN_LISTEN,
+    CALLBACK_PATH,
+    UPSTREAM_URL,
+    UPSTREAM_TIMEOUT_MS,
+    UPSTREAM_HEADERS,
+    UPSTREAM_CA_FILE,
+    UPSTREAM_CLIENT_CERT,
+    UPSTREAM_CLIENT_KEY,
+    UPSTREAM_OK,
+    TOKEN,
+    KEY,
+    ALLOW_PLAINTEXT,
+    TLS_CERT,
+    TLS_KEY,
+    MAX_BODY_BYTES,
+    RATE_LIMIT_RPS,
+    RATE_LIMIT_BURST,
+    USER_RATE_LIMIT_RPS,
+    USER_RATE_LIMIT_BURST,
+    DEDUP_TTL_SECS,
+    MESSAGE_ID_AS_STRING,
+    LANG,
+    LOG_FORMAT,
+    SHUTDOWN_GRACE_MS,
+];
+
+/// Variables that may instead be read from the file named by `<NAME>_FILE`.
+pub const SECRET_VARIABLES: &[&str] = &[TOKEN, KEY, UPSTREAM_HEADERS];
+
+/// Feishu stops waiting for an answer after this long.
+pub const FEISHU_DEADLINE: Duration = Duration::from_secs(10);
+/// The longest upstream timeout that still leaves the request read and the
+/// answer inside [`FEISHU_DEADLINE`].
+pub const MAX_UPSTREAM_TIMEOUT_MS: u64 = 9_000;
+
+/// Exit status for a configuration error (`EX_USAGE`).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Language of the gateway's own messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    Zh,
+    En,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// A token bucket: sustained rate and burst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+/// The certificate and key files of the callback listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Client certificate for mutual TLS to the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `UPSTREAM_OK`: the JSON value at `pointer` in a 2xx body must equal `expected`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OkRule {
+    pub pointer: String,
+    pub expected: serde_json::Value,
+}
+
+impl OkRule {
+    /// Parses `POINTER==VALUE`. `VALUE` is JSON when it parses as JSON
+    /// (`0`, `true`, `"0"`), otherwise a plain string (`ok`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (pointer, value) = text
+            .split_once("==")
+            .ok_or_else(|| "must be POINTER==VALUE, e.g. /code==0".to_owned())?;
+        let pointer = pointer.trim();
+        if !pointer.is_empty() && !pointer.starts_with('/') {
+            return Err("the JSON pointer must start with /, e.g. /code==0".to_owned());
+        }
+        let value = value.trim();
+        let expected = serde_json::from_str(value)
+            .unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
+        Ok(Self {
+            pointer: pointer.to_owned(),
+            expected,
+        })
+    }
+
+    /// Whether an upstream body satisfies the rule. Numbers compare by value,
+    /// so `0`, `0.0` and `-0` are all zero.
+    pub fn holds(&self, body: &[u8]) -> bool {
+        let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return false;
+        };
+        match (doc.pointer(&self.pointer), &self.expected) {
+            (Some(serde_json::Value::Number(a)), serde_json::Value::Number(b)) => {
+                match (a.as_i64(), b.as_i64(), a.as_u64(), b.as_u64()) {
+                    (Some(x), Some(y), _, _) => x == y,
+                    (_, _, Some(x), Some(y)) => x == y,
+                    _ => a.as_f64() == b.as_f64(),
+                }
+            }
+            (Some(found), expected) => found == expected,
+            (None, _) => false,
+        }
+    }
+}
+
+impl fmt::Display for OkRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}=={}", self.pointer, self.expected)
+    }
+}
+
+/// Extra headers for the upstream. Values are secret; `Debug` shows names only.
+#[derive(Clone, Default)]
+pub struct UpstreamHeaders(pub Vec<(HeaderName, HeaderValue)>);
+
+impl fmt::Debug for UpstreamHeaders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(n, _)| (n.as_str(), "<redacted>")))
+            .finish()
+    }
+}
+
+/// Headers the gateway itself owns on the upstream request.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+    "expect",
+    "user-agent",
+    "x-request-id",
+    "idempotency-key",
+];
+
+/// The gateway's whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub callback_path: String,
+    pub upstream_url: Uri,
+    pub upstream_timeout: Duration,
+    pub upstream_headers: UpstreamHeaders,
+    pub upstream_ca_file: Option<PathBuf>,
+    pub upstream_client: Option<ClientIdentity>,
+    pub upstream_ok: Option<OkRule>,
+    pub tokens: TokenSet,
+    pub keys: KeySet,
+    pub allow_plaintext: bool,
+    pub tls: Option<TlsFiles>,
+    pub max_body_bytes: usize,
+    pub rate_limit: Option<RateLimit>,
+    pub user_rate_limit: Option<RateLimit>,
+    pub dedup_ttl: Option<Duration>,
+    pub message_id_as_string: bool,
+    pub lang: Lang,
+    pub log_format: LogFormat,
+    pub shutdown_grace: Duration,
+}
+
+/// One problem with one variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub variable: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.variable, self.problem)
+    }
+}
+
+/// Every problem found, one per line when displayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A parsed configuration and the warnings worth logging about it.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Parses the process environment.
+    pub fn from_env() -> Result<Loaded, ConfigErrors> {
+        Self::from_vars(std::env::vars_os().filter_map(|(k, v)| {
+            // A non-UTF-8 value of ours is reported as such; other variables are not our business.
+            let k = k.into_string().ok()?;
+            let v = v.into_string().unwrap_or_else(|_| NOT_UTF8.to_owned());
+            Some((k, v))
+        }))
+    }
+
+    /// Parses variables from any source (tests pass a map).
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Loaded, ConfigErrors>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let vars: HashMap<String, String> = vars
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .filter(|(k, _)| k.starts_with(PREFIX))
+            .collect();
+        let mut p = Parser {
+            vars: &vars,
+            errors: Vec::new(),
+        };
+        let config = p.config();
+        let warnings = unknown_variables(&vars);
+        match config {
+            Some(config) if p.errors.is_empty() => Ok(Loaded { config, warnings }),
+            _ => Err(ConfigErrors(p.errors)),
+        }
+    }
+
+    /// The effective settings, one `NAME=value` per entry, secrets redacted.
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        let off = || "off".to_owned();
+        let limit = |l: &Option<RateLimit>| {
+            l.map_or_else(off, |l| format!("{}/s burst {}", l.per_second, l.burst))
+        };
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map_or_else(|| "none".to_owned(), |p| p.display().to_string())
+        };
+        vec![
+            (LISTEN, self.listen.to_string()),
+            (ADMIN_LISTEN, self.admin_listen.to_string()),
+            (CALLBACK_PATH, self.callback_path.clone()),
+            (UPSTREAM_URL, self.upstream_url.to_string()),
+            (
+                UPSTREAM_TIMEOUT_MS,
+                self.upstream_timeout.as_millis().to_string(),
+            ),
+            (
+                UPSTREAM_HEADERS,
+                if self.upstream_headers.0.is_empty() {
+                    "none".to_owned()
+                } else {
+                    self.upstream_headers
+                        .0
+                        .iter()
+                        .map(|(n, _)| format!("{n}=<redacted>"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                },
+            ),
+            (UPSTREAM_CA_FILE, path(&self.upstream_ca_file)),
+            (
+                UPSTREAM_CLIENT_CERT,
+                path(&self.upstream_client.as_ref().map(|c| c.cert.clone())),
+            ),
+            (
+                UPSTREAM_CLIENT_KEY,
+                path(&self.upstream_client.as_ref().map(|c| c.key.clone())),
+            ),
+            (
+                UPSTREAM_OK,
+                self.upstream_ok
+                    .as_ref()
+                    .map_or_else(|| "none".to_owned(), ToString::to_string),
+            ),
+            (TOKEN, format!("<redacted: {}>", self.tokens.len())),
+            (
+                KEY,
+                if self.keys.is_empty() {
+                    "none".to_owned()
+                } else {
+                    format!("<redacted: {}>", self.keys.len())
+                },
+            ),
+            (ALLOW_PLAINTEXT, self.allow_plaintext.to_string()),
+            (TLS_CERT, path(&self.tls.as_ref().map(|t| t.cert.clone()))),
+            (TLS_KEY, path(&self.tls.as_ref().map(|t| t.key.clone()))),
+            (MAX_BODY_BYTES, self.max_body_bytes.to_string()),
+            (RATE_LIMIT_RPS, limit(&self.rate_limit)),
+            (USER_RATE_LIMIT_RPS, limit(&self.user_rate_limit)),
+            (
+                DEDUP_TTL_SECS,
+                self.dedup_ttl.map_or_else(off, |d| d.as_secs().to_string()),
+            ),
+            (MESSAGE_ID_AS_STRING, self.message_id_as_string.to_string()),
+            (
+                LANG,
+                match self.lang {
+                    Lang::Zh => "zh",
+                    Lang::En => "en",
+                }
+                .to_owned(),
+            ),
+            (
+                LOG_FORMAT,
+                match self.log_format {
+                    LogFormat::Json => "json",
+                    LogFormat::Text => "text",
+                }
+                .to_owned(),
+            ),
+            (
+                SHUTDOWN_GRACE_MS,
+                self.shutdown_grace.as_millis().to_string(),
+            ),
+        ]
+    }
+}
+
+const NOT_UTF8: &str = "\u{0}not-utf8";
+
+/// `FEISHU_GATE_*` names that are not ours: likely typos, worth a warning.
+/// Kubernetes injects `<SERVICE>_SERVICE_HOST`/`<SERVICE>_PORT*` for a Service
+/// named `feishu-gate`; those are expected and not reported.
+fn unknown_variables(vars: &HashMap<String, String>) -> Vec<String> {
+    let mut unknown: Vec<String> = vars
+        .keys()
+        .filter(|k| {
+            let known = VARIABLES.contains(&k.as_str())
+                || SECRET_VARIABLES
+                    .iter()
+                    .any(|s| k.strip_suffix("_FILE") == Some(s));
+            let injected =
+                k.starts_with("FEISHU_GATE_SERVICE_") || k.starts_with("FEISHU_GATE_PORT");
+            !known && !injected
+        })
+        .map(|k| format!("{k} is not a feishu-gate setting and is ignored"))
+        .collect();
+    unknown.sort();
+    unknown
+}
+
+struct Parser<'a> {
+    vars: &'a HashMap<String, String>,
+    errors: Vec<ConfigError>,
+}
+
+impl Parser<'_> {
+    fn fail(&mut self, variable: &str, problem: impl Into<String>) {
+        self.errors.push(ConfigError {
+            variable: variable.to_owned(),
+            problem: problem.into(),
+        });
+    }
+
+    /// A plain variable; empty counts as unset so manifests can blank one out.
+    fn raw(&mut self, name: &str) -> Option<String> {
+        match self.vars.get(name) {
+            Some(v) if v == NOT_UTF8 => {
+                self.fail(name, "is not valid UTF-8");
+                None
+            }
+            Some(v) if v.trim().is_empty() => None,
+            Some(v) => Some(v.trim().to_owned()),
+            None => None,
+        }
+    }
+
+    /// A secret, from the variable or from the file `<NAME>_FILE` names.
+    fn secret(&mut self, name: &str) -> Option<String> {
+        let file_var = format!("{name}_FILE");
+        let direct = self.raw(name);
+        let file = self.raw(&file_var);
+        match (direct, file) {
+            (Some(_), Some(_)) => {
+                self.fail(name, format!("set either {name} or {file_var}, not both"));
+                None
+            }
+            (Some(v), None) => Some(v),
+            (None, Some(path)) => match std::fs::read(&path) {
+                Ok(bytes) => match String::from_utf8(bytes) {
+                    // Secrets written with `echo` or an editor end in a newline that is no part of them.
+                    Ok(text) => Some(text.trim_end_matches(['\n', '\r']).to_owned()),
+                    Err(_) => {
+                        self.fail(&file_var, format!("{path} is not valid UTF-8"));
+                        None
+                    }
+                },
+                Err(e) => {
+                    self.fail(&file_var, format!("cannot read {path}: {}", e.kind()));
+                    None
+                }
+            },
+            (None, None) => None,
+        }
+    }
+
+    fn list(&mut self, name: &str) -> Vec<String> {
+        self.secret(name)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn parsed<T: std::str::FromStr>(&mut self, name: &str, default: T, what: &str) -> T {
+        match self.raw(name) {
+            None => default,
+            Some(v) => v.parse().unwrap_or_else(|_| {
+                self.fail(name, format!("{v:?} is not {what}"));
+                default
+            }),
+        }
+    }
+
+    fn number(&mut self, name: &str, default: u64, min: u64, max: u64) -> u64 {
+        let what = format!("a whole number from {min} to {max}");
+        let n = self.parsed(name, default, &what);
+        if (min..=max).contains(&n) {
+            n
+        } else {
+            self.fail(name, format!("{n} is out of range: must be {what}"));
+            default
+        }
+    }
+
+    fn boolean(&mut self, name: &str) -> bool {
+        match self.raw(name).map(|v| v.to_ascii_lowercase()) {
+            None => false,
+            Some(v) => match v.as_str() {
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" => false,
+                _ => {
+                    self.fail(name, format!("{v:?} is not true or false"));
+                    false
+                }
+            },
+        }
+    }
+
+    fn path(&mut self, name: &str) -> Option<PathBuf> {
+        let p = PathBuf::from(self.raw(name)?);
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_file() => Some(p),
+            Ok(_) => {
+                self.fail(name, format!("{} is not a file", p.display()));
+                None
+            }
+            Err(e) => {
+                self.fail(name, format!("cannot read {}: {}", p.display(), e.kind()));
+                None
+            }
+        }
+    }
+
+    fn pair(&mut self, a: &str, b: &str) -> Option<(PathBuf, PathBuf)> {
+        let (set_a, set_b) = (self.raw(a).is_some(), self.raw(b).is_some());
+        match (set_a, set_b) {
+            (true, true) => Some((self.path(a)?, self.path(b)?)),
+            (false, false) => None,
+            (true, false) => {
+                self.fail(b, format!("must be set together with {a}"));
+                None
+            }
+            (false, true) => {
+                self.fail(a, format!("must be set together with {b}"));
+                None
+            }
+        }
+    }
+
+    fn rate(&mut self, rps_var: &str, burst_var: &str, default_rps: u64) -> Option<RateLimit> {
+        let rps = self.number(rps_var, default_rps, 0, 1_000_000);
+        let burst = self.number(burst_var, rps.saturating_mul(2).max(1), 1, 10_000_000);
+        let per_second = u32::try_from(rps).ok()?;
+        let burst = u32::try_from(burst).ok()?;
+        (per_second > 0).then_some(RateLimit { per_second, burst })
+    }
+
+    fn config(&mut self) -> Option<Config> {
+        let listen = self.parsed(LISTEN, default_addr(8443), "an address like 0.0.0.0:8443");
+        let admin_listen = self.parsed(
+            ADMIN_LISTEN,
+            default_addr(9901),
+            "an address like 0.0.0.0:9901",
+        );
+        if listen == admin_listen {
+            self.fail(ADMIN_LISTEN, format!("must differ from {LISTEN}"));
+        }
+        let callback_path = self.raw(CALLBACK_PATH).unwrap_or_else(|| "/".to_owned());
+        if !callback_path.starts_with('/')
+            || callback_path.contains(['?', '#'])
+            || callback_path.parse::<Uri>().is_err()
+        {
+            self.fail(
+                CALLBACK_PATH,
+                format!("{callback_path:?} is not a path like /feishu/callback"),
+            );
+        }
+        let upstream_url = self.upstream_url();
+        let upstream_timeout = Duration::from_millis(self.number(
+            UPSTREAM_TIMEOUT_MS,
+            8_000,
+            1,
+            MAX_UPSTREAM_TIMEOUT_MS,
+        ));
+        let upstream_headers = self.upstream_headers();
+        let upstream_ca_file = self.path(UPSTREAM_CA_FILE);
+        let upstream_client = self
+            .pair(UPSTREAM_CLIENT_CERT, UPSTREAM_CLIENT_KEY)
+            .map(|(cert, key)| ClientIdentity { cert, key });
+        let upstream_ok = self.raw(UPSTREAM_OK).and_then(|v| {
+            OkRule::parse(&v)
+                .map_err(|e| self.fail(UPSTREAM_OK, e))
+                .ok()
+        });
+        let tokens = self.list(TOKEN);
+        if tokens.is_empty() && !self.errors.iter().any(|e| e.variable.starts_with(TOKEN)) {
+            self.fail(TOKEN, "is required (Feishu's action_callback_token)");
+        }
+        let keys = self.list(KEY);
+        let allow_plaintext = self.boolean(ALLOW_PLAINTEXT);
+        let tls = self
+            .pair(TLS_CERT, TLS_KEY)
+            .map(|(cert, key)| TlsFiles { cert, key });
+        let max_body_bytes = self.number(MAX_BODY_BYTES, 65_536, 1_024, 16 * 1024 * 1024);
+        let rate_limit = self.rate(RATE_LIMIT_RPS, RATE_LIMIT_BURST, 200);
+        let user_rate_limit = self.rate(USER_RATE_LIMIT_RPS, USER_RATE_LIMIT_BURST, 0);
+        let dedup_secs = self.number(DEDUP_TTL_SECS, 600, 0, 7 * 24 * 3600);
+        let message_id_as_string = self.boolean(MESSAGE_ID_AS_STRING);
+        let lang = match self.raw(LANG).as_deref() {
+            None | Some("zh") => Lang::Zh,
+            Some("en") => Lang::En,
+            Some(other) => {
+                self.fail(LANG, format!("{other:?} is not zh or en"));
+                Lang::Zh
+            }
+        };
+        let log_format = match self.raw(LOG_FORMAT).as_deref() {
+            None | Some("json") => LogFormat::Json,
+            Some("text") => LogFormat::Text,
+            Some(other) => {
+                self.fail(LOG_FORMAT, format!("{other:?} is not json or text"));
+                LogFormat::Json
+            }
+        };
+        let shutdown_grace =
+            Duration::from_millis(self.number(SHUTDOWN_GRACE_MS, 8_000, 0, 3_600_000));
+
+        Some(Config {
+            listen,
+            admin_listen,
+            callback_path,
+            upstream_url: upstream_url?,
+            upstream_timeout,
+            upstream_headers,
+            upstream_ca_file,
+            upstream_client,
+            upstream_ok,
+            tokens: TokenSet::new(tokens),
+            keys: KeySet::new(keys),
+            allow_plaintext,
+            tls,
+            max_body_bytes: usize::try_from(max_body_bytes).ok()?,
+            rate_limit,
+            user_rate_limit,
+            dedup_ttl: (dedup_secs > 0).then(|| Duration::from_secs(dedup_secs)),
+            message_id_as_string,
+            lang,
+            log_format,
+            shutdown_grace,
+        })
+    }
+
+    fn upstream_url(&mut self) -> Option<Uri> {
+        let Some(text) = self.raw(UPSTREAM_URL) else {
+            self.fail(
+                UPSTREAM_URL,
+                "is required (the legacy system's endpoint, http:// or https://)",
+            );
+            return None;
+        };
+        let problem = match text.parse::<Uri>() {
+            Err(_) => "is not a valid URL",
+            Ok(uri) => match (uri.scheme_str(), uri.authority()) {
+                (Some("http" | "https"), Some(a)) if a.as_str().contains('@') => {
+                    "must not carry credentials; send them with FEISHU_GATE_UPSTREAM_HEADERS"
+                }
+                (Some("http" | "https"), Some(a)) if !a.host().is_empty() => return Some(uri),
+                (Some("http" | "https"), _) => "has no host",
+                _ => "must start with http:// or https://",
+            },
+        };
+        self.fail(UPSTREAM_URL, problem);
+        None
+    }
+
+    fn upstream_headers(&mut self) -> UpstreamHeaders {
+        let Some(text) = self.secret(UPSTREAM_HEADERS) else {
+            return UpstreamHeaders::default();
+        };
+        let mut headers = Vec::new();
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            // Problems name the header, never its value: values are credentials.
+            let Some((name, value)) = item.split_once('=') else {
+                let shown: String = item.chars().take_while(|c| *c != ':').take(40).collect();
+                self.fail(
+                    UPSTREAM_HEADERS,
+                    format!("entry starting {shown:?} is not name=value"),
+                );
+                continue;
+            };
+            let name = name.trim();
+            let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
+                self.fail(
+                    UPSTREAM_HEADERS,
+                    format!("{name:?} is not a valid header name"),
+                );
+                continue;
+            };
+            if RESERVED_HEADERS.contains(&header.as_str()) {
+                self.fail(
+                    UPSTREAM_HEADERS,
+                    format!("{header} is set by the gateway itself"),
+                );
+                continue;
+            }
+            let value = percent_decode(value.trim());
+            match value.and_then(|v| HeaderValue::from_bytes(&v).ok()) {
+                Some(mut v) => {
+                    v.set_sensitive(true);
+                    headers.push((header, v));
+                }
+                None => self.fail(
+                    UPSTREAM_HEADERS,
+                    format!("the value of {header} is not a valid header value"),
+                ),
+            }
+        }
+        UpstreamHeaders(headers)
+    }
+}
+
+fn default_addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], port))
+}
+
+/// `%XX` decoding, so values may hold commas (`%2C`) and other separators.
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> Vec<(String, String)> {
+        vec![
+            (UPSTREAM_URL.into(), "http://127.0.0.1:8080/approve".into()),
+            (TOKEN.into(), "tok".into()),
+        ]
+    }
+
+    fn with(extra: &[(&str, &str)]) -> Result<Loaded, ConfigErrors> {
+        let mut vars = minimal();
+        for (k, v) in extra {
+            vars.retain(|(name, _)| name != k);
+            vars.push(((*k).into(), (*v).into()));
+        }
+        Config::from_vars(vars)
+    }
+
+    fn errors(extra: &[(&str, &str)]) -> Vec<String> {
+        with(extra)
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn defaults_follow_the_product_table() {
+        let c = with(&[]).unwrap().config;
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(c.admin_listen.to_string(), "0.0.0.0:9901");
+        assert_eq!(c.callback_path, "/");
+        assert_eq!(c.upstream_timeout, Duration::from_millis(8000));
+        assert_eq!(c.max_body_bytes, 65536);
+        assert_eq!(
+            c.rate_limit,
+            Some(RateLimit {
+                per_second: 200,
+                burst: 400
+            })
+        );
+        assert_eq!(c.user_rate_limit, None);
+        assert_eq!(c.dedup_ttl, Some(Duration::from_secs(600)));
+        assert_eq!(c.lang, Lang::Zh);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.shutdown_grace, Duration::from_millis(8000));
+        assert!(c.keys.is_empty() && !c.allow_plaintext && c.tls.is_none());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_naming_the_variable() {
+        let errs = Config::from_vars([
+            (LISTEN, "nowhere"),
+            (UPSTREAM_TIMEOUT_MS, "9500"),
+            (LANG, "fr"),
+            (TLS_CERT, "/x.pem"),
+            (UPSTREAM_OK, "code=0"),
+            (RATE_LIMIT_RPS, "-1"),
+        ])
+        .unwrap_err()
+        .0;
+        let vars: Vec<&str> = errs.iter().map(|e| e.variable.as_str()).collect();
+        for expected in [
+            LISTEN,
+            UPSTREAM_URL,
+            UPSTREAM_TIMEOUT_MS,
+            TOKEN,
+            LANG,
+            TLS_KEY,
+            UPSTREAM_OK,
+            RATE_LIMIT_RPS,
+        ] {
+            assert!(vars.contains(&expected), "{expected} missing from {vars:?}");
+        }
+        let shown = ConfigErrors(errs).to_string();
+        assert!(shown.lines().all(|l| l.starts_with(PREFIX)), "{shown}");
+    }
+
+    #[test]
+    fn upstream_timeout_must_leave_time_to_answer_feishu() {
+        assert!(with(&[(UPSTREAM_TIMEOUT_MS, "9000")]).is_ok());
+        assert!(errors(&[(UPSTREAM_TIMEOUT_MS, "9001")])[0].starts_with(UPSTREAM_TIMEOUT_MS));
+        assert!(errors(&[(UPSTREAM_TIMEOUT_MS, "0")])[0].starts_with(UPSTREAM_TIMEOUT_MS));
+    }
+
+    #[test]
+    fn upstream_url_must_be_http_or_https_without_credentials() {
+        for bad in [
+            "ftp://x/",
+            "127.0.0.1:80",
+            "http://user:pw@host/",
+            "not a url",
+        ] {
+            let e = errors(&[(UPSTREAM_URL, bad)]);
+            assert!(e[0].starts_with(UPSTREAM_URL), "{bad}: {e:?}");
+            assert!(!e[0].contains("pw"), "{e:?}");
+        }
+        assert!(with(&[(UPSTREAM_URL, "https://legacy.internal:8443/cb?x=1")]).is_ok());
+    }
+
+    #[test]
+    fn secrets_from_files_and_rotation_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "new-token,old-token\n").unwrap();
+        let tf = token.to_str().unwrap();
+        let c = Config::from_vars([
+            (UPSTREAM_URL, "http://u/"),
+            ("FEISHU_GATE_TOKEN_FILE", tf),
+            (KEY, " k1 , k2 "),
+        ])
+        .unwrap()
+        .config;
+        assert!(c.tokens.accepts("new-token") && c.tokens.accepts("old-token"));
+        assert!(!c.tokens.accepts("new-token\n"));
+        assert_eq!(c.keys.len(), 2);
+
+        let e = errors(&[("FEISHU_GATE_TOKEN_FILE", tf)]);
+        assert_eq!(
+            e,
+            vec![format!(
+                "{TOKEN}: set either {TOKEN} or {TOKEN}_FILE, not both"
+            )]
+        );
+        let e = Config::from_vars([
+            (UPSTREAM_URL, "http://u/"),
+            ("FEISHU_GATE_TOKEN_FILE", "/nonexistent/t"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "FEISHU_GATE_TOKEN_FILE: cannot read /nonexistent/t: entity not found"
+        );
+    }
+
+    #[test]
+    fn upstream_headers_are_parsed_and_redacted() {
+        let c = with(&[(
+            UPSTREAM_HEADERS,
+            "Authorization=Bearer%20s3cr3t, X-Tenant=a%2Cb",
+        )])
+        .unwrap()
+        .config;
+        let h = &c.upstream_headers.0;
+        assert_eq!(h[0].0, "authorization");
+        assert_eq!(h[0].1, "Bearer s3cr3t");
+        assert_eq!(h[1].1, "a,b");
+        let shown = format!("{c:?}{:?}", c.describe());
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("tok\""),
+            "{shown}"
+        );
+        let e = errors(&[(
+            UPSTREAM_HEADERS,
+            "Host=x,bad header=1,Authorization:Bearer zz",
+        )]);
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(e.iter().all(|l| !l.contains("zz")), "{e:?}");
+    }
+
+    #[test]
+    fn ok_rule() {
+        let r = OkRule::parse("/code==0").unwrap();
+        assert!(r.holds(br#"{"code":0}"#));
+        assert!(r.holds(br#"{"code":0.0}"#));
+        assert!(!r.holds(br#"{"code":"0"}"#));
+        assert!(!r.holds(br#"{"code":1}"#));
+        assert!(!r.holds(br#"{}"#));
+        assert!(!r.holds(b"<html>"));
+        let r = OkRule::parse("/data/status==ok").unwrap();
+        assert!(r.holds(br#"{"data":{"status":"ok"}}"#));
+        let r = OkRule::parse("/success==true").unwrap();
+        assert!(r.holds(br#"{"success":true}"#));
+        assert!(OkRule::parse("code==0").is_err());
+        assert!(OkRule::parse("/code=0").is_err());
+    }
+
+    #[test]
+    fn unknown_variables_warn_but_kubernetes_service_links_do_not() {
+        let mut vars = minimal();
+        vars.push(("FEISHU_GATE_UPSTREM_URL".into(), "x".into()));
+        vars.push(("FEISHU_GATE_PORT".into(), "tcp://10.0.0.1:8443".into()));
+        vars.push(("FEISHU_GATE_SERVICE_HOST".into(), "10.0.0.1".into()));
+        let w = Config::from_vars(vars).unwrap().warnings;
+        assert_eq!(
+            w,
+            vec!["FEISHU_GATE_UPSTREM_URL is not a feishu-gate setting and is ignored"]
+        );
+    }
+
+    #[test]
+    fn misc_validation() {
+        assert!(errors(&[(CALLBACK_PATH, "feishu")])[0].starts_with(CALLBACK_PATH));
+        assert!(errors(&[(ADMIN_LISTEN, "0.0.0.0:8443")])[0].starts_with(ADMIN_LISTEN));
+        assert!(errors(&[(ALLOW_PLAINTEXT, "maybe")])[0].starts_with(ALLOW_PLAINTEXT));
+        assert!(errors(&[(MAX_BODY_BYTES, "10")])[0].starts_with(MAX_BODY_BYTES));
+        let c = with(&[
+            (RATE_LIMIT_RPS, "0"),
+            (USER_RATE_LIMIT_RPS, "2"),
+            (DEDUP_TTL_SECS, "0"),
+            (LANG, "en"),
+        ])
+        .unwrap()
+        .config;
+        assert_eq!(c.rate_limit, None);
+        assert_eq!(
+            c.user_rate_limit,
+            Some(RateLimit {
+                per_second: 2,
+                burst: 4
+            })
+        );
+        assert_eq!(c.dedup_ttl, None);
+        assert_eq!(c.lang, Lang::En);
+    }
+}

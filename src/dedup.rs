@@ -1,0 +1,219 @@
+//! Duplicate suppression: the same approval decision is delivered once.
+//!
+//! Keyed by the decision's idempotency key, derived from the decrypted fields
+//! (the ciphertext differs on every send). A copy that arrives while the first
+//! is in flight waits for the first's outcome; one that arrives after a
+//! successful delivery, within the TTL, is answered from memory. Failures are
+//! not remembered, so a retry goes through.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::respond::Outcome;
+
+/// The most decisions remembered at once; the oldest are forgotten first.
+pub const MAX_REMEMBERED: usize = 100_000;
+
+enum Entry {
+    InFlight(watch::Receiver<Option<Outcome>>),
+    Delivered,
+}
+
+#[derive(Default)]
+struct Table {
+    entries: HashMap<String, Entry>,
+    /// Delivered keys in the order they expire (the TTL is the same for all).
+    expiry: VecDeque<(Instant, String)>,
+}
+
+/// The decisions seen recently. Cloning shares the table.
+#[derive(Clone)]
+pub struct Dedup {
+    ttl: Duration,
+    cap: usize,
+    table: Arc<Mutex<Table>>,
+}
+
+impl std::fmt::Debug for Dedup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dedup")
+            .field("ttl", &self.ttl)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+/// What to do with a callback.
+pub enum Admission {
+    /// First of its kind: deliver, then report through the ticket.
+    Deliver(Ticket),
+    /// Already delivered within the TTL.
+    AlreadyDelivered,
+    /// A copy is being delivered now: wait for its outcome.
+    Wait(watch::Receiver<Option<Outcome>>),
+}
+
+/// Proof that this callback is the one delivering its decision. Dropping it
+/// without [`Ticket::finish`] (a cancelled request) counts as a failure.
+pub struct Ticket {
+    dedup: Dedup,
+    key: Option<String>,
+    tx: watch::Sender<Option<Outcome>>,
+}
+
+impl Dedup {
+    pub fn new(ttl: Duration) -> Self {
+        Self::with_capacity(ttl, MAX_REMEMBERED)
+    }
+
+    pub fn with_capacity(ttl: Duration, cap: usize) -> Self {
+        Self {
+            ttl,
+            cap: cap.max(1),
+            table: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // A panic while holding the lock leaves a consistent table: every
+        // mutation below completes before it could unwind.
+        self.table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn admit(&self, key: &str) -> Admission {
+        let now = Instant::now();
+        let mut table = self.lock();
+        expire(&mut table, now);
+        match table.entries.get(key) {
+            Some(Entry::Delivered) => return Admission::AlreadyDelivered,
+            Some(Entry::InFlight(rx)) => return Admission::Wait(rx.clone()),
+            None => {}
+        }
+        let (tx, rx) = watch::channel(None);
+        table.entries.insert(key.to_owned(), Entry::InFlight(rx));
+        Admission::Deliver(Ticket {
+            dedup: self.clone(),
+            key: Some(key.to_owned()),
+            tx,
+        })
+    }
+
+    fn settle(&self, key: String, delivered: bool) {
+        let now = Instant::now();
+        let mut table = self.lock();
+        if delivered {
+            while table.expiry.len() >= self.cap {
+                if let Some((_, old)) = table.expiry.pop_front() {
+                    table.entries.remove(&old);
+                }
+            }
+            table.expiry.push_back((now + self.ttl, key.clone()));
+            table.entries.insert(key, Entry::Delivered);
+        } else {
+            table.entries.remove(&key);
+        }
+    }
+}
+
+fn expire(table: &mut Table, now: Instant) {
+    while let Some((at, _)) = table.expiry.front() {
+        if *at > now {
+            break;
+        }
+        if let Some((_, key)) = table.expiry.pop_front()
+            && matches!(table.entries.get(&key), Some(Entry::Delivered))
+        {
+            table.entries.remove(&key);
+        }
+    }
+}
+
+impl Ticket {
+    /// Records the outcome and wakes every copy waiting on it.
+    pub fn finish(mut self, outcome: &Outcome) {
+        if let Some(key) = self.key.take() {
+            self.dedup.settle(key, *outcome == Outcome::Delivered);
+        }
+        self.tx.send_replace(Some(outcome.clone()));
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.dedup.settle(key, false);
+            // Waiters see the sender close and fall back to their own deadline.
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn remembers_successes_for_the_ttl_only() {
+        let d = Dedup::new(Duration::from_secs(60));
+        let Admission::Deliver(t) = d.admit("k") else {
+            panic!("first is delivered")
+        };
+        assert!(matches!(d.admit("k"), Admission::Wait(_)));
+        t.finish(&Outcome::Delivered);
+        assert!(matches!(d.admit("k"), Admission::AlreadyDelivered));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(matches!(d.admit("k"), Admission::Deliver(_)));
+    }
+
+    #[tokio::test]
+    async fn failures_are_forgotten_and_waiters_told() {
+        let d = Dedup::new(Duration::from_secs(60));
+        let Admission::Deliver(t) = d.admit("k") else {
+            panic!()
+        };
+        let Admission::Wait(mut rx) = d.admit("k") else {
+            panic!()
+        };
+        t.finish(&Outcome::TimedOut);
+        rx.changed().await.unwrap();
+        assert_eq!(*rx.borrow(), Some(Outcome::TimedOut));
+        assert!(matches!(d.admit("k"), Admission::Deliver(_)));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_ticket_frees_the_key() {
+        let d = Dedup::new(Duration::from_secs(60));
+        let Admission::Deliver(t) = d.admit("k") else {
+            panic!()
+        };
+        drop(t);
+        assert!(d.is_empty());
+    }
+
+    #[tokio::test]
+    async fn memory_is_capped() {
+        let d = Dedup::with_capacity(Duration::from_secs(600), 3);
+        for i in 0..10 {
+            let Admission::Deliver(t) = d.admit(&i.to_string()) else {
+                panic!()
+            };
+            t.finish(&Outcome::Delivered);
+        }
+        assert_eq!(d.len(), 3);
+        assert!(matches!(d.admit("9"), Admission::AlreadyDelivered));
+        assert!(matches!(d.admit("0"), Admission::Deliver(_)));
+    }
+}

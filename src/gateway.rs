@@ -1,0 +1,369 @@
+//! The path of one callback, top to bottom: route, limit, read, verify,
+//! deduplicate, forward, translate, answer, log.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Body;
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_util::task::TaskTracker;
+
+use crate::callback::{Callback, Summary};
+use crate::config::Config;
+use crate::dedup::{Admission, Dedup};
+use crate::limit::Limits;
+use crate::metrics::Metrics;
+use crate::respond::{Outcome, Rejection, Translator, UpstreamError};
+use crate::upstream::{Exchange, REQUEST_ID, Upstream};
+use crate::verify::Verifier;
+
+/// Feishu gives up after 10 s; answering by 9.5 s leaves room for the network.
+pub const ANSWER_WITHIN: Duration = Duration::from_millis(9_500);
+
+/// A callback body is a few KiB; a client slower than this is not Feishu.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Readiness and shutdown, shared with the admin listener and the server.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: AtomicBool,
+    shutting_down: AtomicBool,
+}
+
+impl Health {
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && !self.is_shutting_down()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+
+/// Everything one callback needs, built once from the configuration.
+#[derive(Debug)]
+pub struct Gateway {
+    path: String,
+    max_body: usize,
+    upstream_timeout: Duration,
+    verifier: Verifier,
+    upstream: Upstream,
+    translator: Translator,
+    limits: Limits,
+    dedup: Option<Dedup>,
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+    /// Deliveries run as their own tasks so a client hanging up cannot cancel
+    /// one half-way; shutdown waits for them here.
+    pub deliveries: TaskTracker,
+}
+
+/// The facts of one callback, gathered for its log line.
+#[derive(Default)]
+struct Record {
+    summary: Option<Summary>,
+    upstream_status: Option<StatusCode>,
+    upstream_elapsed: Option<Duration>,
+    detail: Option<String>,
+}
+
+impl Gateway {
+    pub fn new(config: &Config) -> Result<Self, crate::config::ConfigErrors> {
+        let mut secrets: Vec<String> = config.tokens.plain().to_vec();
+        secrets.extend_from_slice(config.keys.plain());
+        Ok(Self {
+            path: config.callback_path.clone(),
+            max_body: config.max_body_bytes,
+            upstream_timeout: config.upstream_timeout,
+            verifier: Verifier::from_config(config),
+            upstream: Upstream::new(config)?,
+            translator: Translator::new(config.lang, secrets),
+            limits: Limits::new(config.rate_limit, config.user_rate_limit),
+            dedup: config.dedup_ttl.map(Dedup::new),
+            health: Arc::default(),
+            metrics: Arc::default(),
+            deliveries: TaskTracker::new(),
+        })
+    }
+
+    /// Periodic upkeep: forget idle approvers' rate-limit state.
+    pub fn housekeeping(&self) {
+        self.limits.forget_idle();
+    }
+
+    /// Answers one request on the callback port.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let started = Instant::now();
+        let _in_flight = InFlight::new(&self.metrics);
+        let request_id = request_id(request.headers());
+        let mut record = Record::default();
+        let outcome = self
+            .process(request, started, &request_id, &mut record)
+            .await;
+
+        let mut response = self.translator.respond(&outcome);
+        response
+            .headers_mut()
+            .insert(REQUEST_ID, request_id.clone());
+        let elapsed = started.elapsed();
+        self.observe(&outcome, elapsed);
+        log(&outcome, response.status(), &request_id, elapsed, &record);
+        response
+    }
+
+    async fn process<B>(
+        &self,
+        request: Request<B>,
+        started: Instant,
+        request_id: &HeaderValue,
+        record: &mut Record,
+    ) -> Outcome
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if request.uri().path() != self.path {
+            return Outcome::Rejected(Rejection::NotFound);
+        }
+        if request.method() != Method::POST {
+            return Outcome::Rejected(Rejection::MethodNotAllowed);
+        }
+        if self.health.is_shutting_down() {
+            return Outcome::Rejected(Rejection::ShuttingDown);
+        }
+        if let Err(retry_after_secs) = self.limits.check_global() {
+            self.metrics
+                .rate_limited
+                .get_or_create(&[("scope", "global")])
+                .inc();
+            return Outcome::Rejected(Rejection::RateLimited { retry_after_secs });
+        }
+        let body = match self.read_body(request).await {
+            Ok(body) => body,
+            Err(rejection) => return Outcome::Rejected(rejection),
+        };
+        let callback = match self.verifier.verify(&body) {
+            Ok(callback) => callback,
+            Err(rejection) => {
+                record.detail = Some(detail(&rejection));
+                return Outcome::Rejected(rejection);
+            }
+        };
+        record.summary = Some(callback.summary.clone());
+        if let Err(retry_after_secs) = self.limits.check_user(&callback.summary.user_id) {
+            self.metrics
+                .rate_limited
+                .get_or_create(&[("scope", "user")])
+                .inc();
+            return Outcome::Rejected(Rejection::RateLimited { retry_after_secs });
+        }
+        let deadline = (Instant::now() + self.upstream_timeout).min(started + ANSWER_WITHIN);
+        self.forward(callback, request_id, deadline, record).await
+    }
+
+    async fn read_body<B>(&self, request: Request<B>) -> Result<Bytes, Rejection>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body as u64) {
+            return Err(Rejection::TooLarge);
+        }
+        let limited = Limited::new(request.into_body(), self.max_body);
+        match timeout(BODY_READ_TIMEOUT, limited.collect()).await {
+            Err(_) => Err(Rejection::SlowBody),
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                Err(Rejection::TooLarge)
+            }
+            Ok(Err(_)) => Err(Rejection::Unreadable),
+        }
+    }
+
+    async fn forward(
+        &self,
+        callback: Callback,
+        request_id: &HeaderValue,
+        deadline: Instant,
+        record: &mut Record,
+    ) -> Outcome {
+        let ticket = match &self.dedup {
+            None => None,
+            Some(dedup) => match dedup.admit(&callback.idempotency_key) {
+                Admission::Deliver(ticket) => Some(ticket),
+                Admission::AlreadyDelivered => {
+                    self.metrics
+                        .duplicates
+                        .get_or_create(&[("how", "remembered")])
+                        .inc();
+                    return Outcome::Duplicate;
+                }
+                Admission::Wait(mut first) => {
+                    self.metrics
+                        .duplicates
+                        .get_or_create(&[("how", "in_flight")])
+                        .inc();
+                    let settled = async {
+                        first
+                            .wait_for(Option::is_some)
+                            .await
+                            .ok()
+                            .and_then(|o| o.clone())
+                    };
+                    return match timeout_at(deadline, settled).await {
+                        Err(_) => Outcome::TimedOut,
+                        Ok(Some(Outcome::Delivered)) => Outcome::Duplicate,
+                        Ok(Some(other)) => other,
+                        // The first copy's task vanished (a panic): its fate is unknown.
+                        Ok(None) => Outcome::Unreachable(UpstreamError::Dropped),
+                    };
+                }
+            },
+        };
+        let upstream = self.upstream.clone();
+        let request_id = request_id.clone();
+        let delivery = self.deliveries.spawn(async move {
+            let exchange = upstream
+                .deliver(
+                    callback.upstream_body,
+                    &request_id,
+                    &callback.idempotency_key,
+                    deadline,
+                )
+                .await;
+            if let Some(ticket) = ticket {
+                ticket.finish(&exchange.outcome);
+            }
+            exchange
+        });
+        let exchange: Exchange = match delivery.await {
+            Ok(exchange) => exchange,
+            // Only a panic in the delivery task gets here; its decision's fate is unknown.
+            Err(_) => return Outcome::Unreachable(UpstreamError::Dropped),
+        };
+        record.upstream_status = exchange.status;
+        record.upstream_elapsed = Some(exchange.elapsed);
+        record.detail = exchange.detail;
+        self.metrics
+            .upstream_duration
+            .observe(exchange.elapsed.as_secs_f64());
+        exchange.outcome
+    }
+
+    fn observe(&self, outcome: &Outcome, elapsed: Duration) {
+        let m = &self.metrics;
+        m.callbacks
+            .get_or_create(&[("outcome", outcome.label())])
+            .inc();
+        m.callback_duration.observe(elapsed.as_secs_f64());
+        let kind = match outcome {
+            Outcome::Unreachable(e) => Some(e.label()),
+            Outcome::TimedOut => Some("timeout"),
+            Outcome::Refused(r) if r.business_rule => Some("not_ok"),
+            Outcome::Refused(_) => Some("status"),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            m.upstream_errors.get_or_create(&[("kind", kind)]).inc();
+        }
+    }
+}
+
+/// Counts a callback in flight for as long as it is held.
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        metrics.in_flight.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}
+
+/// The caller's `X-Request-Id` when it is a sane token, otherwise a new one.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    headers
+        .get(REQUEST_ID)
+        .filter(|v| {
+            let b = v.as_bytes();
+            !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            // A hyphenated UUID is always a valid header value.
+            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("-"))
+        })
+}
+
+fn detail(rejection: &Rejection) -> String {
+    match rejection {
+        Rejection::Unauthorized(why) => why.to_string(),
+        Rejection::Invalid(why) => why.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+macro_rules! callback_line {
+    ($level:ident, $outcome:expr, $status:expr, $id:expr, $elapsed:expr, $r:expr) => {{
+        let s = $r.summary.as_ref();
+        tracing::$level!(
+            target: "feishu_gate::callback",
+            request_id = $id,
+            approval_code = s.map(|s| s.approval_code.as_str()),
+            instance_id = s.and_then(|s| s.instance_id.as_deref()),
+            task_id = s.and_then(|s| s.task_id.as_deref()),
+            message_id = s.and_then(|s| s.message_id.as_deref()),
+            action = s.map(|s| s.action_type.as_str()),
+            outcome = $outcome.label(),
+            status = $status.as_u16(),
+            upstream_status = $r.upstream_status.map(|s| s.as_u16()),
+            duration_ms = $elapsed.as_secs_f64() * 1000.0,
+            upstream_ms = $r.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
+            detail = $r.detail.as_deref(),
+            "callback"
+        )
+    }};
+}
+
+fn log(
+    outcome: &Outcome,
+    status: StatusCode,
+    request_id: &HeaderValue,
+    elapsed: Duration,
+    record: &Record,
+) {
+    let id = request_id.to_str().unwrap_or("-");
+    match outcome {
+        Outcome::Refused(_) | Outcome::Unreachable(_) | Outcome::TimedOut => {
+            callback_line!(warn, outcome, status, id, elapsed, record)
+        }
+        _ => callback_line!(info, outcome, status, id, elapsed, record),
+    }
+}

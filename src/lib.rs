@@ -1,0 +1,28 @@
+//! feishu-gate: a sidecar that receives Feishu's quick-approval callbacks,
+//! proves they came from Feishu, opens the envelope, and hands the legacy
+//! approval system a plain JSON POST, translating its answer (or silence) into
+//! what Feishu shows the approver.
+//!
+//! A callback's path, one module per step: [`server`] listens, [`gateway`]
+//! routes and reads, [`verify`] opens the [`envelope`] and checks the token,
+//! [`callback`] validates, [`dedup`] and [`limit`] guard, [`upstream`]
+//! forwards, and [`respond`] decides what Feishu receives.
+
+pub mod admin;
+pub mod callback;
+pub mod cli;
+pub mod config;
+pub mod dedup;
+pub mod demo;
+pub mod envelope;
+pub mod gateway;
+pub mod limit;
+pub mod logging;
+pub mod metrics;
+pub mod respond;
+pub mod secret;
+pub mod send;
+pub mod server;
+pub mod tls;
+pub mod upstream;
+pub mod verify;

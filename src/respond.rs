@@ -1,0 +1,513 @@
+//! The one place that decides what Feishu receives.
+//!
+//! Every way a callback can end is an [`Outcome`]; [`Translator::respond`] turns
+//! it into the status and `{"message": ..., "without_prefix": "true"}` body that
+//! Feishu shows the approver. Nothing else in the code picks a status code.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+
+use crate::callback::BodyError;
+use crate::config::Lang;
+use crate::envelope::EnvelopeError;
+
+/// Longest message Feishu is given, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 200;
+
+/// How one callback ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The legacy system accepted the decision.
+    Delivered,
+    /// The same decision was already delivered; answered without calling upstream.
+    Duplicate,
+    /// The gateway refused the request itself; nothing reached the upstream.
+    Rejected(Rejection),
+    /// The legacy system answered, but not with acceptance.
+    Refused(Refusal),
+    /// The legacy system could not be reached, or dropped the exchange.
+    Unreachable(UpstreamError),
+    /// The legacy system did not answer within the time Feishu allows.
+    TimedOut,
+}
+
+/// Why the gateway refused a request before forwarding it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    Unauthorized(AuthFailure),
+    Invalid(BodyError),
+    TooLarge,
+    /// The client took too long to send its body.
+    SlowBody,
+    /// The body could not be read (the client went away mid-body).
+    Unreadable,
+    RateLimited {
+        retry_after_secs: u64,
+    },
+    NotFound,
+    MethodNotAllowed,
+    ShuttingDown,
+}
+
+/// Why a callback could not be authenticated. Logged, never shown to Feishu.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    #[error("token missing")]
+    MissingToken,
+    #[error("token does not match")]
+    WrongToken,
+    #[error("{0}")]
+    Undecryptable(EnvelopeError),
+    #[error("decrypted payload is not a JSON object (wrong key?)")]
+    NotJsonInside,
+    #[error("plaintext callback while a key is configured")]
+    PlaintextRefused,
+    #[error("encrypted callback but no key is configured")]
+    NoKeyConfigured,
+}
+
+/// The legacy system's answer when it did not accept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The status it answered with.
+    pub upstream_status: StatusCode,
+    /// Its own message, already cleaned, if its body had one.
+    pub message: Option<String>,
+    /// A 2xx whose body failed `UPSTREAM_OK`.
+    pub business_rule: bool,
+}
+
+/// How an upstream exchange failed before an answer arrived. A bounded set,
+/// so it can label metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// Nothing was delivered: the connection could not be made.
+    Connect,
+    /// The request may have been delivered, but no complete answer came back.
+    Dropped,
+}
+
+impl UpstreamError {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Dropped => "dropped",
+        }
+    }
+}
+
+impl Outcome {
+    /// A short, bounded label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Duplicate => "duplicate",
+            Self::Rejected(r) => match r {
+                Rejection::Unauthorized(_) => "unauthorized",
+                Rejection::Invalid(_) => "invalid",
+                Rejection::TooLarge => "too_large",
+                Rejection::SlowBody => "slow_body",
+                Rejection::Unreadable => "unreadable",
+                Rejection::RateLimited { .. } => "rate_limited",
+                Rejection::NotFound => "not_found",
+                Rejection::MethodNotAllowed => "method_not_allowed",
+                Rejection::ShuttingDown => "shutting_down",
+            },
+            Self::Refused(r) if r.business_rule => "upstream_not_ok",
+            Self::Refused(_) => "upstream_refused",
+            Self::Unreachable(_) => "upstream_unreachable",
+            Self::TimedOut => "upstream_timeout",
+        }
+    }
+
+    /// The status Feishu receives.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Delivered | Self::Duplicate => StatusCode::OK,
+            Self::Rejected(r) => match r {
+                Rejection::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+                Rejection::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                Rejection::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                Rejection::SlowBody => StatusCode::REQUEST_TIMEOUT,
+                Rejection::Unreadable => StatusCode::BAD_REQUEST,
+                Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+                Rejection::NotFound => StatusCode::NOT_FOUND,
+                Rejection::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+                Rejection::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            },
+            // Feishu treats any status above 400 as failure; below 401 there is
+            // nothing faithful to pass on, so it becomes a gateway error.
+            Self::Refused(r) if (401..=599).contains(&r.upstream_status.as_u16()) => {
+                r.upstream_status
+            }
+            Self::Refused(_) | Self::Unreachable(_) => StatusCode::BAD_GATEWAY,
+            Self::TimedOut => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+}
+
+const SUCCESS_BODY: &[u8] = br#"{"code":0,"msg":"success"}"#;
+
+/// Turns outcomes into Feishu's responses in the configured language.
+#[derive(Clone)]
+pub struct Translator {
+    lang: Lang,
+    /// Tokens and keys: an upstream message that contains one is not passed on.
+    secrets: Vec<String>,
+}
+
+impl std::fmt::Debug for Translator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Translator")
+            .field("lang", &self.lang)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Translator {
+    pub fn new(lang: Lang, secrets: Vec<String>) -> Self {
+        Self { lang, secrets }
+    }
+
+    /// The message Feishu shows for an outcome, `None` on success.
+    pub fn message(&self, outcome: &Outcome) -> Option<String> {
+        let zh = self.lang == Lang::Zh;
+        let text = match outcome {
+            Outcome::Delivered | Outcome::Duplicate => return None,
+            Outcome::Rejected(r) => match r {
+                Rejection::Unauthorized(_) => pick(
+                    zh,
+                    "回调请求校验失败",
+                    "The callback could not be verified.",
+                ),
+                Rejection::Invalid(e) => {
+                    return Some(clip(&if zh {
+                        invalid_zh(e)
+                    } else {
+                        format!("Invalid callback: {e}.")
+                    }));
+                }
+                Rejection::TooLarge => {
+                    pick(zh, "回调请求体过大", "The callback body is too large.")
+                }
+                Rejection::SlowBody => pick(
+                    zh,
+                    "回调请求读取超时",
+                    "The callback body arrived too slowly.",
+                ),
+                Rejection::Unreadable => pick(
+                    zh,
+                    "回调请求体读取失败",
+                    "The callback body could not be read.",
+                ),
+                Rejection::RateLimited { .. } => pick(
+                    zh,
+                    "审批操作过于频繁，请稍后重试",
+                    "Too many approval actions, please try again shortly.",
+                ),
+                Rejection::NotFound => {
+                    pick(zh, "回调地址不存在", "No callback is served at this path.")
+                }
+                Rejection::MethodNotAllowed => {
+                    pick(zh, "回调只接受 POST 请求", "Callbacks must use POST.")
+                }
+                Rejection::ShuttingDown => pick(
+                    zh,
+                    "审批网关正在重启，请稍后重试",
+                    "The approval gateway is restarting, please try again shortly.",
+                ),
+            },
+            Outcome::Refused(r) => {
+                if let Some(own) = r.message.as_deref().filter(|m| !self.leaks_secret(m)) {
+                    return Some(own.to_owned());
+                }
+                let code = r.upstream_status.as_u16();
+                return Some(match (zh, r.business_rule) {
+                    (true, true) => "审批系统未确认此操作，请稍后重试".to_owned(),
+                    (false, true) => {
+                        "The approval system did not confirm this action, please try again later."
+                            .to_owned()
+                    }
+                    (true, false) => format!("审批系统拒绝了此操作（HTTP {code}）"),
+                    (false, false) => {
+                        format!("The approval system refused this action (HTTP {code}).")
+                    }
+                });
+            }
+            Outcome::Unreachable(_) => pick(
+                zh,
+                "审批系统暂时无法访问，请稍后重试",
+                "The approval system is unavailable, please try again later.",
+            ),
+            Outcome::TimedOut => pick(
+                zh,
+                "审批系统响应超时，请稍后刷新确认审批结果",
+                "The approval system did not answer in time; refresh to check whether the action took effect.",
+            ),
+        };
+        Some(text.to_owned())
+    }
+
+    /// The whole response for an outcome.
+    pub fn respond(&self, outcome: &Outcome) -> Response<Full<Bytes>> {
+        let status = outcome.status();
+        let body = match self.message(outcome) {
+            None => Bytes::from_static(SUCCESS_BODY),
+            Some(message) => Bytes::from(error_body(&message)),
+        };
+        let mut response = Response::new(Full::new(body));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        match outcome {
+            Outcome::Rejected(Rejection::RateLimited { retry_after_secs }) => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from((*retry_after_secs).max(1)),
+                );
+            }
+            Outcome::Rejected(Rejection::MethodNotAllowed) => {
+                headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
+            }
+            Outcome::Rejected(Rejection::ShuttingDown) => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        response
+    }
+
+    fn leaks_secret(&self, message: &str) -> bool {
+        self.secrets
+            .iter()
+            .any(|s| !s.is_empty() && message.contains(s.as_str()))
+    }
+}
+
+fn pick(zh: bool, zh_text: &'static str, en_text: &'static str) -> &'static str {
+    if zh { zh_text } else { en_text }
+}
+
+fn invalid_zh(e: &BodyError) -> String {
+    match e {
+        BodyError::NotJson => "回调内容不是有效的 JSON".to_owned(),
+        BodyError::NotObject => "回调内容不是 JSON 对象".to_owned(),
+        BodyError::TooDeep => "回调内容嵌套层级过深".to_owned(),
+        BodyError::DuplicateField(f) => format!("回调字段 {f} 重复出现"),
+        BodyError::Missing(f) => format!("回调缺少字段 {f}"),
+        BodyError::WrongType { field, expected } => {
+            let expected = match *expected {
+                "a string" => "字符串",
+                "a non-empty string" => "非空字符串",
+                "a list of objects" => "对象列表",
+                _ => "int64 数字或数字字符串",
+            };
+            format!("回调字段 {field} 应为{expected}")
+        }
+    }
+}
+
+/// `{"message": ..., "without_prefix": "true"}`.
+pub fn error_body(message: &str) -> Vec<u8> {
+    let body = serde_json::json!({ "message": message, "without_prefix": "true" });
+    // Serializing a map of strings cannot fail.
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// Finds the legacy system's own message in its JSON body: `message`, `msg`,
+/// `error` (a string), `errmsg`, or `error.message`, in that order.
+pub fn upstream_message(body: &[u8]) -> Option<String> {
+    let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let obj = doc.as_object()?;
+    let candidates = [
+        obj.get("message"),
+        obj.get("msg"),
+        obj.get("error"),
+        obj.get("errmsg"),
+        obj.get("error").and_then(|e| e.get("message")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_str)
+        .find_map(clean)
+}
+
+/// Makes text fit for Feishu's card: markup removed, control characters and
+/// runs of white space folded to one space, at most 200 characters.
+pub fn clean(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len().min(4 * MAX_MESSAGE_CHARS));
+    let mut in_tag = false;
+    let mut pending_space = false;
+    for c in text.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => {
+                in_tag = false;
+                pending_space = true;
+            }
+            _ if in_tag => {}
+            c if c.is_whitespace() || c.is_control() => pending_space = true,
+            c => {
+                if pending_space && !out.is_empty() {
+                    out.push(' ');
+                }
+                pending_space = false;
+                out.push(c);
+            }
+        }
+        if out.len() > 8 * MAX_MESSAGE_CHARS {
+            break;
+        }
+    }
+    let out = clip(&out);
+    (!out.is_empty()).then_some(out)
+}
+
+fn clip(text: &str) -> String {
+    if text.chars().count() <= MAX_MESSAGE_CHARS {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(MAX_MESSAGE_CHARS - 1).collect();
+    out.truncate(out.trim_end().len());
+    out.push('…');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_message(r: Response<Full<Bytes>>) -> (StatusCode, serde_json::Value) {
+        use http_body_util::BodyExt;
+        let status = r.status();
+        let bytes = block_on(r.into_body().collect()).unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn t(lang: Lang) -> Translator {
+        Translator::new(lang, vec!["s3cret-token".into()])
+    }
+
+    #[test]
+    fn statuses_follow_the_product_table() {
+        let refused = |s: u16| {
+            Outcome::Refused(Refusal {
+                upstream_status: StatusCode::from_u16(s).unwrap(),
+                message: None,
+                business_rule: false,
+            })
+        };
+        assert_eq!(Outcome::Delivered.status(), 200);
+        assert_eq!(refused(400).status(), 502);
+        assert_eq!(refused(401).status(), 401);
+        assert_eq!(refused(409).status(), 409);
+        assert_eq!(refused(503).status(), 503);
+        assert_eq!(refused(302).status(), 502);
+        assert_eq!(refused(200).status(), 502);
+        assert_eq!(Outcome::Unreachable(UpstreamError::Connect).status(), 502);
+        assert_eq!(Outcome::TimedOut.status(), 504);
+        assert_eq!(
+            Outcome::Rejected(Rejection::Invalid(BodyError::NotJson)).status(),
+            422
+        );
+    }
+
+    #[test]
+    fn every_error_body_is_feishu_shaped() {
+        let outcomes = [
+            Outcome::Rejected(Rejection::Unauthorized(AuthFailure::WrongToken)),
+            Outcome::Rejected(Rejection::Invalid(BodyError::Missing("user_id"))),
+            Outcome::Rejected(Rejection::TooLarge),
+            Outcome::Rejected(Rejection::RateLimited {
+                retry_after_secs: 0,
+            }),
+            Outcome::Rejected(Rejection::NotFound),
+            Outcome::Rejected(Rejection::MethodNotAllowed),
+            Outcome::Rejected(Rejection::ShuttingDown),
+            Outcome::Unreachable(UpstreamError::Dropped),
+            Outcome::TimedOut,
+        ];
+        for lang in [Lang::Zh, Lang::En] {
+            for o in &outcomes {
+                let response = t(lang).respond(o);
+                let retry = response.headers().get(header::RETRY_AFTER).cloned();
+                let (status, body) = body_message(response);
+                assert!(status.as_u16() > 400, "{o:?}");
+                assert_eq!(body["without_prefix"], "true");
+                let m = body["message"].as_str().unwrap();
+                assert!(!m.is_empty() && m.chars().count() <= MAX_MESSAGE_CHARS);
+                assert!(!m.chars().any(char::is_control) && !m.contains('<'));
+                if matches!(o, Outcome::Rejected(Rejection::RateLimited { .. })) {
+                    assert_eq!(retry.unwrap(), "1");
+                }
+            }
+        }
+        let (_, body) = body_message(t(Lang::En).respond(&outcomes[1]));
+        assert_eq!(
+            body["message"],
+            "Invalid callback: field user_id is missing."
+        );
+        let (_, body) = body_message(t(Lang::Zh).respond(&outcomes[1]));
+        assert_eq!(body["message"], "回调缺少字段 user_id");
+    }
+
+    #[test]
+    fn upstream_messages_are_found_and_cleaned() {
+        assert_eq!(
+            upstream_message(br#"{"message":"no such task"}"#).as_deref(),
+            Some("no such task")
+        );
+        assert_eq!(
+            upstream_message(br#"{"code":7,"msg":"already approved"}"#).as_deref(),
+            Some("already approved")
+        );
+        assert_eq!(
+            upstream_message(br#"{"error":{"message":"nested"}}"#).as_deref(),
+            Some("nested")
+        );
+        assert_eq!(
+            upstream_message(br#"{"error":"flat","errmsg":"x"}"#).as_deref(),
+            Some("flat")
+        );
+        assert_eq!(
+            upstream_message(br#"{"errmsg":"wx style"}"#).as_deref(),
+            Some("wx style")
+        );
+        assert_eq!(
+            upstream_message(br#"{"message":"  ","msg":"second"}"#).as_deref(),
+            Some("second")
+        );
+        assert_eq!(upstream_message(br#"{"message":5}"#), None);
+        assert_eq!(upstream_message(b"<html><body>500</body></html>"), None);
+        assert_eq!(
+            clean("<b>Task</b>\n\tlocked\u{7}  by <i>admin</i>").as_deref(),
+            Some("Task locked by admin")
+        );
+        let long = clean(&"审".repeat(1000)).unwrap();
+        assert_eq!(long.chars().count(), MAX_MESSAGE_CHARS);
+        assert!(long.ends_with('…'));
+    }
+
+    #[test]
+    fn an_upstream_message_echoing_a_secret_is_replaced() {
+        let o = Outcome::Refused(Refusal {
+            upstream_status: StatusCode::FORBIDDEN,
+            message: Some("bad token s3cret-token".into()),
+            business_rule: false,
+        });
+        let m = t(Lang::En).message(&o).unwrap();
+        assert_eq!(m, "The approval system refused this action (HTTP 403).");
+    }
+}

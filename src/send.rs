@@ -1,0 +1,127 @@
+//! Playing Feishu: build a callback, seal it, POST it. Used by the `send`
+//! smoke test and by the demo.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Map, Value};
+
+use crate::envelope::CallbackKey;
+
+/// The fields of a callback to send.
+#[derive(Debug, Clone)]
+pub struct CallbackFields {
+    pub action_type: String,
+    pub user_id: String,
+    pub approval_code: String,
+    pub instance_id: Option<String>,
+    pub task_id: Option<String>,
+    /// Sent as a bare JSON number, as Feishu does.
+    pub message_id: Option<u64>,
+    pub reason: Option<String>,
+    pub action_context: Option<String>,
+}
+
+impl CallbackFields {
+    /// The callback's JSON text with `token` last, as Feishu's samples order it.
+    pub fn to_json(&self, token: &str) -> String {
+        let mut m = Map::new();
+        m.insert("action_type".into(), self.action_type.clone().into());
+        if let Some(v) = &self.action_context {
+            m.insert("action_context".into(), v.clone().into());
+        }
+        m.insert("user_id".into(), self.user_id.clone().into());
+        m.insert("approval_code".into(), self.approval_code.clone().into());
+        if let Some(v) = &self.instance_id {
+            m.insert("instance_id".into(), v.clone().into());
+        }
+        if let Some(v) = &self.task_id {
+            m.insert("task_id".into(), v.clone().into());
+        }
+        if let Some(v) = self.message_id {
+            m.insert("message_id".into(), v.into());
+        }
+        if let Some(v) = &self.reason {
+            m.insert("reason".into(), v.clone().into());
+        }
+        m.insert("token".into(), token.into());
+        // Serializing strings and integers cannot fail.
+        serde_json::to_string(&Value::Object(m)).unwrap_or_default()
+    }
+}
+
+/// Seals a plaintext callback into Feishu's `{"encrypt": ...}` body.
+pub fn seal(key: &str, plaintext: &str) -> Result<String, getrandom::Error> {
+    let encrypt = CallbackKey::new(key).encrypt(plaintext.as_bytes())?;
+    Ok(serde_json::json!({ "encrypt": encrypt }).to_string())
+}
+
+/// Why a callback could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("request failed: {0}")]
+    Transport(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// POSTs `body` to `url` as Feishu would; returns the status and body.
+pub async fn post(
+    url: &Uri,
+    body: String,
+    ca_file: Option<&Path>,
+    timeout: Duration,
+) -> Result<(StatusCode, Bytes), SendError> {
+    let tls =
+        crate::tls::client_config(ca_file, None).map_err(|e| SendError::Setup(e.to_string()))?;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(url.clone())
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| SendError::Setup(e.to_string()))?;
+    let exchange = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| SendError::Transport(chain(&e)))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| SendError::Transport(e.to_string()))?
+            .to_bytes();
+        Ok((status, body))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| SendError::Timeout(timeout))?
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

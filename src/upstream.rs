@@ -1,0 +1,237 @@
+//! Delivery to the legacy system: one pooled client, one bounded exchange.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::{Instant, timeout_at};
+
+use crate::config::{Config, OkRule, UpstreamHeaders};
+use crate::respond::{Outcome, Refusal, UpstreamError, upstream_message};
+use crate::tls;
+
+/// The most of an upstream answer the gateway reads: enough for any error
+/// message, small enough that a runaway answer costs nothing.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// Idle pooled connections are dropped before common servers drop them
+/// (Node.js closes after 5 s), so a reused connection is rarely found dead
+/// mid-request, which would leave the decision's fate unknown.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Header carrying the key that names the approval decision.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Header carrying the request id, end to end.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// `feishu-gate/<version>`, sent as `User-Agent`.
+pub const USER_AGENT: &str = concat!("feishu-gate/", env!("CARGO_PKG_VERSION"));
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The legacy system, as the gateway reaches it.
+#[derive(Clone)]
+pub struct Upstream {
+    client: HttpClient,
+    url: Uri,
+    headers: UpstreamHeaders,
+    ok_rule: Option<OkRule>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("url", &self.url)
+            .field("headers", &self.headers)
+            .field("ok_rule", &self.ok_rule)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one delivery attempt came to.
+#[derive(Debug)]
+pub struct Exchange {
+    pub outcome: Outcome,
+    pub status: Option<StatusCode>,
+    pub elapsed: Duration,
+    /// A detail for the operator's log, never shown to Feishu.
+    pub detail: Option<String>,
+}
+
+impl Upstream {
+    /// Builds the client from the configuration; fails on unreadable TLS material.
+    pub fn new(config: &Config) -> Result<Self, crate::config::ConfigErrors> {
+        let tls = tls::client_config(
+            config.upstream_ca_file.as_deref(),
+            config.upstream_client.as_ref(),
+        )?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.upstream_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector);
+        Ok(Self {
+            client,
+            url: config.upstream_url.clone(),
+            headers: config.upstream_headers.clone(),
+            ok_rule: config.upstream_ok.clone(),
+        })
+    }
+
+    /// POSTs `body` and classifies the answer, finishing by `deadline` whatever
+    /// the upstream does. Redirects are answers, not instructions: never followed.
+    pub async fn deliver(
+        &self,
+        body: Vec<u8>,
+        request_id: &HeaderValue,
+        idempotency_key: &str,
+        deadline: Instant,
+    ) -> Exchange {
+        let started = Instant::now();
+        let mut exchange = self
+            .exchange(body, request_id, idempotency_key, deadline)
+            .await;
+        exchange.elapsed = started.elapsed();
+        exchange
+    }
+
+    async fn exchange(
+        &self,
+        body: Vec<u8>,
+        request_id: &HeaderValue,
+        idempotency_key: &str,
+        deadline: Instant,
+    ) -> Exchange {
+        let done = |outcome, status, detail: Option<String>| Exchange {
+            outcome,
+            status,
+            elapsed: Duration::ZERO,
+            detail,
+        };
+        let request = match self.request(body, request_id, idempotency_key) {
+            Ok(r) => r,
+            Err(e) => {
+                return done(
+                    Outcome::Unreachable(UpstreamError::Connect),
+                    None,
+                    Some(e.to_string()),
+                );
+            }
+        };
+        let response = match timeout_at(deadline, self.client.request(request)).await {
+            Err(_) => {
+                return done(
+                    Outcome::TimedOut,
+                    None,
+                    Some("no answer before the deadline".into()),
+                );
+            }
+            Ok(Err(e)) => {
+                let kind = if e.is_connect() {
+                    UpstreamError::Connect
+                } else {
+                    UpstreamError::Dropped
+                };
+                return done(Outcome::Unreachable(kind), None, Some(error_chain(&e)));
+            }
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status();
+        let answer = timeout_at(
+            deadline,
+            Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect(),
+        )
+        .await;
+        let answer: Result<Bytes, String> = match answer {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(e)) => Err(format!("reading the answer: {e}")),
+            Err(_) => Err("the answer's body did not arrive before the deadline".into()),
+        };
+
+        if status.is_success() {
+            let Some(rule) = &self.ok_rule else {
+                // The status is the acceptance; a body that then fails to arrive changes nothing.
+                return done(Outcome::Delivered, Some(status), answer.err());
+            };
+            return match answer {
+                Ok(body) if rule.holds(&body) => done(Outcome::Delivered, Some(status), None),
+                Ok(body) => done(
+                    Outcome::Refused(Refusal {
+                        upstream_status: status,
+                        message: upstream_message(&body),
+                        business_rule: true,
+                    }),
+                    Some(status),
+                    Some(format!("{} does not hold", crate::config::UPSTREAM_OK)),
+                ),
+                Err(detail) => done(
+                    Outcome::Refused(Refusal {
+                        upstream_status: status,
+                        message: None,
+                        business_rule: true,
+                    }),
+                    Some(status),
+                    Some(detail),
+                ),
+            };
+        }
+        let (message, detail) = match answer {
+            Ok(body) => (upstream_message(&body), None),
+            Err(detail) => (None, Some(detail)),
+        };
+        done(
+            Outcome::Refused(Refusal {
+                upstream_status: status,
+                message,
+                business_rule: false,
+            }),
+            Some(status),
+            detail,
+        )
+    }
+
+    fn request(
+        &self,
+        body: Vec<u8>,
+        request_id: &HeaderValue,
+        idempotency_key: &str,
+    ) -> Result<Request<Full<Bytes>>, http::Error> {
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(self.url.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::USER_AGENT, USER_AGENT)
+            .header(REQUEST_ID, request_id)
+            .header(IDEMPOTENCY_KEY, idempotency_key);
+        for (name, value) in &self.headers.0 {
+            builder = builder.header(name, value);
+        }
+        builder.body(Full::new(Bytes::from(body)))
+    }
+}
+
+/// The whole cause chain of a client error, for the log.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
