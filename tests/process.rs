@@ -1,0 +1,388 @@
+//! The real binary: configuration errors and exit codes, logs, signals, and
+//! the debugging commands.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_feishu-gate");
+
+fn gate_command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_clear().env("RUST_LOG", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = gate_command(args, env).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn missing_configuration_exits_64_naming_each_variable() {
+    for command in [&["check-config"][..], &["serve"][..], &[][..]] {
+        let (code, _, err) = run(command, &[]);
+        assert_eq!(code, 64, "{command:?}: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert!(lines.iter().any(|l| l.starts_with("FEISHU_GATE_UPSTREAM_URL: ")), "{err}");
+        assert!(lines.iter().any(|l| l.starts_with("FEISHU_GATE_TOKEN: ")), "{err}");
+        assert!(lines.iter().all(|l| l.starts_with("FEISHU_GATE_")), "{err}");
+    }
+}
+
+#[test]
+fn every_bad_variable_is_reported_at_once() {
+    let (code, _, err) = run(
+        &["check-config"],
+        &[
+            ("FEISHU_GATE_UPSTREAM_URL", "ftp://legacy/"),
+            ("FEISHU_GATE_TOKEN", "t"),
+            ("FEISHU_GATE_TOKEN_FILE", "/etc/hostname"),
+            ("FEISHU_GATE_UPSTREAM_TIMEOUT_MS", "12000"),
+            ("FEISHU_GATE_LISTEN", "everywhere"),
+            ("FEISHU_GATE_TLS_CERT", "/nonexistent.pem"),
+            ("FEISHU_GATE_LANG", "fr"),
+            ("FEISHU_GATE_MAX_BODY_BYTES", "lots"),
+            ("FEISHU_GATE_UPSTREAM_HEADERS", "Authorization:Bearer hush-hush"),
+        ],
+    );
+    assert_eq!(code, 64);
+    for var in [
+        "FEISHU_GATE_UPSTREAM_URL",
+        "FEISHU_GATE_TOKEN",
+        "FEISHU_GATE_UPSTREAM_TIMEOUT_MS",
+        "FEISHU_GATE_LISTEN",
+        "FEISHU_GATE_TLS_KEY",
+        "FEISHU_GATE_LANG",
+        "FEISHU_GATE_MAX_BODY_BYTES",
+        "FEISHU_GATE_UPSTREAM_HEADERS",
+    ] {
+        assert!(err.lines().any(|l| l.starts_with(&format!("{var}: "))), "{var} missing in:\n{err}");
+    }
+    assert!(!err.contains("hush-hush"), "{err}");
+}
+
+#[test]
+fn check_config_prints_effective_settings_with_secrets_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, "file-key-secret\n").unwrap();
+    let (code, out, err) = run(
+        &["check-config"],
+        &[
+            ("FEISHU_GATE_UPSTREAM_URL", "http://127.0.0.1:8080/cb"),
+            ("FEISHU_GATE_TOKEN", "tok-secret-1,tok-secret-2"),
+            ("FEISHU_GATE_KEY_FILE", key_file.to_str().unwrap()),
+            ("FEISHU_GATE_UPSTREAM_HEADERS", "Authorization=Bearer%20hdr-secret"),
+            ("FEISHU_GATE_UPSTREAM_TIMEOUT_MS", "5000"),
+            ("FEISHU_GATE_TYPO", "x"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("FEISHU_GATE_UPSTREAM_URL=http://127.0.0.1:8080/cb"), "{out}");
+    assert!(out.contains("FEISHU_GATE_UPSTREAM_TIMEOUT_MS=5000"));
+    assert!(out.contains("FEISHU_GATE_LISTEN=0.0.0.0:8443"));
+    assert!(out.contains("FEISHU_GATE_TOKEN=<redacted: 2>"));
+    assert!(out.contains("FEISHU_GATE_KEY=<redacted: 1>"));
+    assert!(out.contains("FEISHU_GATE_UPSTREAM_HEADERS=authorization=<redacted>"));
+    for secret in ["tok-secret", "file-key-secret", "hdr-secret"] {
+        assert!(!out.contains(secret) && !err.contains(secret), "{secret} leaked");
+    }
+    assert!(err.contains("FEISHU_GATE_TYPO is not a feishu-gate setting"), "{err}");
+}
+
+#[test]
+fn encrypt_and_decrypt_commands_speak_feishus_envelope() {
+    let vectors: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/crypto-vectors.json")).unwrap())
+            .unwrap();
+    for v in vectors.as_array().unwrap() {
+        let key = v["key"].as_str().unwrap();
+        let plaintext = v["plaintext"].as_str().unwrap();
+        if !plaintext.starts_with('{') {
+            continue;
+        }
+        let out = pipe(&["decrypt", "--key", key], v["encrypt"].as_str().unwrap());
+        assert_eq!(out.trim_end(), plaintext, "{}", v["name"]);
+        let sealed = pipe(&["encrypt", "--key", key], plaintext);
+        assert!(sealed.starts_with("{\"encrypt\":"), "{sealed}");
+        assert_eq!(pipe(&["decrypt", "--key", key], &sealed).trim_end(), plaintext);
+    }
+    let (code, _, err) = {
+        let mut child = gate_command(&["decrypt", "--key", "wrong"], &[])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"P37w+VZImNgPEO1RBhJ6RtKl7n6zymIbEG1pReEzghk=").unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.code().unwrap(), (), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot decrypt"), "{err}");
+}
+
+fn pipe(args: &[&str], input: &str) -> String {
+    let mut child = gate_command(args, &[])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{args:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The binary serving on free loopback ports, its stdout collected line by line.
+struct Served {
+    child: Child,
+    port: u16,
+    admin: u16,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Served {
+    fn start(upstream_url: &str, extra: &[(&str, &str)]) -> Self {
+        let (port, admin) = (free_port(), free_port());
+        let listen = format!("127.0.0.1:{port}");
+        let admin_listen = format!("127.0.0.1:{admin}");
+        let mut env = vec![
+            ("FEISHU_GATE_UPSTREAM_URL", upstream_url),
+            ("FEISHU_GATE_TOKEN", TOKEN),
+            ("FEISHU_GATE_KEY", KEY),
+            ("FEISHU_GATE_LISTEN", listen.as_str()),
+            ("FEISHU_GATE_ADMIN_LISTEN", admin_listen.as_str()),
+        ];
+        env.extend_from_slice(extra);
+        let mut child = gate_command(&["serve"], &env).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let served = Served { child, port, admin, lines };
+        served.wait_ready();
+        served
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if http_status(self.admin, "GET", "/readyz", "") == Some(200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("not ready in time; log: {:?}", self.lines.lock().unwrap());
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> i32 {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        panic!("did not exit within {limit:?}");
+    }
+
+    fn log_lines(&self) -> Vec<serde_json::Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("log line is not JSON: {l}")))
+            .collect()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// A minimal blocking HTTP/1.1 exchange, so process tests need no runtime.
+fn http_status(port: u16, method: &str, path: &str, body: &str) -> Option<u16> {
+    http(port, method, path, body).map(|(s, _)| s)
+}
+
+fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split(' ').nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_json_log_line_per_callback_without_secrets() {
+    let up = Upstream::start(Reply::ok()).await;
+    let url = up.url();
+    let lines = tokio::task::spawn_blocking(move || {
+        let served = Served::start(&url, &[]);
+        let sealed = seal(KEY, &callback(TOKEN));
+        let (status, _) = http(served.port, "POST", "/", &sealed).unwrap();
+        assert_eq!(status, 200);
+        let (status, _) = http(served.port, "POST", "/", &seal(KEY, &callback("bad-token"))).unwrap();
+        assert_eq!(status, 401);
+        std::thread::sleep(Duration::from_millis(200));
+        let raw: Vec<String> = served.lines.lock().unwrap().clone();
+        for line in &raw {
+            assert!(!line.contains(TOKEN) && !line.contains(KEY) && !line.contains(&sealed[12..60]), "{line}");
+        }
+        served.log_lines()
+    })
+    .await
+    .unwrap();
+    let callbacks: Vec<&serde_json::Value> = lines.iter().filter(|l| l["target"] == "feishu_gate::callback").collect();
+    assert_eq!(callbacks.len(), 2, "{lines:#?}");
+    let ok = callbacks[0];
+    assert_eq!(ok["outcome"], "delivered");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["upstream_status"], 200);
+    assert_eq!(ok["approval_code"], "CODE-1");
+    assert_eq!(ok["instance_id"], "inst-1");
+    assert_eq!(ok["task_id"], "task-1");
+    assert_eq!(ok["action"], "APPROVE");
+    assert!(ok["request_id"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(ok["duration_ms"].as_f64().is_some() && ok["upstream_ms"].as_f64().is_some());
+    assert_eq!(callbacks[1]["outcome"], "unauthorized");
+    assert_eq!(callbacks[1]["status"], 401);
+    // Start-up logs the effective configuration, redacted.
+    let start = lines.iter().find(|l| l["message"] == "starting").expect("a start-up line");
+    assert!(start["settings"].as_str().unwrap().contains("FEISHU_GATE_TOKEN=<redacted: 1>"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_a_slow_callback_and_exits_zero() {
+    let up = Upstream::start(Reply::ok().slow(Duration::from_millis(1500))).await;
+    let url = up.url();
+    let probe = up.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut served = Served::start(&url, &[("FEISHU_GATE_SHUTDOWN_GRACE_MS", "5000")]);
+        let port = served.port;
+        let body = seal(KEY, &callback(TOKEN));
+        let in_flight = std::thread::spawn(move || http(port, "POST", "/", &body));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while probe.count() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(probe.count(), 1, "the callback reached the upstream");
+        let signalled = Instant::now();
+        served.signal("TERM");
+        // Readiness fails at once, while the callback is still in flight.
+        let mut saw_503 = false;
+        while Instant::now() < signalled + Duration::from_secs(1) {
+            if http_status(served.admin, "GET", "/readyz", "") == Some(503) {
+                saw_503 = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(saw_503, "readiness never turned 503");
+        let (status, body) = in_flight.join().unwrap().expect("the in-flight callback was answered");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(served.wait_exit(Duration::from_secs(5)), 0);
+        assert!(signalled.elapsed() < Duration::from_secs(5), "exited within the grace period");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_signal_exits_at_once() {
+    let up = Upstream::start(Reply::ok().slow(Duration::from_secs(8))).await;
+    let url = up.url();
+    let probe = up.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut served = Served::start(&url, &[("FEISHU_GATE_SHUTDOWN_GRACE_MS", "60000")]);
+        let port = served.port;
+        let body = seal(KEY, &callback(TOKEN));
+        std::thread::spawn(move || http(port, "POST", "/", &body));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while probe.count() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        served.signal("TERM");
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(served.child.try_wait().unwrap().is_none(), "still draining after one signal");
+        served.signal("INT");
+        assert_eq!(served.wait_exit(Duration::from_secs(3)), 130);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_command_smoke_tests_a_running_gateway() {
+    let up = Upstream::start(Reply::ok()).await;
+    let url = up.url();
+    tokio::task::spawn_blocking(move || {
+        let served = Served::start(&url, &[]);
+        let target = format!("http://127.0.0.1:{}/", served.port);
+        let (code, out, err) = run(
+            &["send", "--url", &target, "--action", "REJECT", "--task-id", "t-9", "--message-id", "7250020197497765889"],
+            &[("FEISHU_GATE_TOKEN", TOKEN), ("FEISHU_GATE_KEY", KEY)],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.starts_with("200 "), "{out}");
+        let (code, out, _) = run(&["send", "--url", &target, "--token", "wrong"], &[]);
+        assert_eq!(code, 1);
+        assert!(out.starts_with("401 "), "{out}");
+    })
+    .await
+    .unwrap();
+    let got = up.received();
+    assert_eq!(got.len(), 1);
+    let text = got[0].text();
+    assert!(text.contains(r#""action_type":"REJECT""#) && text.contains("7250020197497765889"), "{text}");
+}
+
+#[test]
+fn demo_once_shows_a_full_round_trip() {
+    let (port, admin) = (free_port().to_string(), free_port().to_string());
+    let (code, out, err) = run(&["demo", "--once", "--port", &port, "--admin-port", &admin], &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    for hop in ["① Feishu → feishu-gate", "② feishu-gate → legacy system", "③ legacy system → feishu-gate: 200", "④ feishu-gate → Feishu: 200"] {
+        assert!(out.contains(hop), "{hop} missing:\n{out}");
+    }
+    assert!(out.contains("7250020197497765889"));
+}
