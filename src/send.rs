@@ -100,7 +100,7 @@ pub async fn post(
         let response = client
             .request(request)
             .await
-            .map_err(|e| SendError::Transport(chain(&e)))?;
+            .map_err(|e| SendError::Transport(crate::upstream::error_chain(&e)))?;
         let status = response.status();
         let body = response
             .into_body()
@@ -113,15 +113,4 @@ pub async fn post(
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| SendError::Timeout(timeout))?
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

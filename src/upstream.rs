@@ -102,24 +102,10 @@ impl Upstream {
         deadline: Instant,
     ) -> Exchange {
         let started = Instant::now();
-        let mut exchange = self
-            .exchange(body, request_id, idempotency_key, deadline)
-            .await;
-        exchange.elapsed = started.elapsed();
-        exchange
-    }
-
-    async fn exchange(
-        &self,
-        body: Vec<u8>,
-        request_id: &HeaderValue,
-        idempotency_key: &str,
-        deadline: Instant,
-    ) -> Exchange {
         let done = |outcome, status, detail: Option<String>| Exchange {
             outcome,
             status,
-            elapsed: Duration::ZERO,
+            elapsed: started.elapsed(),
             detail,
         };
         let request = match self.request(body, request_id, idempotency_key) {
@@ -224,8 +210,8 @@ impl Upstream {
     }
 }
 
-/// The whole cause chain of a client error, for the log.
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// The whole cause chain of an error, for logs and command output.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
