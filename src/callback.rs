@@ -587,6 +587,24 @@ mod tests {
     }
 
     #[test]
+    fn nesting_is_counted_outside_strings_only() {
+        let at_limit = format!(
+            r#"{{"action_type":"A","user_id":"u","approval_code":"c","x":{}1{}}}"#,
+            "[".repeat(MAX_DEPTH - 1),
+            "]".repeat(MAX_DEPTH - 1)
+        );
+        ok(&at_limit);
+        let over = at_limit.replacen("[", "[[", 1).replacen("]", "]]", 1);
+        assert_eq!(err(&over), BodyError::TooDeep);
+        let brackets_in_text = format!(
+            r#"{{"action_type":"A","user_id":"u","approval_code":"c","reason":"{}\"{}"}}"#,
+            "[{".repeat(100),
+            r"\\"
+        );
+        ok(&brackets_in_text);
+    }
+
+    #[test]
     fn debug_lists_names_not_values() {
         let f = Fields::parse(V1.as_bytes()).unwrap();
         let shown = format!("{f:?}");
