@@ -17,6 +17,7 @@ use crate::gateway::Gateway;
 use crate::logging::{self, Sink};
 use crate::send::{self, CallbackFields};
 use crate::server::{self, Listeners};
+use crate::server_tls::{RELOAD_POLL, ServerTls};
 
 /// Exit status when a second signal cuts the drain short.
 const EXIT_FORCED: u8 = 130;
@@ -137,17 +138,28 @@ fn config_failure(errors: &ConfigErrors) -> ExitCode {
 
 /// The configuration plus every check that needs the files it names, so that
 /// `check-config` and `serve` refuse exactly the same things.
-fn load() -> Result<(Loaded, Gateway), ConfigErrors> {
+fn load() -> Result<(Loaded, Gateway, Option<ServerTls>), ConfigErrors> {
     let loaded = Config::from_env()?;
-    let gateway = Gateway::new(&loaded.config)?;
-    Ok((loaded, gateway))
+    let gateway = Gateway::new(&loaded.config);
+    let tls = loaded.config.tls.as_ref().map(ServerTls::load).transpose();
+    match (gateway, tls) {
+        (Ok(gateway), Ok(tls)) => Ok((loaded, gateway, tls)),
+        (gateway, tls) => Err(ConfigErrors(
+            gateway
+                .err()
+                .into_iter()
+                .chain(tls.err())
+                .flat_map(|e| e.0)
+                .collect(),
+        )),
+    }
 }
 
 fn check_config() -> ExitCode {
     let result = load();
     match result {
         Err(errors) => config_failure(&errors),
-        Ok((loaded, _)) => {
+        Ok((loaded, _, _)) => {
             for warning in &loaded.warnings {
                 eprintln!("warning: {warning}");
             }
@@ -171,7 +183,7 @@ fn serve() -> ExitCode {
         }
     };
     rt.block_on(async {
-        let (loaded, gateway) = match load() {
+        let (loaded, gateway, tls) = match load() {
             Ok(ok) => ok,
             Err(errors) => return config_failure(&errors),
         };
@@ -191,7 +203,12 @@ fn serve() -> ExitCode {
             }
         };
         let shutdown = shutdown_signal();
-        server::serve(Arc::new(gateway), listeners, None, shutdown, config.shutdown_grace).await;
+        let acceptor = tls.as_ref().map(ServerTls::acceptor);
+        let reload = tls.map(|tls| tokio::spawn(tls.watch(RELOAD_POLL, gateway.metrics.clone())));
+        server::serve(Arc::new(gateway), listeners, acceptor, shutdown, config.shutdown_grace).await;
+        if let Some(reload) = reload {
+            reload.abort();
+        }
         ExitCode::SUCCESS
     })
 }

@@ -3,7 +3,10 @@
 //! then both keep serving until Ctrl-C.
 
 use std::convert::Infallible;
+use std::io::Write;
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +25,7 @@ use crate::gateway::Gateway;
 use crate::logging::{self, Sink};
 use crate::send::{self, CallbackFields};
 use crate::server::{self, Listeners};
+use crate::server_tls::{RELOAD_POLL, ServerTls};
 
 /// The demo's shared secret, as it would be set in Feishu's approval definition.
 pub const DEMO_TOKEN: &str = "demo-token-Zk3v9Qp2";
@@ -39,6 +43,56 @@ pub struct DemoArgs {
     /// Send the sample callback, print the hops, and exit instead of serving on.
     #[arg(long)]
     pub once: bool,
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1) with a self-signed certificate made
+    /// at start, and send the sample callback over it.
+    #[arg(long)]
+    pub tls: bool,
+}
+
+/// The demo's self-signed certificate and key, in a fresh directory removed
+/// when the demo ends.
+struct DemoCert {
+    dir: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl DemoCert {
+    fn create() -> Result<Self, Box<dyn std::error::Error>> {
+        let mut params = rcgen::CertificateParams::new(vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ])?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "feishu-gate demo");
+        let key = rcgen::KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        // A new, unpredictable name: nothing placed in the shared temporary
+        // directory beforehand can stand in for it.
+        let dir = std::env::temp_dir().join(format!("feishu-gate-demo-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir(&dir)?;
+        let demo = Self {
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+            dir,
+        };
+        std::fs::write(&demo.cert, cert.pem())?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&demo.key)?
+            .write_all(key.serialize_pem().as_bytes())?;
+        Ok(demo)
+    }
+}
+
+impl Drop for DemoCert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 async fn bind_loopback(port: u16) -> std::io::Result<TcpListener> {
@@ -68,16 +122,29 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     let admin = bind_loopback(args.admin_port).await?;
     let callback_addr = callback.local_addr()?;
     let admin_addr = admin.local_addr()?;
-    let loaded = Config::from_vars([
+    let demo_cert = if args.tls {
+        Some(DemoCert::create()?)
+    } else {
+        None
+    };
+    let mut vars = vec![
         (config::LISTEN, callback_addr.to_string()),
         (config::ADMIN_LISTEN, admin_addr.to_string()),
         (config::UPSTREAM_URL, legacy_url.clone()),
         (config::TOKEN, DEMO_TOKEN.to_owned()),
         (config::KEY, DEMO_KEY.to_owned()),
         (config::LANG, "en".to_owned()),
-    ])?;
+    ];
+    if let Some(demo_cert) = &demo_cert {
+        vars.push((config::TLS_CERT, demo_cert.cert.display().to_string()));
+        vars.push((config::TLS_KEY, demo_cert.key.display().to_string()));
+    }
+    let loaded = Config::from_vars(vars)?;
     let config = loaded.config;
     let gateway = Arc::new(Gateway::new(&config)?);
+    let tls = config.tls.as_ref().map(ServerTls::load).transpose()?;
+    let acceptor = tls.as_ref().map(ServerTls::acceptor);
+    let reload = tls.map(|tls| tokio::spawn(tls.watch(RELOAD_POLL, gateway.metrics.clone())));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         tokio::select! {
@@ -88,14 +155,24 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     let server = tokio::spawn(server::serve(
         gateway,
         Listeners { callback, admin },
-        None,
+        acceptor,
         shutdown,
         config.shutdown_grace,
     ));
 
-    let url: Uri = format!("http://{callback_addr}/").parse()?;
+    let scheme = if demo_cert.is_some() { "https" } else { "http" };
+    let url: Uri = format!("{scheme}://{callback_addr}/").parse()?;
+    let ca_file = demo_cert.as_ref().map(|c| c.cert.as_path());
+    // How `send` trusts the self-signed certificate, for the commands printed below.
+    let ca_flag = ca_file.map_or_else(String::new, |path| format!(" --ca-file {}", path.display()));
     println!("feishu-gate demo");
     println!("  gateway        {url}  (token {DEMO_TOKEN:?}, key {DEMO_KEY:?})");
+    if let Some(path) = ca_file {
+        println!(
+            "  certificate    {}  (self-signed, made for this run)",
+            path.display()
+        );
+    }
     println!("  legacy system  {legacy_url}");
     println!("  admin          http://{admin_addr}/metrics");
     println!();
@@ -116,7 +193,7 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     println!("   {body}");
     println!("   (sealed with the key; inside: {plaintext})");
     println!();
-    let (status, answer) = send::post(&url, body, None, Duration::from_secs(10)).await?;
+    let (status, answer) = send::post(&url, body, ca_file, Duration::from_secs(10)).await?;
     println!(
         "④ feishu-gate → Feishu: {} {}",
         status.as_u16(),
@@ -127,6 +204,9 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.once {
         let _ = stop.send(());
         server.await?;
+        if let Some(reload) = reload {
+            reload.abort();
+        }
         return if status == StatusCode::OK {
             Ok(())
         } else {
@@ -135,11 +215,14 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("Serving until Ctrl-C. Try a refusal the legacy system explains itself:");
     println!(
-        "  cargo run --release -- send --url {url} --token {DEMO_TOKEN} --key {DEMO_KEY} --action REJECT --task-id step2"
+        "  cargo run --release -- send --url {url}{ca_flag} --token {DEMO_TOKEN} --key {DEMO_KEY} --action REJECT --task-id step2"
     );
     println!();
     server.await?;
     drop(stop);
+    if let Some(reload) = reload {
+        reload.abort();
+    }
     Ok(())
 }
 

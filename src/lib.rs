@@ -3,10 +3,11 @@
 //! approval system a plain JSON POST, translating its answer (or silence) into
 //! what Feishu shows the approver.
 //!
-//! A callback's path, one module per step: [`server`] listens, [`gateway`]
-//! routes and reads, [`verify`] opens the [`envelope`] and checks the token,
-//! [`callback`] validates, [`dedup`] and [`limit`] guard, [`upstream`]
-//! forwards, and [`respond`] decides what Feishu receives.
+//! A callback's path, one module per step: [`server`] listens (over TLS from
+//! [`server_tls`] when configured), [`gateway`] routes and reads, [`verify`]
+//! opens the [`envelope`] and checks the token, [`callback`] validates,
+//! [`dedup`] and [`limit`] guard, [`upstream`] forwards, and [`respond`]
+//! decides what Feishu receives.
 
 pub mod admin;
 pub mod callback;
@@ -23,6 +24,7 @@ pub mod respond;
 pub mod secret;
 pub mod send;
 pub mod server;
+pub mod server_tls;
 pub mod tls;
 pub mod upstream;
 pub mod verify;

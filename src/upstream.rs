@@ -127,7 +127,7 @@ impl Upstream {
                 );
             }
             Ok(Err(e)) => {
-                let kind = if e.is_connect() {
+                let kind = if e.is_connect() || refused_by_tls(&e) {
                     UpstreamError::Connect
                 } else {
                     UpstreamError::Dropped
@@ -208,6 +208,43 @@ impl Upstream {
         }
         builder.body(Full::new(Bytes::from(body)))
     }
+}
+
+/// Whether the upstream's TLS refused us. Under TLS 1.3 a server checks the
+/// client's certificate after the client has finished its half of the
+/// handshake, so a refused or missing client certificate surfaces as an alert
+/// while the request is being sent rather than as a connect error; a server
+/// that sends one of these alerts has processed no request.
+fn refused_by_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    use rustls::AlertDescription as A;
+    let mut next = Some(e);
+    while let Some(e) = next {
+        // tokio-rustls hands rustls errors over inside an `io::Error`, whose
+        // `source` skips the error it wraps.
+        let wrapped = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        for candidate in [Some(e), wrapped].into_iter().flatten() {
+            if let Some(rustls::Error::AlertReceived(alert)) = candidate.downcast_ref() {
+                return matches!(
+                    alert,
+                    A::HandshakeFailure
+                        | A::NoCertificate
+                        | A::BadCertificate
+                        | A::UnsupportedCertificate
+                        | A::CertificateRevoked
+                        | A::CertificateExpired
+                        | A::CertificateUnknown
+                        | A::UnknownCA
+                        | A::AccessDenied
+                        | A::CertificateRequired
+                );
+            }
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// The whole cause chain of an error, for logs and command output.
