@@ -167,7 +167,8 @@ image() {
     awk '/^FROM /{stage=""} {stage=stage $0 "\n"} END{printf "%s", stage}' deploy/Dockerfile
   } >"$ctx/Containerfile"
   local tag=localhost/feishu-gate-ci:$$ name=feishu-gate-ci-$$
-  podman build -q -t "$tag" -f "$ctx/Containerfile" "$ctx" >/dev/null
+  # --layers=false: no intermediate image of the build stage is left behind.
+  podman build -q --layers=false -t "$tag" -f "$ctx/Containerfile" "$ctx" >/dev/null
   # This runs in its own subshell: the trap cleans up after this check only.
   trap 'podman rm -f '"$name"' >/dev/null 2>&1; podman rmi -f '"$tag"' >/dev/null 2>&1' EXIT
 
