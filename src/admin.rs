@@ -60,7 +60,10 @@ fn route(gateway: &Gateway, request: &Request<Incoming>) -> Response<Full<Bytes>
             let mut response = Response::new(Full::new(Bytes::from(gateway.metrics.render())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                // prometheus-client writes OpenMetrics (`# EOF`, counters typed without `_total`).
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             response
         }

@@ -24,20 +24,48 @@ async fn admin_endpoints_and_metrics_move_with_real_callbacks() {
     gate.post(callback(TOKEN)).await.feishu_error(500);
 
     let m = gate.metrics().await;
-    assert_eq!(metric(&m, r#"feishu_gate_callbacks_total{outcome="delivered"}"#), 1.0, "{m}");
-    assert_eq!(metric(&m, r#"feishu_gate_callbacks_total{outcome="unauthorized"}"#), 1.0);
-    assert_eq!(metric(&m, r#"feishu_gate_callbacks_total{outcome="upstream_refused"}"#), 1.0);
-    assert_eq!(metric(&m, r#"feishu_gate_upstream_errors_total{kind="status"}"#), 1.0);
-    assert_eq!(metric(&m, r#"feishu_gate_callbacks_total{outcome="not_found"}"#), 1.0);
-    assert_eq!(metric(&m, "feishu_gate_callback_duration_seconds_count"), 4.0);
-    assert_eq!(metric(&m, "feishu_gate_upstream_duration_seconds_count"), 2.0);
+    assert_eq!(
+        metric(&m, r#"feishu_gate_callbacks_total{outcome="delivered"}"#),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, r#"feishu_gate_callbacks_total{outcome="unauthorized"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"feishu_gate_callbacks_total{outcome="upstream_refused"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, r#"feishu_gate_upstream_errors_total{kind="status"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, r#"feishu_gate_callbacks_total{outcome="not_found"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "feishu_gate_callback_duration_seconds_count"),
+        4.0
+    );
+    assert_eq!(
+        metric(&m, "feishu_gate_upstream_duration_seconds_count"),
+        2.0
+    );
     assert_eq!(metric(&m, "feishu_gate_callbacks_in_flight"), 0.0);
     assert_eq!(metric(&m, "feishu_gate_ready"), 1.0);
     for deadline in ["3.0", "5.0", "10.0"] {
         let series = format!(r#"feishu_gate_callback_duration_seconds_bucket{{le="{deadline}"}}"#);
         assert_eq!(metric(&m, &series), 4.0, "{series} in {m}");
     }
-    assert!(m.contains(&format!(r#"feishu_gate_build_info{{version="{}"}} 1"#, env!("CARGO_PKG_VERSION"))));
+    assert!(m.contains(&format!(
+        r#"feishu_gate_build_info{{version="{}"}} 1"#,
+        env!("CARGO_PKG_VERSION")
+    )));
     assert!(m.contains("feishu_gate_tls_certificate_expiry_timestamp_seconds"));
     assert!(!m.contains(TOKEN) && !m.contains("inst-1") && !m.contains("CODE-1"));
 }
@@ -45,16 +73,29 @@ async fn admin_endpoints_and_metrics_move_with_real_callbacks() {
 #[tokio::test]
 async fn a_burst_over_the_global_limit_gets_429_and_only_the_allowed_reach_upstream() {
     let up = Upstream::start(Reply::ok()).await;
-    let gate = Gate::start(&up.url(), &[(config::RATE_LIMIT_RPS, "1"), (config::RATE_LIMIT_BURST, "3")]).await;
+    let gate = Gate::start(
+        &up.url(),
+        &[
+            (config::RATE_LIMIT_RPS, "1"),
+            (config::RATE_LIMIT_BURST, "3"),
+        ],
+    )
+    .await;
     let mut ok = 0;
     let mut limited = 0;
     for i in 0..10 {
-        let answer = gate.post(callback_with(TOKEN, "task_id", &format!("\"t{i}\""))).await;
+        let answer = gate
+            .post(callback_with(TOKEN, "task_id", &format!("\"t{i}\"")))
+            .await;
         match answer.status {
             200 => ok += 1,
             429 => {
                 answer.feishu_error(429);
-                let retry: u64 = answer.headers["retry-after"].to_str().unwrap().parse().unwrap();
+                let retry: u64 = answer.headers["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
                 assert!(retry >= 1);
                 limited += 1;
             }
@@ -66,7 +107,10 @@ async fn a_burst_over_the_global_limit_gets_429_and_only_the_allowed_reach_upstr
     assert_eq!(ok + limited, 10);
     assert_eq!(up.count(), ok);
     let m = gate.metrics().await;
-    assert_eq!(metric(&m, r#"feishu_gate_rate_limited_total{scope="global"}"#), limited as f64);
+    assert_eq!(
+        metric(&m, r#"feishu_gate_rate_limited_total{scope="global"}"#),
+        limited as f64
+    );
 }
 
 #[tokio::test]
@@ -74,26 +118,55 @@ async fn one_approver_is_limited_while_another_is_not() {
     let up = Upstream::start(Reply::ok()).await;
     let gate = Gate::start(
         &up.url(),
-        &[(config::USER_RATE_LIMIT_RPS, "1"), (config::USER_RATE_LIMIT_BURST, "1")],
+        &[
+            (config::USER_RATE_LIMIT_RPS, "1"),
+            (config::USER_RATE_LIMIT_BURST, "1"),
+        ],
     )
     .await;
-    assert_eq!(gate.post(callback_with(TOKEN, "user_id", "\"alice\"")).await.status, 200);
-    let again = gate.post(callback_with(TOKEN, "user_id", "\"alice\"")).await;
+    assert_eq!(
+        gate.post(callback_with(TOKEN, "user_id", "\"alice\""))
+            .await
+            .status,
+        200
+    );
+    let again = gate
+        .post(callback_with(TOKEN, "user_id", "\"alice\""))
+        .await;
     again.feishu_error(429);
     assert!(again.headers.contains_key("retry-after"));
-    assert_eq!(gate.post(callback_with(TOKEN, "user_id", "\"bob\"")).await.status, 200);
+    assert_eq!(
+        gate.post(callback_with(TOKEN, "user_id", "\"bob\""))
+            .await
+            .status,
+        200
+    );
     assert_eq!(up.count(), 2);
     // A bad token never touches the per-approver state.
-    gate.post(callback_with("wrong", "user_id", "\"carol\"")).await.feishu_error(401);
-    assert_eq!(gate.post(callback_with(TOKEN, "user_id", "\"carol\"")).await.status, 200);
+    gate.post(callback_with("wrong", "user_id", "\"carol\""))
+        .await
+        .feishu_error(401);
+    assert_eq!(
+        gate.post(callback_with(TOKEN, "user_id", "\"carol\""))
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
 async fn concurrent_copies_of_one_decision_reach_the_upstream_once() {
     let up = Upstream::start(Reply::ok().slow(Duration::from_millis(600))).await;
-    let gate = Gate::start(&up.url(), &[(config::KEY, KEY), (config::DEDUP_TTL_SECS, "600")]).await;
+    let gate = Gate::start(
+        &up.url(),
+        &[(config::KEY, KEY), (config::DEDUP_TTL_SECS, "600")],
+    )
+    .await;
     let copies: Vec<String> = (0..8).map(|_| seal(KEY, &callback(TOKEN))).collect();
-    assert!(copies.windows(2).all(|w| w[0] != w[1]), "fresh IV for every copy");
+    assert!(
+        copies.windows(2).all(|w| w[0] != w[1]),
+        "fresh IV for every copy"
+    );
     let answers = futures_join(copies.into_iter().map(|body| {
         let addr = gate.addr;
         tokio::spawn(async move { post(addr, "/", body, &[]).await })
@@ -108,8 +181,21 @@ async fn concurrent_copies_of_one_decision_reach_the_upstream_once() {
     assert_eq!(gate.post(seal(KEY, &callback(TOKEN))).await.status, 200);
     assert_eq!(up.count(), 1);
     let m = gate.metrics().await;
-    assert_eq!(metric(&m, r#"feishu_gate_duplicates_suppressed_total{how="in_flight"}"#), 7.0, "{m}");
-    assert_eq!(metric(&m, r#"feishu_gate_duplicates_suppressed_total{how="remembered"}"#), 1.0);
+    assert_eq!(
+        metric(
+            &m,
+            r#"feishu_gate_duplicates_suppressed_total{how="in_flight"}"#
+        ),
+        7.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"feishu_gate_duplicates_suppressed_total{how="remembered"}"#
+        ),
+        1.0
+    );
 
     // A different decision on the same task is delivered.
     let reject = callback(TOKEN).replace("APPROVE", "REJECT");
@@ -119,7 +205,9 @@ async fn concurrent_copies_of_one_decision_reach_the_upstream_once() {
 
 #[tokio::test]
 async fn a_failed_delivery_is_not_remembered_and_waiters_share_its_failure() {
-    let up = Upstream::start(Reply::json(503, r#"{"message":"busy"}"#).slow(Duration::from_millis(400))).await;
+    let up =
+        Upstream::start(Reply::json(503, r#"{"message":"busy"}"#).slow(Duration::from_millis(400)))
+            .await;
     let gate = Gate::start(&up.url(), &[(config::DEDUP_TTL_SECS, "600")]).await;
     let answers = futures_join((0..3).map(|_| {
         let addr = gate.addr;
@@ -142,15 +230,30 @@ async fn rotated_tokens_and_keys_are_accepted_and_others_are_not() {
     let up = Upstream::start(Reply::ok()).await;
     let gate = Gate::start(
         &up.url(),
-        &[(config::TOKEN, "new-token,old-token"), (config::KEY, "new-key, old-key")],
+        &[
+            (config::TOKEN, "new-token,old-token"),
+            (config::KEY, "new-key, old-key"),
+        ],
     )
     .await;
-    for (token, key) in [("new-token", "new-key"), ("old-token", "old-key"), ("old-token", "new-key")] {
+    for (token, key) in [
+        ("new-token", "new-key"),
+        ("old-token", "old-key"),
+        ("old-token", "new-key"),
+    ] {
         let body = callback_with(token, "task_id", &format!("\"{token}-{key}\""));
-        assert_eq!(gate.post(seal(key, &body)).await.status, 200, "{token} {key}");
+        assert_eq!(
+            gate.post(seal(key, &body)).await.status,
+            200,
+            "{token} {key}"
+        );
     }
-    gate.post(seal("other-key", &callback("new-token"))).await.feishu_error(401);
-    gate.post(seal("new-key", &callback("other-token"))).await.feishu_error(401);
+    gate.post(seal("other-key", &callback("new-token")))
+        .await
+        .feishu_error(401);
+    gate.post(seal("new-key", &callback("other-token")))
+        .await
+        .feishu_error(401);
     assert_eq!(up.count(), 3);
 }
 
@@ -172,13 +275,21 @@ async fn draining_finishes_in_flight_callbacks_and_refuses_new_connections() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(get(gate.admin, "/readyz").await.status, 503);
     assert_eq!(get(gate.admin, "/livez").await.status, 200);
-    assert!(tokio::net::TcpStream::connect(gate.addr).await.is_err(), "listener closed");
+    assert!(
+        tokio::net::TcpStream::connect(gate.addr).await.is_err(),
+        "listener closed"
+    );
     let answer = in_flight.await.unwrap();
     assert_eq!(answer.status, 200, "{}", answer.text);
-    tokio::time::timeout(Duration::from_secs(5), drained).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), drained)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
-async fn futures_join<T: Send + 'static>(handles: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
+async fn futures_join<T: Send + 'static>(
+    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<T> {
     let mut out = Vec::new();
     for h in handles.collect::<Vec<_>>() {
         out.push(h.await.unwrap());

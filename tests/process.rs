@@ -31,7 +31,11 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -40,8 +44,16 @@ fn missing_configuration_exits_64_naming_each_variable() {
         let (code, _, err) = run(command, &[]);
         assert_eq!(code, 64, "{command:?}: {err}");
         let lines: Vec<&str> = err.lines().collect();
-        assert!(lines.iter().any(|l| l.starts_with("FEISHU_GATE_UPSTREAM_URL: ")), "{err}");
-        assert!(lines.iter().any(|l| l.starts_with("FEISHU_GATE_TOKEN: ")), "{err}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("FEISHU_GATE_UPSTREAM_URL: ")),
+            "{err}"
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with("FEISHU_GATE_TOKEN: ")),
+            "{err}"
+        );
         assert!(lines.iter().all(|l| l.starts_with("FEISHU_GATE_")), "{err}");
     }
 }
@@ -59,7 +71,10 @@ fn every_bad_variable_is_reported_at_once() {
             ("FEISHU_GATE_TLS_CERT", "/nonexistent.pem"),
             ("FEISHU_GATE_LANG", "fr"),
             ("FEISHU_GATE_MAX_BODY_BYTES", "lots"),
-            ("FEISHU_GATE_UPSTREAM_HEADERS", "Authorization:Bearer hush-hush"),
+            (
+                "FEISHU_GATE_UPSTREAM_HEADERS",
+                "Authorization:Bearer hush-hush",
+            ),
         ],
     );
     assert_eq!(code, 64);
@@ -73,7 +88,10 @@ fn every_bad_variable_is_reported_at_once() {
         "FEISHU_GATE_MAX_BODY_BYTES",
         "FEISHU_GATE_UPSTREAM_HEADERS",
     ] {
-        assert!(err.lines().any(|l| l.starts_with(&format!("{var}: "))), "{var} missing in:\n{err}");
+        assert!(
+            err.lines().any(|l| l.starts_with(&format!("{var}: "))),
+            "{var} missing in:\n{err}"
+        );
     }
     assert!(!err.contains("hush-hush"), "{err}");
 }
@@ -89,29 +107,46 @@ fn check_config_prints_effective_settings_with_secrets_redacted() {
             ("FEISHU_GATE_UPSTREAM_URL", "http://127.0.0.1:8080/cb"),
             ("FEISHU_GATE_TOKEN", "tok-secret-1,tok-secret-2"),
             ("FEISHU_GATE_KEY_FILE", key_file.to_str().unwrap()),
-            ("FEISHU_GATE_UPSTREAM_HEADERS", "Authorization=Bearer%20hdr-secret"),
+            (
+                "FEISHU_GATE_UPSTREAM_HEADERS",
+                "Authorization=Bearer%20hdr-secret",
+            ),
             ("FEISHU_GATE_UPSTREAM_TIMEOUT_MS", "5000"),
             ("FEISHU_GATE_TYPO", "x"),
         ],
     );
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("FEISHU_GATE_UPSTREAM_URL=http://127.0.0.1:8080/cb"), "{out}");
+    assert!(
+        out.contains("FEISHU_GATE_UPSTREAM_URL=http://127.0.0.1:8080/cb"),
+        "{out}"
+    );
     assert!(out.contains("FEISHU_GATE_UPSTREAM_TIMEOUT_MS=5000"));
     assert!(out.contains("FEISHU_GATE_LISTEN=0.0.0.0:8443"));
     assert!(out.contains("FEISHU_GATE_TOKEN=<redacted: 2>"));
     assert!(out.contains("FEISHU_GATE_KEY=<redacted: 1>"));
     assert!(out.contains("FEISHU_GATE_UPSTREAM_HEADERS=authorization=<redacted>"));
     for secret in ["tok-secret", "file-key-secret", "hdr-secret"] {
-        assert!(!out.contains(secret) && !err.contains(secret), "{secret} leaked");
+        assert!(
+            !out.contains(secret) && !err.contains(secret),
+            "{secret} leaked"
+        );
     }
-    assert!(err.contains("FEISHU_GATE_TYPO is not a feishu-gate setting"), "{err}");
+    assert!(
+        err.contains("FEISHU_GATE_TYPO is not a feishu-gate setting"),
+        "{err}"
+    );
 }
 
 #[test]
 fn encrypt_and_decrypt_commands_speak_feishus_envelope() {
-    let vectors: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/crypto-vectors.json")).unwrap())
-            .unwrap();
+    let vectors: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/crypto-vectors.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
     for v in vectors.as_array().unwrap() {
         let key = v["key"].as_str().unwrap();
         let plaintext = v["plaintext"].as_str().unwrap();
@@ -122,7 +157,10 @@ fn encrypt_and_decrypt_commands_speak_feishus_envelope() {
         assert_eq!(out.trim_end(), plaintext, "{}", v["name"]);
         let sealed = pipe(&["encrypt", "--key", key], plaintext);
         assert!(sealed.starts_with("{\"encrypt\":"), "{sealed}");
-        assert_eq!(pipe(&["decrypt", "--key", key], &sealed).trim_end(), plaintext);
+        assert_eq!(
+            pipe(&["decrypt", "--key", key], &sealed).trim_end(),
+            plaintext
+        );
     }
     let (code, _, err) = {
         let mut child = gate_command(&["decrypt", "--key", "wrong"], &[])
@@ -131,9 +169,18 @@ fn encrypt_and_decrypt_commands_speak_feishus_envelope() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(b"P37w+VZImNgPEO1RBhJ6RtKl7n6zymIbEG1pReEzghk=").unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"P37w+VZImNgPEO1RBhJ6RtKl7n6zymIbEG1pReEzghk=")
+            .unwrap();
         let out = child.wait_with_output().unwrap();
-        (out.status.code().unwrap(), (), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code().unwrap(),
+            (),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     assert_eq!(code, 1);
     assert!(err.contains("cannot decrypt"), "{err}");
@@ -145,7 +192,12 @@ fn pipe(args: &[&str], input: &str) -> String {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{args:?}");
     String::from_utf8(out.stdout).unwrap()
@@ -172,7 +224,11 @@ impl Served {
             ("FEISHU_GATE_ADMIN_LISTEN", admin_listen.as_str()),
         ];
         env.extend_from_slice(extra);
-        let mut child = gate_command(&["serve"], &env).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = gate_command(&["serve"], &env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().unwrap();
         let sink = lines.clone();
@@ -181,7 +237,12 @@ impl Served {
                 sink.lock().unwrap().push(line);
             }
         });
-        let served = Served { child, port, admin, lines };
+        let served = Served {
+            child,
+            port,
+            admin,
+            lines,
+        };
         served.wait_ready();
         served
     }
@@ -198,7 +259,11 @@ impl Served {
     }
 
     fn signal(&self, name: &str) {
-        let status = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().unwrap();
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 
@@ -219,7 +284,9 @@ impl Served {
             .lock()
             .unwrap()
             .iter()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("log line is not JSON: {l}")))
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|_| panic!("log line is not JSON: {l}"))
+            })
             .collect()
     }
 }
@@ -248,7 +315,10 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let status = out.split(' ').nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -261,18 +331,25 @@ async fn one_json_log_line_per_callback_without_secrets() {
         let sealed = seal(KEY, &callback(TOKEN));
         let (status, _) = http(served.port, "POST", "/", &sealed).unwrap();
         assert_eq!(status, 200);
-        let (status, _) = http(served.port, "POST", "/", &seal(KEY, &callback("bad-token"))).unwrap();
+        let (status, _) =
+            http(served.port, "POST", "/", &seal(KEY, &callback("bad-token"))).unwrap();
         assert_eq!(status, 401);
         std::thread::sleep(Duration::from_millis(200));
         let raw: Vec<String> = served.lines.lock().unwrap().clone();
         for line in &raw {
-            assert!(!line.contains(TOKEN) && !line.contains(KEY) && !line.contains(&sealed[12..60]), "{line}");
+            assert!(
+                !line.contains(TOKEN) && !line.contains(KEY) && !line.contains(&sealed[12..60]),
+                "{line}"
+            );
         }
         served.log_lines()
     })
     .await
     .unwrap();
-    let callbacks: Vec<&serde_json::Value> = lines.iter().filter(|l| l["target"] == "feishu_gate::callback").collect();
+    let callbacks: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "feishu_gate::callback")
+        .collect();
     assert_eq!(callbacks.len(), 2, "{lines:#?}");
     let ok = callbacks[0];
     assert_eq!(ok["outcome"], "delivered");
@@ -287,8 +364,16 @@ async fn one_json_log_line_per_callback_without_secrets() {
     assert_eq!(callbacks[1]["outcome"], "unauthorized");
     assert_eq!(callbacks[1]["status"], 401);
     // Start-up logs the effective configuration, redacted.
-    let start = lines.iter().find(|l| l["message"] == "starting").expect("a start-up line");
-    assert!(start["settings"].as_str().unwrap().contains("FEISHU_GATE_TOKEN=<redacted: 1>"));
+    let start = lines
+        .iter()
+        .find(|l| l["message"] == "starting")
+        .expect("a start-up line");
+    assert!(
+        start["settings"]
+            .as_str()
+            .unwrap()
+            .contains("FEISHU_GATE_TOKEN=<redacted: 1>")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -318,10 +403,16 @@ async fn sigterm_drains_a_slow_callback_and_exits_zero() {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(saw_503, "readiness never turned 503");
-        let (status, body) = in_flight.join().unwrap().expect("the in-flight callback was answered");
+        let (status, body) = in_flight
+            .join()
+            .unwrap()
+            .expect("the in-flight callback was answered");
         assert_eq!(status, 200, "{body}");
         assert_eq!(served.wait_exit(Duration::from_secs(5)), 0);
-        assert!(signalled.elapsed() < Duration::from_secs(5), "exited within the grace period");
+        assert!(
+            signalled.elapsed() < Duration::from_secs(5),
+            "exited within the grace period"
+        );
     })
     .await
     .unwrap();
@@ -343,7 +434,10 @@ async fn a_second_signal_exits_at_once() {
         }
         served.signal("TERM");
         std::thread::sleep(Duration::from_millis(200));
-        assert!(served.child.try_wait().unwrap().is_none(), "still draining after one signal");
+        assert!(
+            served.child.try_wait().unwrap().is_none(),
+            "still draining after one signal"
+        );
         served.signal("INT");
         assert_eq!(served.wait_exit(Duration::from_secs(3)), 130);
     })
@@ -359,7 +453,17 @@ async fn send_command_smoke_tests_a_running_gateway() {
         let served = Served::start(&url, &[]);
         let target = format!("http://127.0.0.1:{}/", served.port);
         let (code, out, err) = run(
-            &["send", "--url", &target, "--action", "REJECT", "--task-id", "t-9", "--message-id", "7250020197497765889"],
+            &[
+                "send",
+                "--url",
+                &target,
+                "--action",
+                "REJECT",
+                "--task-id",
+                "t-9",
+                "--message-id",
+                "7250020197497765889",
+            ],
             &[("FEISHU_GATE_TOKEN", TOKEN), ("FEISHU_GATE_KEY", KEY)],
         );
         assert_eq!(code, 0, "{out}{err}");
@@ -373,15 +477,26 @@ async fn send_command_smoke_tests_a_running_gateway() {
     let got = up.received();
     assert_eq!(got.len(), 1);
     let text = got[0].text();
-    assert!(text.contains(r#""action_type":"REJECT""#) && text.contains("7250020197497765889"), "{text}");
+    assert!(
+        text.contains(r#""action_type":"REJECT""#) && text.contains("7250020197497765889"),
+        "{text}"
+    );
 }
 
 #[test]
 fn demo_once_shows_a_full_round_trip() {
     let (port, admin) = (free_port().to_string(), free_port().to_string());
-    let (code, out, err) = run(&["demo", "--once", "--port", &port, "--admin-port", &admin], &[]);
+    let (code, out, err) = run(
+        &["demo", "--once", "--port", &port, "--admin-port", &admin],
+        &[],
+    );
     assert_eq!(code, 0, "{out}\n{err}");
-    for hop in ["① Feishu → feishu-gate", "② feishu-gate → legacy system", "③ legacy system → feishu-gate: 200", "④ feishu-gate → Feishu: 200"] {
+    for hop in [
+        "① Feishu → feishu-gate",
+        "② feishu-gate → legacy system",
+        "③ legacy system → feishu-gate: 200",
+        "④ feishu-gate → Feishu: 200",
+    ] {
         assert!(out.contains(hop), "{hop} missing:\n{out}");
     }
     assert!(out.contains("7250020197497765889"));
