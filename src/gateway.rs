@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body;
 use tokio::time::{Instant, timeout, timeout_at};
@@ -77,6 +77,8 @@ struct Record {
     upstream_status: Option<StatusCode>,
     upstream_elapsed: Option<Duration>,
     detail: Option<String>,
+    /// The request's body was read to its end, so its connection can carry another.
+    body_read: bool,
 }
 
 impl Gateway {
@@ -112,7 +114,11 @@ impl Gateway {
         let started = Instant::now();
         let _in_flight = InFlight::new(&self.metrics);
         let request_id = request_id(request.headers());
-        let mut record = Record::default();
+        let keeps_alive_by_header = request.version() <= Version::HTTP_11;
+        let mut record = Record {
+            body_read: request.body().is_end_stream(),
+            ..Record::default()
+        };
         let outcome = self
             .process(request, started, &request_id, &mut record)
             .await;
@@ -121,6 +127,14 @@ impl Gateway {
         response
             .headers_mut()
             .insert(REQUEST_ID, request_id.clone());
+        if keeps_alive_by_header && !record.body_read {
+            // Refused before its body was read: the connection is closed after
+            // this answer, and saying so keeps the client from sending its next
+            // request into a socket that is going away.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let elapsed = started.elapsed();
         self.observe(&outcome, elapsed);
         log(&outcome, response.status(), &request_id, elapsed, &record);
@@ -155,7 +169,10 @@ impl Gateway {
             return Outcome::Rejected(Rejection::RateLimited { retry_after_secs });
         }
         let body = match self.read_body(request).await {
-            Ok(body) => body,
+            Ok(body) => {
+                record.body_read = true;
+                body
+            }
             Err(rejection) => return Outcome::Rejected(rejection),
         };
         let callback = match self.verifier.verify(&body) {
