@@ -420,8 +420,10 @@ impl Config {
 const NOT_UTF8: &str = "\u{0}not-utf8";
 
 /// `FEISHU_GATE_*` names that are not ours: likely typos, worth a warning.
-/// Kubernetes injects `<SERVICE>_SERVICE_HOST`/`<SERVICE>_PORT*` for a Service
-/// named `feishu-gate`; those are expected and not reported.
+/// Kubernetes injects `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT` and
+/// `<SERVICE>_PORT_<n>_TCP*` for every Service in the namespace; a Service
+/// named `feishu-gate` or `feishu-gate-<anything>` produces names under our
+/// prefix, and those are expected.
 fn unknown_variables(vars: &HashMap<String, String>) -> Vec<String> {
     let mut unknown: Vec<String> = vars
         .keys()
@@ -430,14 +432,21 @@ fn unknown_variables(vars: &HashMap<String, String>) -> Vec<String> {
                 || SECRET_VARIABLES
                     .iter()
                     .any(|s| k.strip_suffix("_FILE") == Some(s));
-            let injected =
-                k.starts_with("FEISHU_GATE_SERVICE_") || k.starts_with("FEISHU_GATE_PORT");
-            !known && !injected
+            !known && !is_service_link(k)
         })
         .map(|k| format!("{k} is not a feishu-gate setting and is ignored"))
         .collect();
     unknown.sort();
     unknown
+}
+
+fn is_service_link(name: &str) -> bool {
+    name.contains("_SERVICE_HOST")
+        || name.contains("_SERVICE_PORT")
+        || name.ends_with("_PORT")
+        || name
+            .split_once("_PORT_")
+            .is_some_and(|(_, rest)| rest.starts_with(|c: char| c.is_ascii_digit()))
 }
 
 struct Parser<'a> {
@@ -588,7 +597,8 @@ impl Parser<'_> {
             default_addr(9901),
             "an address like 0.0.0.0:9901",
         );
-        if listen == admin_listen {
+        // Port 0 asks the system for a free port, so two of them never collide.
+        if listen == admin_listen && listen.port() != 0 {
             self.fail(ADMIN_LISTEN, format!("must differ from {LISTEN}"));
         }
         let callback_path = self.raw(CALLBACK_PATH).unwrap_or_else(|| "/".to_owned());
@@ -955,6 +965,18 @@ mod tests {
         vars.push(("FEISHU_GATE_UPSTREM_URL".into(), "x".into()));
         vars.push(("FEISHU_GATE_PORT".into(), "tcp://10.0.0.1:8443".into()));
         vars.push(("FEISHU_GATE_SERVICE_HOST".into(), "10.0.0.1".into()));
+        vars.push((
+            "FEISHU_GATE_METRICS_SERVICE_PORT_ADMIN".into(),
+            "9901".into(),
+        ));
+        vars.push((
+            "FEISHU_GATE_METRICS_PORT".into(),
+            "tcp://10.0.0.2:9901".into(),
+        ));
+        vars.push((
+            "FEISHU_GATE_METRICS_PORT_9901_TCP_ADDR".into(),
+            "10.0.0.2".into(),
+        ));
         let w = Config::from_vars(vars).unwrap().warnings;
         assert_eq!(
             w,
@@ -966,6 +988,7 @@ mod tests {
     fn misc_validation() {
         assert!(errors(&[(CALLBACK_PATH, "feishu")])[0].starts_with(CALLBACK_PATH));
         assert!(errors(&[(ADMIN_LISTEN, "0.0.0.0:8443")])[0].starts_with(ADMIN_LISTEN));
+        assert!(with(&[(LISTEN, "127.0.0.1:0"), (ADMIN_LISTEN, "127.0.0.1:0")]).is_ok());
         assert!(errors(&[(ALLOW_PLAINTEXT, "maybe")])[0].starts_with(ALLOW_PLAINTEXT));
         assert!(errors(&[(MAX_BODY_BYTES, "10")])[0].starts_with(MAX_BODY_BYTES));
         let c = with(&[
