@@ -68,6 +68,11 @@ pub const LANG: &str = "FEISHU_GATE_LANG";
 pub const LOG_FORMAT: &str = "FEISHU_GATE_LOG_FORMAT";
 /// How long in-flight callbacks may finish after SIGTERM.
 pub const SHUTDOWN_GRACE_MS: &str = "FEISHU_GATE_SHUTDOWN_GRACE_MS";
+/// Callback connections served at once. At the cap the gateway stops
+/// accepting: further clients wait in the kernel's listen backlog and are
+/// served as soon as a connection closes, which an idle one does within
+/// [`crate::server::HEADER_READ_TIMEOUT`].
+pub const MAX_CONNECTIONS: &str = "FEISHU_GATE_MAX_CONNECTIONS";
 
 /// Every variable the gateway reads (secrets also have a `_FILE` form).
 pub const VARIABLES: &[&str] = &[
@@ -96,6 +101,7 @@ pub const VARIABLES: &[&str] = &[
     LANG,
     LOG_FORMAT,
     SHUTDOWN_GRACE_MS,
+    MAX_CONNECTIONS,
 ];
 
 /// Variables that may instead be read from the file named by `<NAME>_FILE`.
@@ -251,6 +257,7 @@ pub struct Config {
     pub lang: Lang,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
+    pub max_connections: usize,
 }
 
 /// One problem with one variable.
@@ -413,6 +420,7 @@ impl Config {
                 SHUTDOWN_GRACE_MS,
                 self.shutdown_grace.as_millis().to_string(),
             ),
+            (MAX_CONNECTIONS, self.max_connections.to_string()),
         ]
     }
 }
@@ -660,6 +668,12 @@ impl Parser<'_> {
         };
         let shutdown_grace =
             Duration::from_millis(self.number(SHUTDOWN_GRACE_MS, 8_000, 0, 3_600_000));
+        let max_connections = self.number(
+            MAX_CONNECTIONS,
+            crate::server::MAX_CONNECTIONS as u64,
+            1,
+            1_000_000,
+        );
 
         Some(Config {
             listen,
@@ -683,6 +697,7 @@ impl Parser<'_> {
             lang,
             log_format,
             shutdown_grace,
+            max_connections: usize::try_from(max_connections).ok()?,
         })
     }
 
@@ -827,6 +842,7 @@ mod tests {
         assert_eq!(c.lang, Lang::Zh);
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.shutdown_grace, Duration::from_millis(8000));
+        assert_eq!(c.max_connections, 4096);
         assert!(c.keys.is_empty() && !c.allow_plaintext && c.tls.is_none());
     }
 
@@ -991,6 +1007,14 @@ mod tests {
         assert!(with(&[(LISTEN, "127.0.0.1:0"), (ADMIN_LISTEN, "127.0.0.1:0")]).is_ok());
         assert!(errors(&[(ALLOW_PLAINTEXT, "maybe")])[0].starts_with(ALLOW_PLAINTEXT));
         assert!(errors(&[(MAX_BODY_BYTES, "10")])[0].starts_with(MAX_BODY_BYTES));
+        assert!(errors(&[(MAX_CONNECTIONS, "0")])[0].starts_with(MAX_CONNECTIONS));
+        assert_eq!(
+            with(&[(MAX_CONNECTIONS, "8")])
+                .unwrap()
+                .config
+                .max_connections,
+            8
+        );
         let c = with(&[
             (RATE_LIMIT_RPS, "0"),
             (USER_RATE_LIMIT_RPS, "2"),

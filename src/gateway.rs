@@ -63,6 +63,8 @@ pub struct Gateway {
     translator: Translator,
     limits: Limits,
     dedup: Option<Dedup>,
+    /// Callback connections served at once (`FEISHU_GATE_MAX_CONNECTIONS`).
+    pub max_connections: usize,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     /// Deliveries run as their own tasks so a client hanging up cannot cancel
@@ -94,6 +96,7 @@ impl Gateway {
             translator: Translator::new(config.lang, secrets),
             limits: Limits::new(config.rate_limit, config.user_rate_limit),
             dedup: config.dedup_ttl.map(Dedup::new),
+            max_connections: config.max_connections,
             health: Arc::default(),
             metrics: Arc::default(),
             deliveries: TaskTracker::new(),

@@ -21,12 +21,16 @@ use tokio_rustls::TlsAcceptor;
 use crate::admin;
 use crate::gateway::Gateway;
 
-/// Time a client has to send a request's headers (also bounds idle keep-alive
-/// connections waiting for their next request).
+mod idle;
+
+/// Time a client has to send a request's headers. It also bounds how long any
+/// connection may carry no request, HTTP/1 or HTTP/2, including before its
+/// first byte (see `idle`).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a client has to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections served at once; further clients wait in the listen backlog.
+/// Connections served at once unless `FEISHU_GATE_MAX_CONNECTIONS` says
+/// otherwise; further clients wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 4_096;
 /// How often idle per-approver state is forgotten.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(10);
@@ -67,7 +71,7 @@ pub async fn serve(
 
     let builder = Arc::new(connection_builder());
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let permits = Arc::new(Semaphore::new(gateway.max_connections));
     gateway.health.set_ready();
     gateway.metrics.ready.set(1);
     tracing::info!(
@@ -166,9 +170,15 @@ async fn serve_io<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let activity = idle::Activity::default();
+    let io = idle::IdleIo::new(io, activity.clone(), HEADER_READ_TIMEOUT);
     let service = service_fn(move |request| {
         let gateway = gateway.clone();
-        async move { Ok::<_, Infallible>(gateway.handle(request).await) }
+        let busy = activity.begin();
+        async move {
+            let _busy = busy;
+            Ok::<_, Infallible>(gateway.handle(request).await)
+        }
     });
     let connection = builder
         .serve_connection(TokioIo::new(io), service)

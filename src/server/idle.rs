@@ -1,0 +1,213 @@
+//! Closing connections that carry no request.
+//!
+//! hyper's header read timeout bounds an HTTP/1 connection waiting for its
+//! next request, but nothing bounds a connection before its protocol is known
+//! (a client that connects and sends nothing, or sends half of HTTP/2's
+//! preface), nor an HTTP/2 connection with no open stream: its client answers
+//! keep-alive pings, so those never end it. Each would hold a connection
+//! permit for good, and enough of them stop the gateway from accepting.
+//!
+//! [`IdleIo`] ends such a connection by reporting end-of-file once no request
+//! has been in progress for the idle limit. Requests are counted by
+//! [`Activity::begin`], held for as long as the service handles one.
+
+use std::future::Future as _;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+#[derive(Debug)]
+struct State {
+    active: usize,
+    idle_since: Instant,
+    /// The reader to wake when the last request ends, so the idle clock
+    /// restarts even if nothing else polls the connection.
+    reader: Option<Waker>,
+}
+
+/// The requests in progress on one connection.
+#[derive(Debug, Clone)]
+pub struct Activity(Arc<Mutex<State>>);
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new(State {
+            active: 0,
+            idle_since: Instant::now(),
+            reader: None,
+        })))
+    }
+}
+
+impl Activity {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update below completes before it could unwind.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks a request in progress until the returned guard is dropped.
+    pub fn begin(&self) -> Busy {
+        self.lock().active += 1;
+        Busy(self.clone())
+    }
+}
+
+/// A request in progress.
+#[derive(Debug)]
+pub struct Busy(Activity);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.active = state.active.saturating_sub(1);
+        if state.active == 0 {
+            state.idle_since = Instant::now();
+            if let Some(reader) = state.reader.take() {
+                reader.wake();
+            }
+        }
+    }
+}
+
+/// A connection's transport that reads as closed once the connection has
+/// carried no request for `limit`.
+#[derive(Debug)]
+pub struct IdleIo<I> {
+    io: I,
+    activity: Activity,
+    limit: Duration,
+    timer: Pin<Box<Sleep>>,
+    closed: bool,
+}
+
+impl<I> IdleIo<I> {
+    pub fn new(io: I, activity: Activity, limit: Duration) -> Self {
+        let deadline = activity.lock().idle_since + limit;
+        Self {
+            io,
+            activity,
+            limit,
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
+            closed: false,
+        }
+    }
+
+    /// Whether the connection has been idle too long; arms the timer otherwise.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut state = self.activity.lock();
+        state.reader = Some(cx.waker().clone());
+        if state.active > 0 {
+            return false;
+        }
+        let deadline = state.idle_since + self.limit;
+        drop(state);
+        if self.timer.deadline() != deadline {
+            self.timer.as_mut().reset(deadline);
+        }
+        self.timer.as_mut().poll(cx).is_ready()
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for IdleIo<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.closed {
+            return Poll::Ready(Ok(()));
+        }
+        if let Poll::Ready(read) = Pin::new(&mut this.io).poll_read(cx, buf) {
+            return Poll::Ready(read);
+        }
+        if this.expired(cx) {
+            // End-of-file, not an error: to HTTP/1 and HTTP/2 alike it is a
+            // client that went away between requests.
+            this.closed = true;
+            return Poll::Ready(Ok(()));
+        }
+        Poll::Pending
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for IdleIo<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_reads_as_closed_after_the_limit() {
+        let (client, server) = tokio::io::duplex(64);
+        let activity = Activity::default();
+        let mut io = IdleIo::new(server, activity, Duration::from_secs(5));
+        let started = Instant::now();
+        let mut buf = [0u8; 8];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        assert!(started.elapsed() >= Duration::from_secs(5));
+        drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_progress_keeps_it_open_and_its_end_restarts_the_clock() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let activity = Activity::default();
+        let mut io = IdleIo::new(server, activity.clone(), Duration::from_secs(5));
+        let busy = activity.begin();
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 8];
+            let n = io.read(&mut buf).await.unwrap();
+            let first = buf[..n].to_vec();
+            let closed_at = {
+                assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+                Instant::now()
+            };
+            (first, closed_at)
+        });
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        client.write_all(b"x").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let ended = Instant::now();
+        drop(busy);
+        let (first, closed_at) = reader.await.unwrap();
+        assert_eq!(first, b"x");
+        assert!(closed_at >= ended + Duration::from_secs(5));
+    }
+}

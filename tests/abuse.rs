@@ -1,0 +1,328 @@
+//! Client abuse: connections that trickle, idle, or say nothing hold no
+//! resources for long, real callbacks are answered while they are open, and
+//! at the connection cap clients wait and are then served.
+
+mod common;
+mod harness;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+use common::*;
+use feishu_gate::config;
+use feishu_gate::server::HEADER_READ_TIMEOUT;
+
+/// Room for scheduling on a loaded 2-core machine.
+const SLACK: Duration = Duration::from_secs(3);
+
+/// How long the server took to close a connection, `None` if it had not
+/// within `limit`.
+type Closed = Option<Duration>;
+
+/// Waits for the server to close `stream`, writing `drip` every `every` to
+/// look alive (an empty drip writes nothing).
+async fn until_closed(
+    mut stream: TcpStream,
+    drip: &'static [u8],
+    every: Duration,
+    limit: Duration,
+) -> Closed {
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    let mut tick = tokio::time::interval(every);
+    let wait = async {
+        loop {
+            tokio::select! {
+                read = stream.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => return started.elapsed(),
+                    Ok(_) => {}
+                },
+                _ = tick.tick() => {
+                    if !drip.is_empty() && stream.write_all(drip).await.is_err() {
+                        return started.elapsed();
+                    }
+                }
+            }
+        }
+    };
+    tokio::time::timeout(limit, wait).await.ok()
+}
+
+/// Slowloris: a request line and then a header one byte at a time.
+async fn slowloris(addr: SocketAddr, limit: Duration) -> Closed {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"POST / HTTP/1.1\r\nhost: x\r\nx-slow: ")
+        .await
+        .ok()?;
+    until_closed(s, b"a", Duration::from_millis(250), limit).await
+}
+
+/// A keep-alive client that made one request and went quiet.
+async fn idle_keep_alive(addr: SocketAddr, limit: Duration) -> Closed {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"GET /nowhere HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.ok()?;
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 404"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    until_closed(s, b"", Duration::from_secs(1), limit).await
+}
+
+/// Connects and never sends a byte.
+async fn silent(addr: SocketAddr, limit: Duration) -> Closed {
+    let s = TcpStream::connect(addr).await.ok()?;
+    until_closed(s, b"", Duration::from_secs(1), limit).await
+}
+
+/// Sends half of HTTP/2's connection preface and stops.
+async fn half_preface(addr: SocketAddr, limit: Duration) -> Closed {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.ok()?;
+    until_closed(s, b"", Duration::from_secs(1), limit).await
+}
+
+/// An HTTP/2 (prior knowledge) client that made one request and went quiet;
+/// hyper's client answers the server's pings, so only an idle limit ends it.
+async fn idle_http2(addr: SocketAddr, limit: Duration) -> Closed {
+    let started = Instant::now();
+    let stream = TcpStream::connect(addr).await.ok()?;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .ok()?;
+    let driver = tokio::spawn(connection);
+    let request = http::Request::get(format!("http://{addr}/nowhere"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.ok()?;
+    assert_eq!(response.status(), 404);
+    let _ = response.into_body().collect().await;
+    let remaining = limit.saturating_sub(started.elapsed());
+    // However the connection ended, it ended.
+    let _ = tokio::time::timeout(remaining, driver).await.ok()?.ok()?;
+    Some(started.elapsed())
+}
+
+/// Every kind of connection that carries no request is closed within the
+/// header read timeout, HTTP/1 and HTTP/2 alike, including ones that never
+/// get as far as choosing a protocol.
+#[tokio::test]
+async fn connections_carrying_no_request_are_closed() {
+    let up = Upstream::start(Reply::ok()).await;
+    let gate = Gate::start(&up.url(), &[]).await;
+    let limit = HEADER_READ_TIMEOUT + SLACK + SLACK;
+    let (silent, half, h2, keep_alive, slow) = tokio::join!(
+        silent(gate.addr, limit),
+        half_preface(gate.addr, limit),
+        idle_http2(gate.addr, limit),
+        idle_keep_alive(gate.addr, limit),
+        slowloris(gate.addr, limit),
+    );
+    for (what, closed) in [
+        ("a silent connection", silent),
+        ("half an HTTP/2 preface", half),
+        ("an idle HTTP/2 connection", h2),
+        ("an idle keep-alive connection", keep_alive),
+        ("slowloris", slow),
+    ] {
+        let after = closed.unwrap_or_else(|| panic!("{what} was still open after {limit:?}"));
+        assert!(
+            after >= HEADER_READ_TIMEOUT - Duration::from_millis(500),
+            "{what} closed early, after {after:?}"
+        );
+    }
+    // A client sending requests is not idle: HTTP/2 stays up across them.
+    let stream = TcpStream::connect(gate.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let driver = tokio::spawn(connection);
+    for i in 0..3 {
+        let body = callback_with(TOKEN, "task_id", &format!("\"h2-{i}\""));
+        let request = http::Request::post(format!("http://{}/", gate.addr))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let response = sender
+            .send_request(request)
+            .await
+            .expect("the connection is still open");
+        assert_eq!(response.status(), 200);
+        tokio::time::sleep(HEADER_READ_TIMEOUT / 2).await;
+    }
+    assert!(!driver.is_finished());
+}
+
+/// At `FEISHU_GATE_MAX_CONNECTIONS` the gateway stops accepting: the next
+/// client waits in the listen backlog, untouched, and is served as soon as a
+/// connection closes.
+#[tokio::test]
+async fn at_the_connection_cap_clients_wait_and_are_served_when_a_slot_frees() {
+    let up = Upstream::start(Reply::ok().slow(Duration::from_millis(1500))).await;
+    let gate = Gate::start(&up.url(), &[(config::MAX_CONNECTIONS, "4")]).await;
+    let mut first = JoinSet::new();
+    for i in 0..4 {
+        let addr = gate.addr;
+        first.spawn(async move {
+            post(
+                addr,
+                "/",
+                callback_with(TOKEN, "task_id", &format!("\"cap-{i}\"")),
+                &[],
+            )
+            .await
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.count() < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(up.count(), 4);
+    let addr = gate.addr;
+    let fifth = tokio::spawn(async move {
+        post(addr, "/", callback_with(TOKEN, "task_id", "\"cap-4\""), &[]).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        up.count(),
+        4,
+        "a fifth connection was served beyond the cap"
+    );
+    assert!(!fifth.is_finished());
+    while let Some(answer) = first.join_next().await {
+        assert_eq!(answer.unwrap().status, 200);
+    }
+    assert_eq!(fifth.await.unwrap().status, 200);
+    assert_eq!(up.count(), 5);
+
+    // Abusers holding every slot delay a real client by at most the idle limit.
+    let holders: Vec<TcpStream> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(TcpStream::connect(gate.addr).await.unwrap());
+        }
+        v
+    };
+    let started = Instant::now();
+    up.set(Reply::ok());
+    let answer = post(
+        gate.addr,
+        "/",
+        callback_with(TOKEN, "task_id", "\"cap-5\""),
+        &[],
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert!(
+        started.elapsed() < HEADER_READ_TIMEOUT + SLACK,
+        "{:?}",
+        started.elapsed()
+    );
+    drop(holders);
+}
+
+/// The real binary under a few hundred abusive connections at once: real
+/// callbacks are answered without waiting for the abusers to be evicted, every
+/// abuser is evicted, and memory stays bounded.
+#[tokio::test(flavor = "multi_thread")]
+async fn real_callbacks_are_answered_through_hundreds_of_abusive_connections() {
+    const SLOWLORIS: usize = 300;
+    const IDLE: usize = 100;
+    const SILENT: usize = 50;
+    const HTTP2: usize = 20;
+    const CALLBACKS: usize = 40;
+    /// Generous: the gateway idles at a few MiB; every abuser costs a few KiB.
+    const MAX_GROWTH_KIB: u64 = 64 * 1024;
+
+    let up = Upstream::start(Reply::ok()).await;
+    let gate = harness::Binary::start(&up.url(), &[]).await;
+    let before = gate.memory();
+    let limit = HEADER_READ_TIMEOUT + Duration::from_secs(10);
+
+    let mut abusers = JoinSet::new();
+    let opened = Arc::new(AtomicUsize::new(0));
+    for i in 0..SLOWLORIS + IDLE + SILENT + HTTP2 {
+        let addr = gate.addr;
+        let opened = opened.clone();
+        abusers.spawn(async move {
+            opened.fetch_add(1, Ordering::SeqCst);
+            let closed = match i {
+                i if i < SLOWLORIS => slowloris(addr, limit).await,
+                i if i < SLOWLORIS + IDLE => idle_keep_alive(addr, limit).await,
+                i if i < SLOWLORIS + IDLE + SILENT => silent(addr, limit).await,
+                _ => idle_http2(addr, limit).await,
+            };
+            (i, closed)
+        });
+    }
+    while opened.load(Ordering::SeqCst) < SLOWLORIS + IDLE + SILENT + HTTP2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut peak = gate.memory();
+    let mut slowest = Duration::ZERO;
+    for i in 0..CALLBACKS {
+        let body = seal(
+            KEY,
+            &callback_with(TOKEN, "task_id", &format!("\"real-{i}\"")),
+        );
+        let started = Instant::now();
+        let answer = post(gate.addr, "/", body, &[]).await;
+        let took = started.elapsed();
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        slowest = slowest.max(took);
+        let now = gate.memory();
+        peak.rss_kib = peak.rss_kib.max(now.rss_kib);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Answered while the abusers were still connected, not after their eviction.
+    assert!(
+        slowest < HEADER_READ_TIMEOUT,
+        "slowest callback took {slowest:?}"
+    );
+    assert_eq!(up.count(), CALLBACKS);
+
+    let mut kept_open = Vec::new();
+    let mut evicted_after = Duration::ZERO;
+    while let Some(result) = abusers.join_next().await {
+        let (i, closed) = result.unwrap();
+        match closed {
+            Some(after) => evicted_after = evicted_after.max(after),
+            None => kept_open.push(i),
+        }
+    }
+    assert!(
+        kept_open.is_empty(),
+        "still open after {limit:?}: {kept_open:?}"
+    );
+    let after = gate.memory();
+    println!(
+        "abuse: {SLOWLORIS} slowloris, {IDLE} idle keep-alive, {SILENT} silent, {HTTP2} idle HTTP/2; \
+         {CALLBACKS} callbacks, slowest {slowest:?}; last abuser evicted after {evicted_after:?}; \
+         VmRSS {} KiB before, {} KiB peak, {} KiB after; VmHWM {} KiB",
+        before.rss_kib, peak.rss_kib, after.rss_kib, after.hwm_kib
+    );
+    assert!(
+        after.hwm_kib < before.hwm_kib + MAX_GROWTH_KIB,
+        "peak memory grew from {} to {} KiB",
+        before.hwm_kib,
+        after.hwm_kib
+    );
+    assert_eq!(harness::get_status(gate.admin, "/readyz").await, Some(200));
+}
