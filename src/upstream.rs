@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -142,19 +142,34 @@ impl Upstream {
             Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect(),
         )
         .await;
-        let answer: Result<Bytes, String> = match answer {
+        let answer: Result<Bytes, Unread> = match answer {
             Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(e)) => Err(format!("reading the answer: {e}")),
-            Err(_) => Err("the answer's body did not arrive before the deadline".into()),
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Unread::TooLong),
+            Ok(Err(e)) => Err(Unread::Broken(format!("reading the answer: {e}"))),
+            Err(_) => Err(Unread::Late),
         };
 
         if status.is_success() {
             let Some(rule) = &self.ok_rule else {
                 // The status is the acceptance; a body that then fails to arrive changes nothing.
-                return done(Outcome::Delivered, Some(status), answer.err());
+                return done(
+                    Outcome::Delivered,
+                    Some(status),
+                    answer.err().map(Unread::detail),
+                );
             };
             return match answer {
                 Ok(body) if rule.holds(&body) => done(Outcome::Delivered, Some(status), None),
+                // Without the body nobody knows whether the rule held: the decision's
+                // fate is as unknown as when no answer came at all.
+                Err(Unread::Late) => {
+                    done(Outcome::TimedOut, Some(status), Some(Unread::Late.detail()))
+                }
+                Err(Unread::Broken(detail)) => done(
+                    Outcome::Unreachable(UpstreamError::Dropped),
+                    Some(status),
+                    Some(detail),
+                ),
                 Ok(body) => done(
                     Outcome::Refused(Refusal {
                         upstream_status: status,
@@ -164,20 +179,21 @@ impl Upstream {
                     Some(status),
                     Some(format!("{} does not hold", crate::config::UPSTREAM_OK)),
                 ),
-                Err(detail) => done(
+                // An answer too long to judge is not a confirmation.
+                Err(Unread::TooLong) => done(
                     Outcome::Refused(Refusal {
                         upstream_status: status,
                         message: None,
                         business_rule: true,
                     }),
                     Some(status),
-                    Some(detail),
+                    Some(Unread::TooLong.detail()),
                 ),
             };
         }
         let (message, detail) = match answer {
             Ok(body) => (upstream_message(&body), None),
-            Err(detail) => (None, Some(detail)),
+            Err(unread) => (None, Some(unread.detail())),
         };
         done(
             Outcome::Refused(Refusal {
@@ -245,6 +261,26 @@ fn refused_by_tls(e: &(dyn std::error::Error + 'static)) -> bool {
         next = e.source();
     }
     false
+}
+
+/// Why an answer's body could not be used.
+enum Unread {
+    /// Longer than [`MAX_ANSWER_BYTES`].
+    TooLong,
+    /// The connection failed part-way.
+    Broken(String),
+    /// Still arriving at the deadline.
+    Late,
+}
+
+impl Unread {
+    fn detail(self) -> String {
+        match self {
+            Self::TooLong => format!("the answer is longer than {MAX_ANSWER_BYTES} bytes"),
+            Self::Broken(detail) => detail,
+            Self::Late => "the answer's body did not arrive before the deadline".into(),
+        }
+    }
 }
 
 /// The whole cause chain of an error, for logs and command output.

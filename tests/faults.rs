@@ -1,0 +1,414 @@
+//! Upstream faults: raw TCP servers that misbehave on purpose. Whatever the
+//! legacy system does, Feishu gets a truthful answer in its own format before
+//! its deadline, and the gateway serves the next callback normally.
+
+mod common;
+mod harness;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use common::*;
+use feishu_gate::config;
+
+/// Short, so the suite stays fast; every bound below is relative to it.
+const TIMEOUT_MS: &str = "800";
+const TIMEOUT: Duration = Duration::from_millis(800);
+/// Room for the gateway's own work on a loaded 2-core machine; still far
+/// inside Feishu's 10 s.
+const SLACK: Duration = Duration::from_secs(3);
+
+const UNREACHABLE: &str = "The approval system is unavailable, please try again later.";
+const TOO_SLOW: &str =
+    "The approval system did not answer in time; refresh to check whether the action took effect.";
+const NOT_CONFIRMED: &str =
+    "The approval system did not confirm this action, please try again later.";
+
+/// What the misbehaving upstream does once it has read a request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    /// Answers 200 `{"code":0}` properly, keeping the connection alive.
+    Healthy,
+    /// Never answers; holds the connection until the gateway lets go.
+    Silent,
+    /// Sends the status line and headers promising a body, then nothing.
+    HeadersThenStall(u16),
+    /// Sends headers and part of the body, then resets the connection.
+    ResetMidBody(u16),
+    /// Sends headers and part of the body, then closes normally.
+    Truncated(u16),
+    /// Answers with something that is not HTTP.
+    Garbage,
+    /// Promises and streams a 1 GiB body.
+    Enormous(u16),
+    /// Sends a proper answer one byte a second.
+    Trickle,
+    /// Resets the connection without answering.
+    ResetBeforeAnswer,
+}
+
+const ENORMOUS: u64 = 1 << 30;
+
+/// A raw TCP server acting out a [`Fault`].
+#[derive(Clone)]
+struct Faulty {
+    addr: SocketAddr,
+    fault: Arc<Mutex<Fault>>,
+    requests: Arc<Mutex<Vec<String>>>,
+    /// Bytes of the enormous bodies the gateway took before hanging up.
+    enormous_written: Arc<AtomicU64>,
+    enormous_done: Arc<AtomicUsize>,
+}
+
+impl Faulty {
+    async fn start(fault: Fault) -> Self {
+        Self::on(TcpListener::bind("127.0.0.1:0").await.unwrap(), fault)
+    }
+
+    fn on(listener: TcpListener, fault: Fault) -> Self {
+        let up = Faulty {
+            addr: listener.local_addr().unwrap(),
+            fault: Arc::new(Mutex::new(fault)),
+            requests: Arc::default(),
+            enormous_written: Arc::default(),
+            enormous_done: Arc::default(),
+        };
+        let server = up.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(server.clone().connection(stream));
+            }
+        });
+        up
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/legacy/approve", self.addr)
+    }
+
+    fn set(&self, fault: Fault) {
+        *self.fault.lock().unwrap() = fault;
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    async fn connection(self, mut stream: TcpStream) {
+        while let Some(body) = read_request(&mut stream).await {
+            self.requests.lock().unwrap().push(body);
+            let fault = *self.fault.lock().unwrap();
+            match fault {
+                Fault::Healthy => {
+                    let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 10\r\n\r\n{\"code\":0}";
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Fault::Silent => hold(stream).await,
+                Fault::HeadersThenStall(status) => {
+                    let _ = stream.write_all(head(status, 100).as_bytes()).await;
+                    hold(stream).await;
+                }
+                Fault::ResetMidBody(status) => {
+                    let _ = stream.write_all(head(status, 100).as_bytes()).await;
+                    let _ = stream.write_all(br#"{"message":"par"#).await;
+                    let _ = stream.flush().await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    reset(stream);
+                }
+                Fault::Truncated(status) => {
+                    let _ = stream.write_all(head(status, 100).as_bytes()).await;
+                    let _ = stream.write_all(br#"{"message":"par"#).await;
+                    let _ = stream.shutdown().await;
+                }
+                Fault::Garbage => {
+                    let _ = stream
+                        .write_all(b"SSH-2.0-OpenSSH_9.6\r\n\x00\x01\x02\xff garbage\r\n\r\n")
+                        .await;
+                    let _ = stream.shutdown().await;
+                }
+                Fault::Enormous(status) => {
+                    let mut written = head(status, ENORMOUS).len() as u64;
+                    let _ = stream.write_all(head(status, ENORMOUS).as_bytes()).await;
+                    let chunk = vec![b'a'; 64 * 1024];
+                    while written < ENORMOUS {
+                        match stream.write(&chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => written += n as u64,
+                        }
+                    }
+                    self.enormous_written.fetch_add(written, Ordering::SeqCst);
+                    self.enormous_done.fetch_add(1, Ordering::SeqCst);
+                }
+                Fault::Trickle => {
+                    let answer = format!("{}{{\"code\":0}}", head(200, 10));
+                    for byte in answer.as_bytes() {
+                        if stream.write_all(&[*byte]).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                Fault::ResetBeforeAnswer => reset(stream),
+            }
+            return;
+        }
+    }
+}
+
+fn head(status: u16, length: u64) -> String {
+    format!(
+        "HTTP/1.1 {status} Whatever\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n"
+    )
+}
+
+/// Closes with RST instead of FIN.
+// A zero linger never blocks on drop, which is what the deprecation is about.
+#[allow(deprecated)]
+fn reset(stream: TcpStream) {
+    let _ = stream.set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+/// Keeps the connection open, reading and discarding, until the peer leaves
+/// (or a minute passes, so nothing outlives the test run).
+async fn hold(mut stream: TcpStream) {
+    let mut buf = [0u8; 1024];
+    let _ = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Reads one HTTP/1.1 request with a `content-length` body; `None` at EOF.
+async fn read_request(stream: &mut TcpStream) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let header_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < header_end + length {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some(String::from_utf8_lossy(&buf[header_end..header_end + length]).into_owned())
+}
+
+async fn gate_for(up: &str, extra: &[(&str, &str)]) -> Gate {
+    let mut vars = vec![(config::UPSTREAM_TIMEOUT_MS, TIMEOUT_MS)];
+    vars.extend_from_slice(extra);
+    Gate::start(up, &vars).await
+}
+
+/// Posts a callback and returns the answer and how long it took.
+async fn timed_post(gate: &Gate, task: &str) -> (Answer, Duration) {
+    let started = Instant::now();
+    let answer = gate
+        .post(callback_with(TOKEN, "task_id", &format!("\"{task}\"")))
+        .await;
+    (answer, started.elapsed())
+}
+
+/// After a fault: a normal callback is delivered and answered 200, and
+/// nothing from the fault is left running.
+async fn still_healthy(gate: &Gate, up: &Faulty) {
+    up.set(Fault::Healthy);
+    let before = up.requests().len();
+    let (answer, _) = timed_post(gate, "after-the-fault").await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let requests = up.requests();
+    assert_eq!(requests.len(), before + 1);
+    assert!(requests[before].contains("after-the-fault"));
+    let deadline = Instant::now() + SLACK;
+    while !gate.gateway.deliveries.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        gate.gateway.deliveries.is_empty(),
+        "a delivery was left running"
+    );
+    assert_eq!(metric(&gate.metrics().await, "feishu_gate_in_flight"), 0.0);
+}
+
+/// One fault end to end: the status and message Feishu gets, within the
+/// deadline, then a healthy callback.
+async fn survives(fault: Fault, extra: &[(&str, &str)], status: u16, message: Option<&str>) {
+    let up = Faulty::start(fault).await;
+    let gate = gate_for(&up.url(), extra).await;
+    let (answer, elapsed) = timed_post(&gate, "during-the-fault").await;
+    if status == 200 {
+        assert_eq!(answer.status, 200, "{fault:?}: {}", answer.text);
+        assert_eq!(answer.json(), serde_json::json!({"code":0,"msg":"success"}));
+    } else {
+        let shown = answer.feishu_error(status);
+        if let Some(message) = message {
+            assert_eq!(shown, message, "{fault:?}");
+        }
+    }
+    assert!(
+        elapsed < TIMEOUT + SLACK,
+        "{fault:?} answered after {elapsed:?}"
+    );
+    assert_eq!(
+        up.requests().len(),
+        1,
+        "{fault:?}: delivered once, never retried"
+    );
+    still_healthy(&gate, &up).await;
+}
+
+#[tokio::test]
+async fn an_upstream_refusing_connections_is_unreachable_until_it_is_back() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let gate = gate_for(&format!("http://{addr}/legacy/approve"), &[]).await;
+    let (answer, elapsed) = timed_post(&gate, "while-down").await;
+    assert_eq!(answer.feishu_error(502), UNREACHABLE);
+    assert!(elapsed < TIMEOUT + SLACK);
+    let up = Faulty::on(TcpListener::bind(addr).await.unwrap(), Fault::Healthy);
+    still_healthy(&gate, &up).await;
+    assert_eq!(
+        up.requests().len(),
+        1,
+        "the failed callback was not replayed"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_answers_is_too_slow() {
+    survives(Fault::Silent, &[], 504, Some(TOO_SLOW)).await;
+}
+
+#[tokio::test]
+async fn a_reset_before_any_answer_is_unreachable() {
+    survives(Fault::ResetBeforeAnswer, &[], 502, Some(UNREACHABLE)).await;
+}
+
+#[tokio::test]
+async fn garbage_instead_of_http_is_unreachable() {
+    survives(Fault::Garbage, &[], 502, Some(UNREACHABLE)).await;
+}
+
+#[tokio::test]
+async fn an_answer_trickling_a_byte_a_second_is_too_slow() {
+    survives(Fault::Trickle, &[], 504, Some(TOO_SLOW)).await;
+}
+
+/// Without `UPSTREAM_OK` the status is the acceptance: a 2xx whose body then
+/// stalls, breaks, stops short or never ends was still accepted.
+#[tokio::test]
+async fn a_2xx_with_a_broken_body_is_acceptance_when_no_rule_is_set() {
+    survives(Fault::HeadersThenStall(200), &[], 200, None).await;
+    survives(Fault::ResetMidBody(200), &[], 200, None).await;
+    survives(Fault::Truncated(201), &[], 200, None).await;
+    survives(Fault::Enormous(200), &[], 200, None).await;
+}
+
+/// With `UPSTREAM_OK` the body decides, so a body that does not arrive leaves
+/// the decision's fate unknown: too slow when it stalls, unreachable when the
+/// connection breaks, and unconfirmed when it is too long to judge.
+#[tokio::test]
+async fn a_2xx_with_a_broken_body_is_not_confirmed_when_a_rule_is_set() {
+    let rule = [(config::UPSTREAM_OK, "/code==0")];
+    survives(Fault::HeadersThenStall(200), &rule, 504, Some(TOO_SLOW)).await;
+    survives(Fault::ResetMidBody(200), &rule, 502, Some(UNREACHABLE)).await;
+    survives(Fault::Truncated(200), &rule, 502, Some(UNREACHABLE)).await;
+    survives(Fault::Enormous(200), &rule, 502, Some(NOT_CONFIRMED)).await;
+}
+
+/// A refusal's status stands whatever happens to its body; only its own
+/// message is lost.
+#[tokio::test]
+async fn a_refusal_with_a_broken_body_keeps_its_status() {
+    let refused = |code: u16| format!("The approval system refused this action (HTTP {code}).");
+    survives(Fault::HeadersThenStall(503), &[], 503, Some(&refused(503))).await;
+    survives(Fault::ResetMidBody(409), &[], 409, Some(&refused(409))).await;
+    survives(Fault::Truncated(500), &[], 500, Some(&refused(500))).await;
+    survives(Fault::Enormous(500), &[], 500, Some(&refused(500))).await;
+    survives(Fault::ResetMidBody(302), &[], 502, Some(&refused(302))).await;
+}
+
+/// The real binary, handed 1 GiB answers: it reads a bounded part of each and
+/// hangs up, and its memory does not follow the size of the answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_enormous_answer_is_cut_off_and_memory_stays_flat() {
+    const ROUNDS: usize = 6;
+    let up = Faulty::start(Fault::Enormous(200)).await;
+    let gate = harness::Binary::start(&up.url(), &[(config::UPSTREAM_TIMEOUT_MS, "5000")]).await;
+    // One ordinary exchange first, so the baseline includes a warm client.
+    up.set(Fault::Healthy);
+    let sealed = seal(KEY, &callback(TOKEN));
+    assert_eq!(post(gate.addr, "/", sealed, &[]).await.status, 200);
+    let before = gate.memory();
+
+    up.set(Fault::Enormous(200));
+    for i in 0..ROUNDS {
+        let body = seal(
+            KEY,
+            &callback_with(TOKEN, "task_id", &format!("\"big-{i}\"")),
+        );
+        let answer = post(gate.addr, "/", body, &[]).await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while up.enormous_done.load(Ordering::SeqCst) < ROUNDS && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        up.enormous_done.load(Ordering::SeqCst),
+        ROUNDS,
+        "the gateway hung up on every answer"
+    );
+    let after = gate.memory();
+    let taken = up.enormous_written.load(Ordering::SeqCst);
+    println!(
+        "enormous answers: {} GiB offered, {} KiB taken by the kernel's buffers and the gateway; \
+         VmHWM {} -> {} KiB, VmRSS {} -> {} KiB",
+        ROUNDS,
+        taken / 1024,
+        before.hwm_kib,
+        after.hwm_kib,
+        before.rss_kib,
+        after.rss_kib
+    );
+    // Socket buffers take a few MiB per connection; reading the whole answer
+    // would take 1 GiB each.
+    assert!(
+        taken < ROUNDS as u64 * 64 * 1024 * 1024,
+        "{taken} bytes taken"
+    );
+    assert!(
+        after.hwm_kib < before.hwm_kib + 32 * 1024,
+        "peak memory grew from {} to {} KiB",
+        before.hwm_kib,
+        after.hwm_kib
+    );
+}
