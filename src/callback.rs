@@ -85,6 +85,53 @@ fn depth_exceeds(bytes: &[u8], limit: usize) -> bool {
     false
 }
 
+/// Whether a string in `bytes` holds a `\u` escape of half a surrogate pair.
+/// JSON's grammar allows one, but it encodes no Unicode text, and strict
+/// parsers (serde_json among them) refuse the whole document: passed on, it
+/// would turn a callback the gateway accepted into one the legacy system
+/// cannot read. Only meaningful for text that already parsed as JSON.
+fn has_lone_surrogate(bytes: &[u8]) -> bool {
+    let mut in_string = false;
+    // The previous escape was a high surrogate, so a low one must follow at once.
+    let mut want_low = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if !in_string {
+            in_string = b == b'"';
+            i += 1;
+            continue;
+        }
+        let unit = match (b, bytes.get(i + 1)) {
+            (b'\\', Some(b'u')) => {
+                let unit = bytes
+                    .get(i + 2..i + 6)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u16::from_str_radix(h, 16).ok());
+                i += 6;
+                unit
+            }
+            (b'\\', _) => {
+                i += 2;
+                None
+            }
+            _ => {
+                in_string = b != b'"';
+                i += 1;
+                None
+            }
+        };
+        match unit {
+            Some(0xD800..=0xDBFF) if !want_low => want_low = true,
+            Some(0xDC00..=0xDFFF) if want_low => want_low = false,
+            Some(0xD800..=0xDFFF) => return true,
+            _ if want_low => return true,
+            _ => {}
+        }
+    }
+    want_low
+}
+
 /// A parsed JSON object whose values are still the raw text they arrived as.
 pub struct Fields<'a> {
     entries: Vec<(Cow<'a, str>, &'a RawValue)>,
@@ -119,6 +166,9 @@ impl<'a> Fields<'a> {
             Err(_) => return Err(BodyError::NotJson),
         };
         de.end().map_err(|_| BodyError::NotJson)?;
+        if has_lone_surrogate(bytes) {
+            return Err(BodyError::NotJson);
+        }
         Ok(Self { entries })
     }
 
@@ -126,6 +176,11 @@ impl<'a> Fields<'a> {
         self.entries
             .iter()
             .find_map(|(k, v)| (k.as_ref() == name).then_some(*v))
+    }
+
+    /// Every field in the order it arrived: the key decoded, the value raw.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &'a RawValue)> + '_ {
+        self.entries.iter().map(|(k, v)| (k.as_ref(), *v))
     }
 
     pub fn len(&self) -> usize {
@@ -602,6 +657,34 @@ mod tests {
             r"\\"
         );
         ok(&brackets_in_text);
+    }
+
+    #[test]
+    fn half_a_surrogate_pair_is_not_json_but_a_whole_one_is() {
+        for bad in [
+            r#"{"reason":"\ude00"}"#,
+            r#"{"reason":"\ud83d"}"#,
+            r#"{"reason":"\ud83dx"}"#,
+            r#"{"reason":"\ud83d\ud83d\ude00"}"#,
+            r#"{"reason":"\ud83d\n"}"#,
+            r#"{"x":["ok","\uDFFF"]}"#,
+        ] {
+            assert_eq!(err(bad), BodyError::NotJson, "{bad}");
+            assert!(
+                serde_json::from_str::<serde_json::Value>(bad).is_err(),
+                "{bad}"
+            );
+        }
+        for good in [
+            r#"{"reason":"\ud83d\ude00 \u00e9 \\ud83d"}"#,
+            r#"{"reason":"😀","k\"\\":"\uD83D\uDE00"}"#,
+        ] {
+            assert!(Fields::parse(good.as_bytes()).is_ok(), "{good}");
+            assert!(
+                serde_json::from_str::<serde_json::Value>(good).is_ok(),
+                "{good}"
+            );
+        }
     }
 
     #[test]
