@@ -182,10 +182,15 @@ impl Translator {
                     "The callback could not be verified.",
                 ),
                 Rejection::Invalid(e) => {
-                    return Some(clip(&if zh {
+                    let text = if zh {
                         invalid_zh(e)
                     } else {
                         format!("Invalid callback: {e}.")
+                    };
+                    // A repeated field's name comes from the caller and may hold markup or
+                    // line breaks.
+                    return Some(clean(&text).unwrap_or_else(|| {
+                        pick(zh, "回调内容无效", "Invalid callback.").to_owned()
                     }));
                 }
                 Rejection::TooLarge => {
@@ -351,6 +356,8 @@ pub fn clean(text: &str) -> Option<String> {
                 pending_space = true;
             }
             _ if in_tag => {}
+            // A stray `>` is markup too (a tag cut in half, an arrow Feishu would render).
+            '>' => pending_space = true,
             c if c.is_whitespace() || c.is_control() => pending_space = true,
             c => {
                 if pending_space && !out.is_empty() {
@@ -498,6 +505,31 @@ mod tests {
         let long = clean(&"审".repeat(1000)).unwrap();
         assert_eq!(long.chars().count(), MAX_MESSAGE_CHARS);
         assert!(long.ends_with('…'));
+    }
+
+    #[test]
+    fn a_stray_closing_bracket_is_not_passed_on() {
+        assert_eq!(
+            upstream_message(br#"{"message":"amount > 1000"}"#).as_deref(),
+            Some("amount 1000")
+        );
+        assert_eq!(clean(">>").as_deref(), None);
+    }
+
+    #[test]
+    fn a_repeated_field_name_cannot_put_markup_or_line_breaks_in_the_message() {
+        let o = Outcome::Rejected(Rejection::Invalid(BodyError::DuplicateField(
+            "a\n<b>x</b>\u{7}>".into(),
+        )));
+        for lang in [Lang::En, Lang::Zh] {
+            let m = t(lang).message(&o).unwrap();
+            assert!(!m.chars().any(char::is_control), "{m:?}");
+            assert!(!m.contains(['<', '>']), "{m:?}");
+        }
+        assert_eq!(
+            t(Lang::En).message(&o).unwrap(),
+            "Invalid callback: field a x appears more than once."
+        );
     }
 
     #[test]

@@ -49,3 +49,30 @@ async fn half_a_surrogate_pair_is_refused_not_forwarded() {
         got[0].text()
     );
 }
+
+/// Caught by the `verify` fuzz target: the name of a repeated field is the caller's
+/// text, and went into the message Feishu shows the approver unfiltered,
+/// markup and line breaks included.
+#[tokio::test]
+async fn a_repeated_field_name_reaches_the_approver_cleaned() {
+    let up = Upstream::start(Reply::ok()).await;
+    let gate = Gate::start(&up.url(), &[]).await;
+    let body = format!(r#"{{"token":"{TOKEN}","<img src=x>\n\u0007":1,"<img src=x>\n\u0007":2}}"#);
+    let message = gate.post(body).await.feishu_error(422);
+    assert_eq!(message, "Invalid callback: field appears more than once.");
+    assert_eq!(up.count(), 0);
+}
+
+/// Caught by the `upstream_message` fuzz target: a `>` outside any tag
+/// survived the cleaning and reached Feishu's card.
+#[tokio::test]
+async fn an_upstream_message_with_a_stray_bracket_is_cleaned() {
+    let up = Upstream::start(Reply::json(
+        409,
+        r#"{"message":"amount > 1000 -> refused"}"#,
+    ))
+    .await;
+    let gate = Gate::start(&up.url(), &[]).await;
+    let message = gate.post(callback(TOKEN)).await.feishu_error(409);
+    assert_eq!(message, "amount 1000 - refused");
+}
