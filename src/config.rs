@@ -494,17 +494,20 @@ impl Parser<'_> {
                 None
             }
             (Some(v), None) => Some(v),
-            (None, Some(path)) => match std::fs::read(&path) {
+            (None, Some(path)) => match read_secret_file(&path) {
                 Ok(bytes) => match String::from_utf8(bytes) {
                     // Secrets written with `echo` or an editor end in a newline that is no part of them.
                     Ok(text) => Some(text.trim_end_matches(['\n', '\r']).to_owned()),
                     Err(_) => {
-                        self.fail(&file_var, format!("{path} is not valid UTF-8"));
+                        self.fail(&file_var, format!("{} is not valid UTF-8", shown(&path)));
                         None
                     }
                 },
-                Err(e) => {
-                    self.fail(&file_var, format!("cannot read {path}: {}", e.kind()));
+                Err(problem) => {
+                    self.fail(
+                        &file_var,
+                        format!("cannot read {}: {problem}", shown(&path)),
+                    );
                     None
                 }
             },
@@ -564,11 +567,17 @@ impl Parser<'_> {
         match std::fs::metadata(&p) {
             Ok(m) if m.is_file() => Some(p),
             Ok(_) => {
-                self.fail(name, format!("{} is not a file", p.display()));
+                self.fail(
+                    name,
+                    format!("{} is not a file", shown(&p.to_string_lossy())),
+                );
                 None
             }
             Err(e) => {
-                self.fail(name, format!("cannot read {}: {}", p.display(), e.kind()));
+                self.fail(
+                    name,
+                    format!("cannot read {}: {}", shown(&p.to_string_lossy()), e.kind()),
+                );
                 None
             }
         }
@@ -729,21 +738,22 @@ impl Parser<'_> {
             return UpstreamHeaders::default();
         };
         let mut headers = Vec::new();
-        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            // Problems name the header, never its value: values are credentials.
+        let items = text.split(',').map(str::trim).filter(|s| !s.is_empty());
+        for (position, item) in (1..).zip(items) {
+            // Problems name the header, never its value: values are credentials. An
+            // entry that is not `name=value` is named by its position only, since
+            // whatever it holds may be a pasted credential (`Bearer abc==`).
             let Some((name, value)) = item.split_once('=') else {
-                let shown: String = item.chars().take_while(|c| *c != ':').take(40).collect();
                 self.fail(
                     UPSTREAM_HEADERS,
-                    format!("entry starting {shown:?} is not name=value"),
+                    format!("entry {position} is not name=value"),
                 );
                 continue;
             };
-            let name = name.trim();
-            let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
+            let Ok(header) = HeaderName::from_bytes(name.trim().as_bytes()) else {
                 self.fail(
                     UPSTREAM_HEADERS,
-                    format!("{name:?} is not a valid header name"),
+                    format!("entry {position} does not start with a header name and ="),
                 );
                 continue;
             };
@@ -768,6 +778,42 @@ impl Parser<'_> {
         }
         UpstreamHeaders(headers)
     }
+}
+
+/// Secrets are a few dozen bytes; a file much larger is the wrong file.
+const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads a secret file, refusing anything but a regular file of sane size:
+/// `/dev/stdin` would block start-up and `/dev/zero` would never end.
+fn read_secret_file(path: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|e| e.kind().to_string())?;
+    let meta = file.metadata().map_err(|e| e.kind().to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_SECRET_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.kind().to_string())?;
+    if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(format!("larger than {MAX_SECRET_FILE_BYTES} bytes"));
+    }
+    Ok(bytes)
+}
+
+/// A path as shown in a problem: control characters escaped, so every
+/// problem stays on one line.
+fn shown(path: &str) -> String {
+    path.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn default_addr(port: u16) -> SocketAddr {
@@ -934,6 +980,46 @@ mod tests {
     }
 
     #[test]
+    fn every_problem_stays_on_one_line_whatever_the_path() {
+        let e = errors(&[
+            ("FEISHU_GATE_KEY_FILE", "/no\nsuch\r/key"),
+            (UPSTREAM_CA_FILE, "/etc\u{7}/ca.pem"),
+        ]);
+        assert_eq!(e.len(), 2, "{e:?}");
+        for line in &e {
+            assert!(!line.contains(['\n', '\r', '\u{7}']), "{line:?}");
+        }
+        assert_eq!(
+            e[1],
+            "FEISHU_GATE_KEY_FILE: cannot read /no\\nsuch\\r/key: entity not found"
+        );
+    }
+
+    #[test]
+    fn secret_files_must_be_regular_files_of_sane_size() {
+        for (path, problem) in [
+            ("/dev/zero", "not a regular file"),
+            ("/", "not a regular file"),
+        ] {
+            let e = errors(&[("FEISHU_GATE_KEY_FILE", path)]);
+            assert_eq!(
+                e,
+                vec![format!(
+                    "FEISHU_GATE_KEY_FILE: cannot read {path}: {problem}"
+                )]
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'k'; 64 * 1024 + 1]).unwrap();
+        let e = errors(&[("FEISHU_GATE_KEY_FILE", big.to_str().unwrap())]);
+        assert!(e[0].ends_with("larger than 65536 bytes"), "{e:?}");
+        let fits = dir.path().join("fits");
+        std::fs::write(&fits, vec![b'k'; 64 * 1024]).unwrap();
+        assert!(with(&[("FEISHU_GATE_KEY_FILE", fits.to_str().unwrap())]).is_ok());
+    }
+
+    #[test]
     fn upstream_headers_are_parsed_and_redacted() {
         let c = with(&[(
             UPSTREAM_HEADERS,
@@ -956,6 +1042,19 @@ mod tests {
         )]);
         assert_eq!(e.len(), 3, "{e:?}");
         assert!(e.iter().all(|l| !l.contains("zz")), "{e:?}");
+        // A credential pasted without a name, or the HTTP way with `=` in it,
+        // is not echoed either.
+        let e = errors(&[(
+            UPSTREAM_HEADERS,
+            "X-Ok=1,s3cr3t-t0ken,Authorization: Bearer c2VjcmV0==",
+        )]);
+        assert_eq!(
+            e,
+            vec![
+                format!("{UPSTREAM_HEADERS}: entry 2 is not name=value"),
+                format!("{UPSTREAM_HEADERS}: entry 3 does not start with a header name and ="),
+            ]
+        );
     }
 
     #[test]

@@ -4,6 +4,9 @@
 
 mod common;
 
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
 use common::*;
 use feishu_gate::config;
 
@@ -75,4 +78,77 @@ async fn an_upstream_message_with_a_stray_bracket_is_cleaned() {
     let gate = Gate::start(&up.url(), &[]).await;
     let message = gate.post(callback(TOKEN)).await.feishu_error(409);
     assert_eq!(message, "amount 1000 - refused");
+}
+
+/// Caught by the `config_from_vars` fuzz target: a path with a line break in
+/// it made a problem span two lines, breaking "one line per problem". Found
+/// beside it: a secret file that never ends (`/dev/zero`) made start-up read
+/// forever.
+#[test]
+fn check_config_reports_bad_secret_files_on_one_line_each_and_promptly() {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_feishu-gate"))
+        .arg("check-config")
+        .env_clear()
+        .env("FEISHU_GATE_UPSTREAM_URL", "http://127.0.0.1:9/")
+        .env("FEISHU_GATE_TOKEN_FILE", "/dev/zero")
+        .env("FEISHU_GATE_KEY_FILE", "/no\nsuch\r/key")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = started + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("check-config still running after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            "FEISHU_GATE_TOKEN_FILE: cannot read /dev/zero: not a regular file",
+            "FEISHU_GATE_KEY_FILE: cannot read /no\\nsuch\\r/key: entity not found",
+        ],
+        "{err}"
+    );
+}
+
+/// Caught by the `config_from_vars` fuzz target: an `UPSTREAM_HEADERS` entry that was
+/// not `name=value` was quoted in the problem (up to its first `:`), so a
+/// credential pasted on its own, or written the HTTP way with base64 `=`
+/// padding in it, went to the operator's terminal and logs.
+#[test]
+fn check_config_never_echoes_a_header_entry_that_may_be_a_credential() {
+    let out = Command::new(env!("CARGO_BIN_EXE_feishu-gate"))
+        .arg("check-config")
+        .env_clear()
+        .env("FEISHU_GATE_UPSTREAM_URL", "http://127.0.0.1:9/")
+        .env("FEISHU_GATE_TOKEN", "t")
+        .env(
+            "FEISHU_GATE_UPSTREAM_HEADERS",
+            "s3cr3t-t0ken,Authorization: Bearer c2VjcmV0==",
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.lines().collect::<Vec<_>>(),
+        vec![
+            "FEISHU_GATE_UPSTREAM_HEADERS: entry 1 is not name=value",
+            "FEISHU_GATE_UPSTREAM_HEADERS: entry 2 does not start with a header name and =",
+        ]
+    );
+    assert!(
+        !err.contains("s3cr3t") && !err.contains("c2VjcmV0"),
+        "{err}"
+    );
 }
