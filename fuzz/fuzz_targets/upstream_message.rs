@@ -1,0 +1,33 @@
+//! Whatever the legacy system answers, the message shown to the approver is
+//! one clean line of at most 200 characters, without markup.
+#![no_main]
+
+use feishu_gate::config::Lang;
+use feishu_gate::respond::{self, MAX_MESSAGE_CHARS, Outcome, Refusal, Translator};
+use http::StatusCode;
+use libfuzzer_sys::fuzz_target;
+
+fn check(message: &str) {
+    assert!(!message.is_empty());
+    assert!(message.chars().count() <= MAX_MESSAGE_CHARS, "{message:?}");
+    assert!(!message.chars().any(char::is_control), "{message:?}");
+    assert!(!message.contains(['<', '>']), "{message:?}");
+    assert_eq!(message.trim(), message);
+}
+
+fuzz_target!(|data: &[u8]| {
+    let extracted = respond::upstream_message(data);
+    if let Some(m) = &extracted {
+        check(m);
+    }
+    if let Some(m) = respond::clean(&String::from_utf8_lossy(data)) {
+        check(&m);
+    }
+    let outcome = Outcome::Refused(Refusal {
+        upstream_status: StatusCode::CONFLICT,
+        message: extracted,
+        business_rule: data.first().is_some_and(|b| b & 1 != 0),
+    });
+    let t = Translator::new(Lang::En, vec!["s3cret".into()]);
+    check(&t.message(&outcome).expect("a refusal has a message"));
+});

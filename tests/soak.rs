@@ -1,0 +1,829 @@
+//! Nothing lost, measured: the real binary under a mixed load against a real
+//! upstream that fails, stalls and sometimes accepts after the gateway has
+//! given up. Every answer is checked against what the upstream recorded.
+//!
+//! The suite runs a short version. The long one is the same test, larger:
+//!
+//! ```text
+//! SOAK_CALLBACKS=50000 SOAK_CONCURRENCY=64 SOAK_SIGTERM_CALLBACKS=20000 \
+//!     cargo test --release --test soak -- --nocapture --test-threads 1
+//! ```
+
+mod common;
+mod harness;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+use common::{KEY, TOKEN, seal};
+use feishu_gate::config;
+
+/// The gateway's upstream timeout during the soak.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_millis(600);
+/// Longer than Feishu waits: a callback not answered by then is hanging.
+const CLIENT_LIMIT: Duration = Duration::from_secs(15);
+/// Peak resident memory the gateway may reach under the soak, whatever its length.
+const RSS_BOUND_KIB: u64 = 128 * 1024;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// splitmix64: a small, seedable generator, so a failing mix can be replayed.
+#[derive(Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// A number in `0..n`.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn mix(seed: u64, id: u64) -> Rng {
+    let mut r = Rng(seed ^ id.wrapping_mul(0xD6E8_FEB8_6659_FD93));
+    r.next();
+    r
+}
+
+// ---------------------------------------------------------------------------
+// The upstream: a real HTTP server that decides each delivery's fate.
+
+/// What the legacy system did with one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Recorded the decision; `late` when it did so after the gateway's timeout.
+    Accepted { late: bool },
+    /// Refused with this status; `late` likewise.
+    Refused { status: u16, late: bool },
+}
+
+#[derive(Debug, Clone)]
+struct Delivery {
+    key: String,
+    task: String,
+    fate: Fate,
+}
+
+#[derive(Clone, Default)]
+struct Ledger {
+    /// By the callback's unique `soak_id`: every delivery that reached the upstream.
+    by_id: Arc<Mutex<HashMap<String, Vec<Delivery>>>>,
+    /// Deliveries whose fate is still being decided (a slow answer in progress).
+    pending: Arc<AtomicUsize>,
+}
+
+impl Ledger {
+    fn record(&self, id: &str, delivery: Delivery) {
+        self.by_id
+            .lock()
+            .unwrap()
+            .entry(id.to_owned())
+            .or_default()
+            .push(delivery);
+    }
+}
+
+/// Starts the upstream. Each delivery's fate follows from its `soak_id`:
+/// mostly accepted at once, sometimes refused, slow, or slower than the
+/// gateway waits. The fate is recorded when it happens, whether or not the
+/// gateway is still listening, as a real legacy system would.
+async fn start_upstream(seed: u64) -> (SocketAddr, Ledger) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let ledger = Ledger::default();
+    let shared = ledger.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let ledger = shared.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let ledger = ledger.clone();
+                    async move { Ok::<_, Infallible>(decide(req, ledger, seed).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, ledger)
+}
+
+async fn decide(req: Request<Incoming>, ledger: Ledger, seed: u64) -> Response<Full<Bytes>> {
+    let key = req
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let id = doc["soak_id"].as_str().unwrap_or_default().to_owned();
+    let task = doc["task_id"].as_str().unwrap_or_default().to_owned();
+    let number: u64 = id.trim_start_matches('c').parse().unwrap_or(0);
+    let mut r = mix(seed ^ 0x5eed, number);
+    let t = UPSTREAM_TIMEOUT.as_millis() as u64;
+    let (delay_ms, status) = match r.below(100) {
+        0..=7 => (0, 503),
+        8..=9 => (r.below(t / 2), 500),
+        10..=15 => (t / 5 + r.below(t * 2 / 5), 200),
+        16..=18 => (t * 3 / 2, 200),
+        19 => (t * 3 / 2, 500),
+        _ => (r.below(3), 200),
+    };
+    let late = Duration::from_millis(delay_ms) >= UPSTREAM_TIMEOUT;
+    let fate = if status == 200 {
+        Fate::Accepted { late }
+    } else {
+        Fate::Refused { status, late }
+    };
+    // The decision is taken after the delay in a task of its own, so the
+    // gateway hanging up cannot undo it.
+    ledger.pending.fetch_add(1, Ordering::SeqCst);
+    let taken = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        ledger.record(&id, Delivery { key, task, fate });
+        ledger.pending.fetch_sub(1, Ordering::SeqCst);
+    });
+    let _ = taken.await;
+    let text = if status == 200 {
+        r#"{"code":0}"#.to_owned()
+    } else {
+        format!(r#"{{"message":"legacy says {status}"}}"#)
+    };
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap();
+    response
+}
+
+// ---------------------------------------------------------------------------
+// The load: a mix of callbacks, each with a unique `soak_id`.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Valid,
+    /// The same decision as an earlier callback, sealed again.
+    Repeat,
+    BadToken,
+    Malformed,
+    /// From the one approver who acts too fast.
+    Hot,
+}
+
+#[derive(Debug, Clone)]
+struct Sent {
+    id: String,
+    kind: Kind,
+    /// The task the decision is about; one decision per task.
+    task: u64,
+    body: String,
+}
+
+/// One unit of work: a callback, or two copies of a decision sent at once.
+type Job = Vec<Sent>;
+
+fn decision(task: u64, user: u64, id: &str) -> String {
+    format!(
+        r#"{{"action_type":"APPROVE","user_id":"u-{user}","approval_code":"SOAK","instance_id":"i-{task}","task_id":"t-{task}","message_id":{},"reason":"ok","soak_id":"{id}","token":"{TOKEN}"}}"#,
+        7_250_020_197_497_765_889u64 - task
+    )
+}
+
+fn workload(seed: u64, callbacks: usize) -> Vec<Job> {
+    let mut r = Rng(seed);
+    let mut jobs = Vec::new();
+    let mut decisions: Vec<u64> = Vec::new();
+    let mut n = 0u64;
+    let mut next_id = move || {
+        n += 1;
+        format!("c{n}")
+    };
+    let mut total = 0;
+    while total < callbacks {
+        let roll = r.below(100);
+        let job: Job = match roll {
+            0..=69 => {
+                let task = decisions.len() as u64;
+                decisions.push(task);
+                let id = next_id();
+                vec![Sent {
+                    body: seal(KEY, &decision(task, task % 10_000, &id)),
+                    id,
+                    kind: Kind::Valid,
+                    task,
+                }]
+            }
+            70..=77 => {
+                // Two copies at once: the second waits for the first's outcome.
+                let task = decisions.len() as u64;
+                decisions.push(task);
+                (0..2)
+                    .map(|_| {
+                        let id = next_id();
+                        Sent {
+                            body: seal(KEY, &decision(task, task % 10_000, &id)),
+                            id,
+                            kind: Kind::Repeat,
+                            task,
+                        }
+                    })
+                    .collect()
+            }
+            78..=84 if !decisions.is_empty() => {
+                // A later copy of a recent decision, whatever became of it.
+                let back = r.below(decisions.len().min(400) as u64) as usize;
+                let task = decisions[decisions.len() - 1 - back];
+                let id = next_id();
+                vec![Sent {
+                    body: seal(KEY, &decision(task, task % 10_000, &id)),
+                    id,
+                    kind: Kind::Repeat,
+                    task,
+                }]
+            }
+            85..=89 => {
+                let id = next_id();
+                let task = 1_000_000 + jobs.len() as u64;
+                let body = decision(task, 1, &id).replace(TOKEN, "not-the-token");
+                vec![Sent {
+                    body: seal(KEY, &body),
+                    id,
+                    kind: Kind::BadToken,
+                    task,
+                }]
+            }
+            90..=93 => {
+                let id = next_id();
+                let task = 2_000_000 + jobs.len() as u64;
+                let body = if roll.is_multiple_of(2) {
+                    format!(r#"{{"soak_id":"{id}","action_type":"APPROVE","#)
+                } else {
+                    seal(
+                        KEY,
+                        &decision(task, 1, &id).replace(r#""user_id""#, r#""user""#),
+                    )
+                };
+                vec![Sent {
+                    body,
+                    id,
+                    kind: Kind::Malformed,
+                    task,
+                }]
+            }
+            _ => {
+                let task = 3_000_000 + jobs.len() as u64;
+                let id = next_id();
+                let body = decision(task, 0, &id).replace("\"u-0\"", "\"u-hot\"");
+                vec![Sent {
+                    body: seal(KEY, &body),
+                    id,
+                    kind: Kind::Hot,
+                    task,
+                }]
+            }
+        };
+        total += job.len();
+        jobs.push(job);
+    }
+    jobs
+}
+
+/// How one callback ended, seen from Feishu's side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    Answered {
+        status: u16,
+        feishu_shaped: bool,
+    },
+    /// The connection was refused (or reset) while connecting: nothing was sent.
+    RefusedAtConnect,
+    /// Sent, then the connection closed with no answer.
+    ClosedUnanswered,
+    /// No answer within [`CLIENT_LIMIT`].
+    Hung,
+}
+
+/// An HTTP/1.1 client connection kept alive across callbacks.
+struct Client {
+    addr: SocketAddr,
+    keep_alive: bool,
+    sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+}
+
+impl Client {
+    async fn send(&mut self, body: &str) -> Seen {
+        match tokio::time::timeout(CLIENT_LIMIT, self.exchange(body)).await {
+            Ok(seen) => seen,
+            Err(_) => {
+                self.sender = None;
+                Seen::Hung
+            }
+        }
+    }
+
+    async fn exchange(&mut self, body: &str) -> Seen {
+        let reusable = self.sender.as_mut().is_some_and(|s| !s.is_closed());
+        if !reusable || !self.keep_alive {
+            let Ok(stream) = TcpStream::connect(self.addr).await else {
+                self.sender = None;
+                return Seen::RefusedAtConnect;
+            };
+            let Ok((sender, conn)) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+            else {
+                self.sender = None;
+                return Seen::RefusedAtConnect;
+            };
+            tokio::spawn(conn);
+            self.sender = Some(sender);
+        }
+        let Some(sender) = self.sender.as_mut() else {
+            return Seen::RefusedAtConnect;
+        };
+        if sender.ready().await.is_err() {
+            self.sender = None;
+            return Seen::ClosedUnanswered;
+        }
+        let mut request = Request::post("/")
+            .header("host", self.addr.to_string())
+            .header("content-type", "application/json");
+        if !self.keep_alive {
+            request = request.header("connection", "close");
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap();
+        let response = match sender.send_request(request).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.sender = None;
+                return Seen::ClosedUnanswered;
+            }
+        };
+        let status = response.status().as_u16();
+        let Ok(bytes) = response.into_body().collect().await.map(|b| b.to_bytes()) else {
+            self.sender = None;
+            return Seen::ClosedUnanswered;
+        };
+        let feishu_shaped = if status == 200 {
+            bytes.as_ref() == br#"{"code":0,"msg":"success"}"#
+        } else {
+            serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|v| {
+                v["without_prefix"] == "true"
+                    && v["message"].as_str().is_some_and(|m| {
+                        !m.is_empty()
+                            && m.chars().count() <= 200
+                            && !m.chars().any(char::is_control)
+                            && !m.contains(['<', '>'])
+                    })
+            })
+        };
+        Seen::Answered {
+            status,
+            feishu_shaped,
+        }
+    }
+}
+
+struct Run {
+    results: Vec<(Sent, Seen)>,
+    elapsed: Duration,
+    peak_rss_kib: u64,
+    baseline_rss_kib: u64,
+    final_rss_kib: u64,
+}
+
+/// Sends every job with `concurrency` workers; `on_progress` sees the number
+/// of callbacks finished so far, after each one.
+async fn drive(
+    gate: &harness::Binary,
+    jobs: Vec<Job>,
+    concurrency: usize,
+    keep_alive: bool,
+    on_progress: impl Fn(usize) + Send + Sync + 'static,
+) -> Run {
+    let pid = gate.pid();
+    let baseline_rss_kib = gate.memory().rss_kib;
+    let stop_sampling = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = stop_sampling.clone();
+        tokio::spawn(async move {
+            let mut peak = 0;
+            while !stop.load(Ordering::SeqCst) {
+                match harness::memory_of(pid) {
+                    Some(m) => peak = peak.max(m.rss_kib),
+                    None => break,
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            peak
+        })
+    };
+    let started = Instant::now();
+    let jobs = Arc::new(jobs);
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let on_progress = Arc::new(on_progress);
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (jobs, next, done, on_progress) = (
+            jobs.clone(),
+            next.clone(),
+            done.clone(),
+            on_progress.clone(),
+        );
+        let addr = gate.addr;
+        workers.spawn(async move {
+            let mut client = Client {
+                addr,
+                keep_alive,
+                sender: None,
+            };
+            let mut results = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(job) = jobs.get(i) else { break };
+                if let [only] = job.as_slice() {
+                    let seen = client.send(&only.body).await;
+                    results.push((only.clone(), seen));
+                } else {
+                    // Copies at once, each on its own connection.
+                    let once = |sent: Sent| async move {
+                        let mut own = Client {
+                            addr,
+                            keep_alive: false,
+                            sender: None,
+                        };
+                        let seen = own.send(&sent.body).await;
+                        (sent, seen)
+                    };
+                    let (a, b) = tokio::join!(once(job[0].clone()), once(job[1].clone()));
+                    results.push(a);
+                    results.push(b);
+                }
+                on_progress(done.fetch_add(job.len(), Ordering::SeqCst) + job.len());
+            }
+            results
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(r) = workers.join_next().await {
+        results.extend(r.unwrap());
+    }
+    let elapsed = started.elapsed();
+    stop_sampling.store(true, Ordering::SeqCst);
+    let peak_rss_kib = sampler.await.unwrap();
+    let final_rss_kib = harness::memory_of(pid).map_or(0, |m| m.rss_kib);
+    Run {
+        results,
+        elapsed,
+        peak_rss_kib,
+        baseline_rss_kib,
+        final_rss_kib,
+    }
+}
+
+/// Waits until the upstream has settled every delivery it started.
+async fn settle(ledger: &Ledger) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ledger.pending.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        ledger.pending.load(Ordering::SeqCst),
+        0,
+        "upstream deliveries never settled"
+    );
+}
+
+/// The tally of a run, and every broken promise found in it.
+#[derive(Debug, Default)]
+struct Verdict {
+    by_status: std::collections::BTreeMap<u16, usize>,
+    /// Answered 200 after the upstream accepted this very callback.
+    delivered: usize,
+    /// Answered 200 as a copy of a decision already delivered.
+    answered_from_memory: usize,
+    /// The upstream refused, and Feishu was told so.
+    refused_upstream: usize,
+    /// The upstream accepted after the gateway stopped waiting (504).
+    ambiguous: usize,
+    /// Answered with an error without reaching the upstream.
+    not_forwarded: usize,
+    /// Of those, refused with 503 because shutdown had begun.
+    shutting_down: usize,
+    refused_at_connect: usize,
+    closed_unanswered: usize,
+    violations: Vec<String>,
+}
+
+/// Checks every answer against what the upstream recorded.
+fn judge(results: &[(Sent, Seen)], ledger: &Ledger) -> Verdict {
+    let by_id = ledger.by_id.lock().unwrap();
+    let mut v = Verdict::default();
+    let mut accepted_tasks: HashMap<&str, usize> = HashMap::new();
+    for d in by_id.values().flatten() {
+        if d.fate == (Fate::Accepted { late: false }) {
+            *accepted_tasks.entry(d.task.as_str()).or_default() += 1;
+        }
+    }
+    let mut answered_delivered: HashMap<&str, usize> = HashMap::new();
+    for (sent, seen) in results {
+        let deliveries = by_id.get(&sent.id).map(Vec::as_slice).unwrap_or_default();
+        if deliveries.len() > 1 {
+            v.violations.push(format!(
+                "{} reached the upstream {} times",
+                sent.id,
+                deliveries.len()
+            ));
+        }
+        let delivery = deliveries.first();
+        let status = match seen {
+            Seen::Hung => {
+                v.violations.push(format!("{} hung", sent.id));
+                continue;
+            }
+            Seen::RefusedAtConnect | Seen::ClosedUnanswered => {
+                if *seen == Seen::RefusedAtConnect {
+                    v.refused_at_connect += 1;
+                } else {
+                    v.closed_unanswered += 1;
+                }
+                if delivery.is_some() {
+                    v.violations
+                        .push(format!("{} was delivered but never answered", sent.id));
+                }
+                continue;
+            }
+            Seen::Answered {
+                status,
+                feishu_shaped,
+            } => {
+                if !feishu_shaped {
+                    v.violations.push(format!(
+                        "{} answered {status} not in Feishu's format",
+                        sent.id
+                    ));
+                }
+                *status
+            }
+        };
+        *v.by_status.entry(status).or_default() += 1;
+        let allowed: &[u16] = match sent.kind {
+            Kind::BadToken => &[401, 503],
+            Kind::Malformed => &[422, 401, 503],
+            _ => &[],
+        };
+        if !allowed.is_empty() && !allowed.contains(&status) {
+            v.violations
+                .push(format!("{} ({:?}) answered {status}", sent.id, sent.kind));
+        }
+        match (status, delivery.map(|d| d.fate)) {
+            (200, Some(Fate::Accepted { late: false })) => {
+                v.delivered += 1;
+                let key = delivery.map_or("", |d| d.key.as_str());
+                let n = answered_delivered.entry(key).or_default();
+                *n += 1;
+                if *n > 1 {
+                    v.violations.push(format!(
+                        "{}: its decision was delivered and answered 200 again",
+                        sent.id
+                    ));
+                }
+            }
+            (200, Some(other)) => {
+                v.violations.push(format!(
+                    "{} answered 200 but the upstream {other:?}",
+                    sent.id
+                ));
+            }
+            (200, None) => {
+                // A copy answered from memory counts its original's delivery.
+                v.answered_from_memory += 1;
+                if !accepted_tasks.contains_key(format!("t-{}", sent.task).as_str()) {
+                    v.violations.push(format!(
+                        "{} answered 200 but its decision was never accepted",
+                        sent.id
+                    ));
+                }
+            }
+            // Refused by the gateway itself (or told the first copy's failure): nothing delivered.
+            (status, None) => {
+                v.not_forwarded += 1;
+                if status == 503 {
+                    v.shutting_down += 1;
+                }
+            }
+            (
+                status,
+                Some(Fate::Refused {
+                    status: up,
+                    late: false,
+                }),
+            ) => {
+                v.refused_upstream += 1;
+                let expected = if (401..=599).contains(&up) { up } else { 502 };
+                if status != expected {
+                    v.violations.push(format!(
+                        "{}: upstream refused {up}, Feishu told {status}",
+                        sent.id
+                    ));
+                }
+            }
+            (status, Some(Fate::Refused { late: true, .. })) => {
+                v.refused_upstream += 1;
+                if status != 504 {
+                    v.violations.push(format!(
+                        "{}: upstream too slow, Feishu told {status}",
+                        sent.id
+                    ));
+                }
+            }
+            (status, Some(Fate::Accepted { late: true })) => {
+                // Accepted after the gateway stopped waiting: unavoidable, and
+                // Feishu was told the outcome is unknown.
+                v.ambiguous += 1;
+                if status != 504 {
+                    v.violations
+                        .push(format!("{}: accepted late, Feishu told {status}", sent.id));
+                }
+            }
+            (status, Some(Fate::Accepted { late: false })) => {
+                v.violations.push(format!(
+                    "{}: accepted in time, Feishu told {status}",
+                    sent.id
+                ));
+            }
+        }
+    }
+    v
+}
+
+fn report(title: &str, callbacks: usize, concurrency: usize, run: &Run, v: &Verdict) {
+    let rate = callbacks as f64 / run.elapsed.as_secs_f64();
+    println!(
+        "{title}: {callbacks} callbacks, concurrency {concurrency}, {:.1} s ({rate:.0}/s)\n  \
+         answered by status: {:?}\n  \
+         delivered and answered 200: {}; copies answered 200 from memory: {}; \
+         upstream refusals passed on: {}; ambiguous (accepted after the deadline, answered 504): {}\n  \
+         errors without forwarding: {} (503 while shutting down: {})\n  \
+         refused at connect: {}; closed unanswered (never delivered): {}; violations: {}\n  \
+         gateway VmRSS: {} KiB at start, {} KiB peak, {} KiB at the end",
+        run.elapsed.as_secs_f64(),
+        v.by_status,
+        v.delivered,
+        v.answered_from_memory,
+        v.refused_upstream,
+        v.ambiguous,
+        v.not_forwarded,
+        v.shutting_down,
+        v.refused_at_connect,
+        v.closed_unanswered,
+        v.violations.len(),
+        run.baseline_rss_kib,
+        run.peak_rss_kib,
+        run.final_rss_kib,
+    );
+}
+
+fn gateway_vars() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            config::UPSTREAM_TIMEOUT_MS,
+            UPSTREAM_TIMEOUT.as_millis().to_string(),
+        ),
+        (config::RATE_LIMIT_RPS, "0".into()),
+        (config::USER_RATE_LIMIT_RPS, "2".into()),
+        (config::USER_RATE_LIMIT_BURST, "2".into()),
+        (config::SHUTDOWN_GRACE_MS, "5000".into()),
+    ]
+}
+
+fn seed() -> u64 {
+    env_usize("SOAK_SEED", 6) as u64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_callback_answered_200_was_delivered_once_and_nothing_else_was() {
+    let callbacks = env_usize("SOAK_CALLBACKS", 3_000);
+    let concurrency = env_usize("SOAK_CONCURRENCY", 32);
+    let seed = seed();
+    let (upstream, ledger) = start_upstream(seed).await;
+    let vars = gateway_vars();
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let gate = harness::Binary::start(&format!("http://{upstream}/legacy"), &vars).await;
+    let jobs = workload(seed, callbacks);
+    let run = drive(&gate, jobs, concurrency, true, |_| {}).await;
+    settle(&ledger).await;
+    let v = judge(&run.results, &ledger);
+    report(
+        &format!("soak (seed {seed})"),
+        run.results.len(),
+        concurrency,
+        &run,
+        &v,
+    );
+    assert!(
+        v.violations.is_empty(),
+        "{:#?}",
+        &v.violations[..v.violations.len().min(20)]
+    );
+    assert_eq!(
+        v.refused_at_connect + v.closed_unanswered,
+        0,
+        "every callback was answered"
+    );
+    assert!(
+        v.delivered > 0 && v.answered_from_memory > 0 && v.ambiguous > 0 && v.refused_upstream > 0
+    );
+    assert!(
+        v.by_status.contains_key(&429)
+            && v.by_status.contains_key(&401)
+            && v.by_status.contains_key(&422)
+    );
+    assert!(
+        run.peak_rss_kib < RSS_BOUND_KIB,
+        "peak RSS {} KiB",
+        run.peak_rss_kib
+    );
+    assert_eq!(harness::get_status(gate.admin, "/readyz").await, Some(200));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_under_load_answers_or_refuses_every_callback_and_loses_none() {
+    let callbacks = env_usize("SOAK_SIGTERM_CALLBACKS", 2_000);
+    let concurrency = env_usize("SOAK_CONCURRENCY", 32);
+    let seed = seed() + 1;
+    let (upstream, ledger) = start_upstream(seed).await;
+    let vars = gateway_vars();
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut gate = harness::Binary::start(&format!("http://{upstream}/legacy"), &vars).await;
+    let jobs = workload(seed, callbacks);
+    let pid = gate.pid();
+    let signalled = Arc::new(Mutex::new(None::<Instant>));
+    let at = callbacks * 2 / 5;
+    let mark = signalled.clone();
+    // A callback per connection, as a client that does not keep connections.
+    let run = drive(&gate, jobs, concurrency, false, move |done| {
+        let mut mark = mark.lock().unwrap();
+        if done >= at && mark.is_none() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+            *mark = Some(Instant::now());
+        }
+    })
+    .await;
+    let signalled = signalled.lock().unwrap().expect("SIGTERM was sent");
+    let code = gate.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(code, Some(0), "log: {:?}", gate.log_tail());
+    settle(&ledger).await;
+    let v = judge(&run.results, &ledger);
+    report(
+        &format!("soak with SIGTERM after {at} (seed {seed})"),
+        run.results.len(),
+        concurrency,
+        &run,
+        &v,
+    );
+    println!(
+        "  exited 0, {:.1} s after SIGTERM",
+        signalled.elapsed().as_secs_f64()
+    );
+    assert!(
+        v.violations.is_empty(),
+        "{:#?}",
+        &v.violations[..v.violations.len().min(20)]
+    );
+    assert!(v.refused_at_connect > 0, "the load went on past the exit");
+    assert!(v.delivered > 0);
+}
