@@ -56,22 +56,30 @@ pub const MAX_DEPTH: usize = 32;
 
 /// The deepest nesting of arrays and objects in `bytes`, counting past strings.
 /// Stops counting once `limit` is exceeded.
+///
+/// Inside a string only `"` and `\\` matter, so the scan jumps between them:
+/// most of a callback's bytes (the whole `encrypt` value, comments, URLs) are
+/// string contents.
 fn depth_exceeds(bytes: &[u8], limit: usize) -> bool {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &bytes[i.min(bytes.len())..]) {
+                        None => return false,
+                        Some(at) if bytes[i + at] == b'"' => {
+                            i += at + 1;
+                            break;
+                        }
+                        // An escape takes the next byte with it, whatever it is.
+                        Some(at) => i += at + 2,
+                    }
+                }
+                continue;
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
             b'{' | b'[' => {
                 depth += 1;
                 if depth > limit {
@@ -81,6 +89,7 @@ fn depth_exceeds(bytes: &[u8], limit: usize) -> bool {
             b'}' | b']' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     false
 }
@@ -91,35 +100,27 @@ fn depth_exceeds(bytes: &[u8], limit: usize) -> bool {
 /// would turn a callback the gateway accepted into one the legacy system
 /// cannot read. Only meaningful for text that already parsed as JSON.
 fn has_lone_surrogate(bytes: &[u8]) -> bool {
-    let mut in_string = false;
+    // In text that parsed as JSON a backslash only ever starts an escape
+    // inside a string, so the scan jumps from one escape to the next instead
+    // of reading every byte.
     // The previous escape was a high surrogate, so a low one must follow at once.
     let mut want_low = false;
     let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if !in_string {
-            in_string = b == b'"';
-            i += 1;
-            continue;
+    while let Some(at) = memchr::memchr(b'\\', bytes.get(i..).unwrap_or_default()) {
+        let at = i + at;
+        // Anything between a high surrogate and the next escape ends the pair.
+        if want_low && at != i {
+            return true;
         }
-        let unit = match (b, bytes.get(i + 1)) {
-            (b'\\', Some(b'u')) => {
-                let unit = bytes
-                    .get(i + 2..i + 6)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u16::from_str_radix(h, 16).ok());
-                i += 6;
-                unit
-            }
-            (b'\\', _) => {
-                i += 2;
-                None
-            }
-            _ => {
-                in_string = b != b'"';
-                i += 1;
-                None
-            }
+        let unit = if bytes.get(at + 1) == Some(&b'u') {
+            i = at + 6;
+            bytes
+                .get(at + 2..at + 6)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u16::from_str_radix(h, 16).ok())
+        } else {
+            i = at + 2;
+            None
         };
         match unit {
             Some(0xD800..=0xDBFF) if !want_low => want_low = true,
@@ -129,6 +130,8 @@ fn has_lone_surrogate(bytes: &[u8]) -> bool {
             _ => {}
         }
     }
+    // A high surrogate with nothing after it: at the very least the string's
+    // closing quote followed.
     want_low
 }
 
@@ -153,19 +156,13 @@ impl<'a> Fields<'a> {
         if depth_exceeds(bytes, MAX_DEPTH) {
             return Err(BodyError::TooDeep);
         }
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let mut duplicate = None;
-        let entries = match de.deserialize_map(ObjectVisitor {
-            duplicate: &mut duplicate,
-        }) {
-            Ok(entries) => entries,
-            Err(_) if duplicate.is_some() => {
-                return Err(BodyError::DuplicateField(duplicate.unwrap_or_default()));
-            }
-            Err(e) if e.is_data() => return Err(BodyError::NotObject),
-            Err(_) => return Err(BodyError::NotJson),
-        };
-        de.end().map_err(|_| BodyError::NotJson)?;
+        // Valid UTF-8 is checked once here instead of once per value; only
+        // a body that fails goes through the byte-level parser, which then
+        // reports exactly what it always did.
+        let entries = match std::str::from_utf8(bytes) {
+            Ok(text) => entries(serde_json::Deserializer::from_str(text)),
+            Err(_) => entries(serde_json::Deserializer::from_slice(bytes)),
+        }?;
         if has_lone_surrogate(bytes) {
             return Err(BodyError::NotJson);
         }
@@ -196,12 +193,17 @@ impl<'a> Fields<'a> {
         match self.get(name) {
             None => Ok(None),
             Some(raw) if raw.get() == "null" => Ok(None),
-            Some(raw) => serde_json::from_str::<Cow<'a, str>>(raw.get())
-                .map(Some)
-                .map_err(|_| BodyError::WrongType {
-                    field: name,
-                    expected: "a string",
-                }),
+            Some(raw) => {
+                if let Some(plain) = unescaped_string(raw) {
+                    return Ok(Some(Cow::Borrowed(plain)));
+                }
+                serde_json::from_str::<Cow<'a, str>>(raw.get())
+                    .map(Some)
+                    .map_err(|_| BodyError::WrongType {
+                        field: name,
+                        expected: "a string",
+                    })
+            }
         }
     }
 
@@ -215,6 +217,34 @@ impl<'a> Fields<'a> {
             None => Err(BodyError::Missing(name)),
         }
     }
+}
+
+/// The object's entries, or why it is not one.
+fn entries<'a, R: serde_json::de::Read<'a>>(
+    mut de: serde_json::Deserializer<R>,
+) -> Result<Vec<(Cow<'a, str>, &'a RawValue)>, BodyError> {
+    let mut duplicate = None;
+    let entries = match de.deserialize_map(ObjectVisitor {
+        duplicate: &mut duplicate,
+    }) {
+        Ok(entries) => entries,
+        Err(_) if duplicate.is_some() => {
+            return Err(BodyError::DuplicateField(duplicate.unwrap_or_default()));
+        }
+        Err(e) if e.is_data() => return Err(BodyError::NotObject),
+        Err(_) => return Err(BodyError::NotJson),
+    };
+    de.end().map_err(|_| BodyError::NotJson)?;
+    Ok(entries)
+}
+
+/// A JSON string's contents when it has no escapes, borrowed as they are:
+/// the raw value was already checked to be a well-formed string.
+fn unescaped_string(raw: &RawValue) -> Option<&str> {
+    let inner = raw.get().strip_prefix('"')?.strip_suffix('"')?;
+    memchr::memchr(b'\\', inner.as_bytes())
+        .is_none()
+        .then_some(inner)
 }
 
 struct ObjectVisitor<'d> {
@@ -393,18 +423,18 @@ fn message_id(fields: &Fields<'_>) -> Result<Option<MessageId>, BodyError> {
         if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
             return Err(MESSAGE_ID_TYPE);
         }
-        (s.into_owned(), false)
+        (s, false)
     } else {
         // Only integer syntax: `1.0` or `1e3` would already have lost the exact id.
         let unsigned = text.strip_prefix('-').unwrap_or(text);
         if unsigned.is_empty() || !unsigned.bytes().all(|b| b.is_ascii_digit()) {
             return Err(MESSAGE_ID_TYPE);
         }
-        (text.to_owned(), true)
+        (Cow::Borrowed(text), true)
     };
     let value: i64 = digits.parse().map_err(|_| MESSAGE_ID_TYPE)?;
     Ok(Some(MessageId {
-        digits: value.to_string(),
+        digits: itoa::Buffer::new().format(value).to_owned(),
         is_number,
     }))
 }
@@ -420,11 +450,33 @@ fn check_attachments(fields: &Fields<'_>) -> Result<(), BodyError> {
         field: field::ATTACHMENTS,
         expected: "a list of objects",
     };
-    let items: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(|_| wrong.clone())?;
-    if items.iter().all(|item| item.get().starts_with('{')) {
-        Ok(())
-    } else {
-        Err(wrong)
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    match de
+        .deserialize_seq(ObjectsOnly)
+        .and_then(|all| de.end().map(|()| all))
+    {
+        Ok(true) => Ok(()),
+        _ => Err(wrong),
+    }
+}
+
+/// Whether every item of a JSON array is an object, read without
+/// collecting the items.
+struct ObjectsOnly;
+
+impl<'de> Visitor<'de> for ObjectsOnly {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list")
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        let mut all = true;
+        while let Some(item) = seq.next_element::<&'de RawValue>()? {
+            all &= item.get().starts_with('{');
+        }
+        Ok(all)
     }
 }
 

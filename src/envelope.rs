@@ -60,22 +60,32 @@ impl CallbackKey {
         let decoded = STANDARD
             .decode(encrypt)
             .map_err(|_| EnvelopeError::NotBase64)?;
-        self.decrypt_raw(&decoded)
+        self.decrypt_in_place(decoded)
     }
 
     /// Opens already base64-decoded bytes (`IV || ciphertext`).
     pub fn decrypt_raw(&self, decoded: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+        self.decrypt_in_place(decoded.to_vec())
+    }
+
+    /// Decrypts in the buffer the bytes arrived in: one allocation per
+    /// callback instead of two.
+    fn decrypt_in_place(&self, mut decoded: Vec<u8>) -> Result<Vec<u8>, EnvelopeError> {
         if decoded.len() < 2 * BLOCK {
             return Err(EnvelopeError::TooShort);
         }
         if !decoded.len().is_multiple_of(BLOCK) {
             return Err(EnvelopeError::NotBlockAligned);
         }
-        let (iv, ciphertext) = decoded.split_at(BLOCK);
-        Aes256CbcDec::new_from_slices(&self.aes, iv)
+        let (iv, ciphertext) = decoded.split_at_mut(BLOCK);
+        let len = Aes256CbcDec::new_from_slices(&self.aes, iv)
             .map_err(|_| EnvelopeError::BadPadding)?
-            .decrypt_padded_vec::<Pkcs7>(ciphertext)
-            .map_err(|_| EnvelopeError::BadPadding)
+            .decrypt_padded::<Pkcs7>(ciphertext)
+            .map_err(|_| EnvelopeError::BadPadding)?
+            .len();
+        decoded.copy_within(BLOCK..BLOCK + len, 0);
+        decoded.truncate(len);
+        Ok(decoded)
     }
 
     /// Seals `plaintext` under the given IV, in Feishu's format.

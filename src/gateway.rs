@@ -1,12 +1,19 @@
 //! The path of one callback, top to bottom: route, limit, read, verify,
 //! deduplicate, forward, translate, answer, log.
 
+use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header,
+};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body;
 use tokio::time::{Instant, timeout, timeout_at};
@@ -59,10 +66,11 @@ pub struct Gateway {
     max_body: usize,
     upstream_timeout: Duration,
     verifier: Verifier,
-    upstream: Upstream,
+    upstream: Arc<Upstream>,
     translator: Translator,
     limits: Limits,
     dedup: Option<Dedup>,
+    request_ids: RequestIds,
     /// Callback connections served at once (`FEISHU_GATE_MAX_CONNECTIONS`).
     pub max_connections: usize,
     pub health: Arc<Health>,
@@ -92,10 +100,11 @@ impl Gateway {
             max_body: config.max_body_bytes,
             upstream_timeout: config.upstream_timeout,
             verifier: Verifier::from_config(config),
-            upstream: Upstream::new(config)?,
+            upstream: Arc::new(Upstream::new(config)?),
             translator: Translator::new(config.lang, secrets),
             limits: Limits::new(config.rate_limit, config.user_rate_limit),
             dedup: config.dedup_ttl.map(Dedup::new),
+            request_ids: RequestIds::default(),
             max_connections: config.max_connections,
             health: Arc::default(),
             metrics: Arc::default(),
@@ -116,7 +125,7 @@ impl Gateway {
     {
         let started = Instant::now();
         let _in_flight = InFlight::new(&self.metrics);
-        let request_id = request_id(request.headers());
+        let request_id = self.request_ids.for_request(request.headers());
         let keeps_alive_by_header = request.version() <= Version::HTTP_11;
         let mut record = Record {
             body_read: request.body().is_end_stream(),
@@ -129,7 +138,7 @@ impl Gateway {
         let mut response = self.translator.respond(&outcome);
         response
             .headers_mut()
-            .insert(REQUEST_ID, request_id.clone());
+            .insert(HeaderName::from_static(REQUEST_ID), request_id.clone());
         if keeps_alive_by_header && !record.body_read {
             // Refused before its body was read: the connection is closed after
             // this answer, and saying so keeps the client from sending its next
@@ -165,10 +174,7 @@ impl Gateway {
             return Outcome::Rejected(Rejection::ShuttingDown);
         }
         if let Err(retry_after_secs) = self.limits.check_global() {
-            self.metrics
-                .rate_limited
-                .get_or_create(&[("scope", "global")])
-                .inc();
+            self.metrics.count_rate_limited("global");
             return Outcome::Rejected(Rejection::RateLimited { retry_after_secs });
         }
         let body = match self.read_body(request).await {
@@ -185,16 +191,19 @@ impl Gateway {
                 return Outcome::Rejected(rejection);
             }
         };
-        record.summary = Some(callback.summary.clone());
-        if let Err(retry_after_secs) = self.limits.check_user(&callback.summary.user_id) {
-            self.metrics
-                .rate_limited
-                .get_or_create(&[("scope", "user")])
-                .inc();
+        let Callback {
+            summary,
+            upstream_body,
+            idempotency_key,
+        } = callback;
+        let summary = record.summary.insert(summary);
+        if let Err(retry_after_secs) = self.limits.check_user(&summary.user_id) {
+            self.metrics.count_rate_limited("user");
             return Outcome::Rejected(Rejection::RateLimited { retry_after_secs });
         }
         let deadline = (Instant::now() + self.upstream_timeout).min(started + ANSWER_WITHIN);
-        self.forward(callback, request_id, deadline, record).await
+        self.forward(upstream_body, idempotency_key, request_id, deadline, record)
+            .await
     }
 
     async fn read_body<B>(&self, request: Request<B>) -> Result<Bytes, Rejection>
@@ -223,27 +232,22 @@ impl Gateway {
 
     async fn forward(
         &self,
-        callback: Callback,
+        upstream_body: Vec<u8>,
+        idempotency_key: String,
         request_id: &HeaderValue,
         deadline: Instant,
         record: &mut Record,
     ) -> Outcome {
         let ticket = match &self.dedup {
             None => None,
-            Some(dedup) => match dedup.admit(&callback.idempotency_key) {
+            Some(dedup) => match dedup.admit(&idempotency_key) {
                 Admission::Deliver(ticket) => Some(ticket),
                 Admission::AlreadyDelivered => {
-                    self.metrics
-                        .duplicates
-                        .get_or_create(&[("how", "remembered")])
-                        .inc();
+                    self.metrics.count_duplicate("remembered");
                     return Outcome::Duplicate;
                 }
                 Admission::Wait(mut first) => {
-                    self.metrics
-                        .duplicates
-                        .get_or_create(&[("how", "in_flight")])
-                        .inc();
+                    self.metrics.count_duplicate("in_flight");
                     let settled = async {
                         first
                             .wait_for(Option::is_some)
@@ -261,16 +265,11 @@ impl Gateway {
                 }
             },
         };
-        let upstream = self.upstream.clone();
+        let upstream = Arc::clone(&self.upstream);
         let request_id = request_id.clone();
-        let delivery = self.deliveries.spawn(async move {
+        let delivery = Detachable::new(&self.deliveries, async move {
             let exchange = upstream
-                .deliver(
-                    callback.upstream_body,
-                    &request_id,
-                    &callback.idempotency_key,
-                    deadline,
-                )
+                .deliver(upstream_body, &request_id, &idempotency_key, deadline)
                 .await;
             if let Some(ticket) = ticket {
                 ticket.finish(&exchange.outcome);
@@ -278,9 +277,9 @@ impl Gateway {
             exchange
         });
         let exchange: Exchange = match delivery.await {
-            Ok(exchange) => exchange,
-            // Only a panic in the delivery task gets here; its decision's fate is unknown.
-            Err(_) => return Outcome::Unreachable(UpstreamError::Dropped),
+            Some(exchange) => exchange,
+            // Only a panic in the delivery gets here; its decision's fate is unknown.
+            None => return Outcome::Unreachable(UpstreamError::Dropped),
         };
         record.upstream_status = exchange.status;
         record.upstream_elapsed = Some(exchange.elapsed);
@@ -293,9 +292,7 @@ impl Gateway {
 
     fn observe(&self, outcome: &Outcome, elapsed: Duration) {
         let m = &self.metrics;
-        m.callbacks
-            .get_or_create(&[("outcome", outcome.label())])
-            .inc();
+        m.count_callback(outcome.label());
         m.callback_duration.observe(elapsed.as_secs_f64());
         let kind = match outcome {
             Outcome::Unreachable(e) => Some(e.label()),
@@ -305,7 +302,71 @@ impl Gateway {
             _ => None,
         };
         if let Some(kind) = kind {
-            m.upstream_errors.get_or_create(&[("kind", kind)]).inc();
+            m.count_upstream_error(kind);
+        }
+    }
+}
+
+/// A delivery, run inside the request that started it. Should that request be
+/// dropped half-way (the client hung up), what is left of the delivery
+/// becomes a task of its own: once started, a delivery always completes and
+/// settles its duplicate-detection ticket, and shutdown waits for it. Spawning
+/// only then spares a task and a wake-up per callback.
+struct Detachable<F: Future + Send + 'static> {
+    future: Option<Pin<Box<F>>>,
+    tracker: TaskTracker,
+}
+
+impl<F> Detachable<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn new(tracker: &TaskTracker, future: F) -> Self {
+        Self {
+            future: Some(Box::pin(future)),
+            tracker: tracker.clone(),
+        }
+    }
+}
+
+impl<F> Future for Detachable<F>
+where
+    F: Future + Send + 'static,
+{
+    /// `None` when the delivery panicked, as a task's `JoinError` would say.
+    type Output = Option<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(future) = self.future.as_mut() else {
+            return Poll::Ready(None);
+        };
+        // A panic ends this delivery only, as it would end its own task.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => {
+                self.future = None;
+                Poll::Ready(Some(output))
+            }
+            Err(_) => {
+                self.future = None;
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for Detachable<F> {
+    fn drop(&mut self) {
+        let Some(future) = self.future.take() else {
+            return;
+        };
+        // Outside a runtime (it is being torn down) nothing could finish it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let tracker = self.tracker.clone();
+            runtime.spawn(tracker.track_future(async move {
+                let _ = future.await;
+            }));
         }
     }
 }
@@ -326,20 +387,38 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// The caller's `X-Request-Id` when it is a sane token, otherwise a new one.
-fn request_id(headers: &HeaderMap) -> HeaderValue {
-    headers
-        .get(REQUEST_ID)
-        .filter(|v| {
-            let b = v.as_bytes();
-            !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
-        })
-        .cloned()
-        .unwrap_or_else(|| {
-            // A hyphenated UUID is always a valid header value.
-            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
-                .unwrap_or_else(|_| HeaderValue::from_static("-"))
-        })
+/// Request ids: the caller's `X-Request-Id` when it is a sane token,
+/// otherwise a new random UUID.
+#[derive(Debug, Default)]
+struct RequestIds {
+    /// SipHash keyed once from the operating system's randomness: each id
+    /// costs two hashes of a counter instead of a system call.
+    keys: RandomState,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn for_request(&self, headers: &HeaderMap) -> HeaderValue {
+        headers
+            .get(REQUEST_ID)
+            .filter(|v| {
+                let b = v.as_bytes();
+                !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+            })
+            .cloned()
+            .unwrap_or_else(|| self.fresh())
+    }
+
+    fn fresh(&self) -> HeaderValue {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let high = u128::from(self.keys.hash_one((n, 0u8)));
+        let low = u128::from(self.keys.hash_one((n, 1u8)));
+        let uuid = uuid::Builder::from_random_bytes(((high << 64) | low).to_be_bytes()).into_uuid();
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        // A hyphenated UUID is always a valid header value.
+        HeaderValue::from_bytes(uuid.hyphenated().encode_lower(&mut text).as_bytes())
+            .unwrap_or_else(|_| HeaderValue::from_static("-"))
+    }
 }
 
 fn detail(rejection: &Rejection) -> String {
@@ -354,7 +433,7 @@ macro_rules! callback_line {
     ($level:ident, $outcome:expr, $status:expr, $id:expr, $elapsed:expr, $r:expr) => {{
         let s = $r.summary.as_ref();
         tracing::$level!(
-            target: "feishu_gate::callback",
+            target: crate::logging::CALLBACK_TARGET,
             request_id = $id,
             approval_code = s.map(|s| s.approval_code.as_str()),
             instance_id = s.and_then(|s| s.instance_id.as_deref()),

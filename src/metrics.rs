@@ -1,6 +1,7 @@
 //! Prometheus metrics, all named `feishu_gate_*`. Label values come from
 //! fixed sets (outcome labels, error kinds), never from paths or ids.
 
+use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::text::encode;
@@ -18,6 +19,29 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 9.0, 10.0, 15.0,
 ];
 
+/// Counters of one labelled family already looked up, by label value, so
+/// counting a callback takes neither the family's lock nor a hash of its
+/// labels. Label values come from fixed sets smaller than the slots; a value
+/// past them is counted through the family as before.
+#[derive(Debug, Default)]
+struct Resolved {
+    slots: [OnceLock<(&'static str, Counter)>; 24],
+}
+
+impl Resolved {
+    fn inc(&self, family: &Family<Label, Counter>, label: Label) {
+        let value = label[0].1;
+        for slot in &self.slots {
+            let (v, counter) = slot.get_or_init(|| (value, family.get_or_create(&label).clone()));
+            if *v == value {
+                counter.inc();
+                return;
+            }
+        }
+        family.get_or_create(&label).inc();
+    }
+}
+
 /// Every metric the gateway exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -31,6 +55,7 @@ pub struct Metrics {
     pub upstream_errors: Family<Label, Counter>,
     pub tls_expiry: Gauge<f64, AtomicU64>,
     pub ready: Gauge,
+    resolved: [Resolved; 4],
 }
 
 /// Names as exported, for documentation and the dashboard check.
@@ -125,7 +150,28 @@ impl Metrics {
             upstream_errors,
             tls_expiry,
             ready,
+            resolved: Default::default(),
         }
+    }
+
+    /// Counts a callback by outcome.
+    pub fn count_callback(&self, outcome: &'static str) {
+        self.resolved[0].inc(&self.callbacks, [("outcome", outcome)]);
+    }
+
+    /// Counts a suppressed duplicate by how it was recognised.
+    pub fn count_duplicate(&self, how: &'static str) {
+        self.resolved[1].inc(&self.duplicates, [("how", how)]);
+    }
+
+    /// Counts a rate-limited callback by the limit's scope.
+    pub fn count_rate_limited(&self, scope: &'static str) {
+        self.resolved[2].inc(&self.rate_limited, [("scope", scope)]);
+    }
+
+    /// Counts a failed delivery by kind.
+    pub fn count_upstream_error(&self, kind: &'static str) {
+        self.resolved[3].inc(&self.upstream_errors, [("kind", kind)]);
     }
 
     /// The text exposition format.

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, StatusCode, Uri, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -212,17 +212,28 @@ impl Upstream {
         request_id: &HeaderValue,
         idempotency_key: &str,
     ) -> Result<Request<Full<Bytes>>, http::Error> {
-        let mut builder = Request::builder()
-            .method(Method::POST)
-            .uri(self.url.clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::USER_AGENT, USER_AGENT)
-            .header(REQUEST_ID, request_id)
-            .header(IDEMPOTENCY_KEY, idempotency_key);
+        // Names and fixed values are built once, not parsed for every callback.
+        const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID);
+        const IDEMPOTENCY_KEY_NAME: HeaderName = HeaderName::from_static(IDEMPOTENCY_KEY);
+        let mut headers = HeaderMap::with_capacity(4 + self.headers.0.len());
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        headers.insert(REQUEST_ID_NAME, request_id.clone());
+        headers.insert(
+            IDEMPOTENCY_KEY_NAME,
+            HeaderValue::from_str(idempotency_key)?,
+        );
         for (name, value) in &self.headers.0 {
-            builder = builder.header(name, value);
+            headers.append(name, value.clone());
         }
-        builder.body(Full::new(Bytes::from(body)))
+        let mut request = Request::new(Full::new(Bytes::from(body)));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.url.clone();
+        *request.headers_mut() = headers;
+        Ok(request)
     }
 }
 

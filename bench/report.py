@@ -1,0 +1,157 @@
+"""Turns bench/run.sh's results.jsonl into table.md and latency.png.
+
+    python3 bench/report.py target/bench/results.jsonl target/bench
+"""
+
+import json
+import sys
+from pathlib import Path
+
+SYSTEMS = ("gateway", "nginx")
+MODE_TITLES = {"plain": "plain HTTP", "tls": "TLS"}
+# The targets of issue #7, at this many connections.
+AT = 32
+
+
+def load(path):
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    by_kind = {}
+    for row in rows:
+        by_kind.setdefault(row["kind"], []).append(row)
+    return by_kind
+
+
+def runs(by_kind):
+    out = {}
+    for r in by_kind.get("load", []):
+        w = r["wrk"]
+        seconds = w["duration_us"] / 1e6
+        requests = w["requests"]
+        errors = sum(w[k] for k in w if k.startswith("errors_"))
+        out[(r["mode"], r["system"], r["connections"])] = {
+            "rps": requests / seconds,
+            "p50": w["p50_us"] / 1000,
+            "p99": w["p99_us"] / 1000,
+            "p999": w["p999_us"] / 1000,
+            "cpu_us": (r["cpu_user_ticks"] + r["cpu_sys_ticks"]) / r["clk_tck"] * 1e6 / max(requests, 1),
+            "sys_us": r["cpu_sys_ticks"] / r["clk_tck"] * 1e6 / max(requests, 1),
+            "errors": errors,
+        }
+    return out
+
+
+def one(by_kind, kind, mode, system):
+    for r in by_kind.get(kind, []):
+        if r["mode"] == mode and r["system"] == system:
+            return r
+    return None
+
+
+def table(by_kind, results):
+    machine = by_kind["machine"][0]
+    end = by_kind.get("end", [{}])[0]
+    modes = [m for m in MODE_TITLES if any(k[0] == m for k in results)]
+    conns = sorted({k[2] for k in results})
+    lines = [
+        f"{machine['cpus']} CPUs ({machine['model']}), load average before "
+        f"{machine['load_before']}, after {end.get('load_after', '?')}; "
+        f"{machine['body_kind']} callbacks of {machine['body_bytes'] - 1} bytes; "
+        f"{machine['duration_s']} s per run; commit {machine['commit']}, {machine['date']}.",
+        "",
+        "| mode | conns | system | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req (of it kernel) | errors |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mode in modes:
+        for c in conns:
+            for system in SYSTEMS:
+                r = results.get((mode, system, c))
+                if r is None:
+                    continue
+                lines.append(
+                    f"| {MODE_TITLES[mode]} | {c} | {system} | {r['rps']:,.0f} | {r['p50']:.3f} | "
+                    f"{r['p99']:.3f} | {r['p999']:.3f} | {r['cpu_us']:.1f} ({r['sys_us']:.1f}) | {r['errors']} |"
+                )
+            g, n = results.get((mode, "gateway", c)), results.get((mode, "nginx", c))
+            if g and n:
+                lines.append(
+                    f"| {MODE_TITLES[mode]} | {c} | **ratio** | **{g['rps'] / n['rps']:.2f}x** | "
+                    f"{g['p50'] / n['p50']:.2f}x | **{g['p99'] / n['p99']:.2f}x** | "
+                    f"{g['p999'] / n['p999']:.2f}x | {g['cpu_us'] / n['cpu_us']:.2f}x | |"
+                )
+    lines += [
+        "",
+        "| mode | system | ready after ms | idle RSS MiB | peak RSS MiB | processes |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for mode in modes:
+        for system in SYSTEMS:
+            s, p = one(by_kind, "start", mode, system), one(by_kind, "peak", mode, system)
+            if s is None:
+                continue
+            peak = f"{p['peak_rss_kib'] / 1024:.1f}" if p else "?"
+            lines.append(
+                f"| {MODE_TITLES[mode]} | {system} | {s['ready_us'] / 1000:.1f} | "
+                f"{s['idle_rss_kib'] / 1024:.1f} | {peak} | {s['processes']} |"
+            )
+    lines += ["", "Targets (gateway):", ""]
+    for mode in modes:
+        g, n = results.get((mode, "gateway", AT)), results.get((mode, "nginx", AT))
+        if g and n:
+            ratio, p99 = g["rps"] / n["rps"], g["p99"] / n["p99"]
+            lines.append(f"- {MODE_TITLES[mode]}, {AT} connections: throughput {ratio:.2f}x nginx "
+                         f"(≥ 0.9: {'met' if ratio >= 0.9 else 'NOT met'}), p99 {p99:.2f}x nginx "
+                         f"(≤ 1.5: {'met' if p99 <= 1.5 else 'NOT met'})")
+        s, p = one(by_kind, "start", mode, "gateway"), one(by_kind, "peak", mode, "gateway")
+        if s and p:
+            peak, idle, ready = p["peak_rss_kib"] / 1024, s["idle_rss_kib"] / 1024, s["ready_us"] / 1000
+            lines.append(f"- {MODE_TITLES[mode]}: peak RSS {peak:.1f} MiB (≤ 20: {'met' if peak <= 20 else 'NOT met'}), "
+                         f"idle RSS {idle:.1f} MiB (≤ 8: {'met' if idle <= 8 else 'NOT met'}), "
+                         f"ready after {ready:.1f} ms (< 100: {'met' if ready < 100 else 'NOT met'})")
+    return "\n".join(lines) + "\n"
+
+
+def chart(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = [m for m in MODE_TITLES if any(k[0] == m for k in results)]
+    fig, axes = plt.subplots(1, len(modes), figsize=(6.2 * len(modes), 4.6), squeeze=False)
+    colours = {"gateway": "#1f6fb4", "nginx": "#e07b16"}
+    names = {"gateway": "feishu-gate", "nginx": "nginx proxy_pass"}
+    for ax, mode in zip(axes[0], modes):
+        for system in SYSTEMS:
+            points = sorted((c, r) for (m, s, c), r in results.items() if m == mode and s == system)
+            if not points:
+                continue
+            x = [r["rps"] for _, r in points]
+            for key, style, label in (("p50", "-", "p50"), ("p99", "--", "p99")):
+                ax.plot(x, [r[key] for _, r in points], style, marker="o", color=colours[system],
+                        label=f"{names[system]} {label}")
+            for c, r in points:
+                ax.annotate(f"{c}", (r["rps"], r["p99"]), textcoords="offset points", xytext=(4, 4),
+                            fontsize=8, color=colours[system])
+        ax.set_title(f"{MODE_TITLES[mode]}: latency against load")
+        ax.set_xlabel("throughput, requests per second (labels: connections)")
+        ax.set_ylabel("latency, ms")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    by_kind = load(sys.argv[1])
+    out = Path(sys.argv[2])
+    results = runs(by_kind)
+    text = table(by_kind, results)
+    (out / "table.md").write_text(text)
+    print(text)
+    chart(results, out / "latency.png")
+    print(f"chart: {out / 'latency.png'}")
+
+
+if __name__ == "__main__":
+    main()
