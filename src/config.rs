@@ -586,7 +586,11 @@ impl Parser<'_> {
     fn pair(&mut self, a: &str, b: &str) -> Option<(PathBuf, PathBuf)> {
         let (set_a, set_b) = (self.raw(a).is_some(), self.raw(b).is_some());
         match (set_a, set_b) {
-            (true, true) => Some((self.path(a)?, self.path(b)?)),
+            (true, true) => {
+                // Both are checked, so two bad files are two problems reported at once.
+                let (a, b) = (self.path(a), self.path(b));
+                Some((a?, b?))
+            }
             (false, false) => None,
             (true, false) => {
                 self.fail(b, format!("must be set together with {a}"));
@@ -992,6 +996,18 @@ mod tests {
         assert_eq!(
             e[1],
             "FEISHU_GATE_KEY_FILE: cannot read /no\\nsuch\\r/key: entity not found"
+        );
+    }
+
+    #[test]
+    fn both_files_of_a_pair_are_checked() {
+        let e = errors(&[(TLS_CERT, "/no/cert.pem"), (TLS_KEY, "/no/key.pem")]);
+        assert_eq!(
+            e,
+            vec![
+                format!("{TLS_CERT}: cannot read /no/cert.pem: entity not found"),
+                format!("{TLS_KEY}: cannot read /no/key.pem: entity not found"),
+            ]
         );
     }
 
