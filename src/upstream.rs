@@ -40,6 +40,8 @@ pub struct Upstream {
     client: HttpClient,
     url: Uri,
     headers: UpstreamHeaders,
+    /// The `Host` header the client would otherwise format for every request.
+    host: Option<HeaderValue>,
     ok_rule: Option<OkRule>,
 }
 
@@ -88,6 +90,7 @@ impl Upstream {
             client,
             url: config.upstream_url.clone(),
             headers: config.upstream_headers.clone(),
+            host: host_header(&config.upstream_url),
             ok_rule: config.upstream_ok.clone(),
         })
     }
@@ -229,12 +232,32 @@ impl Upstream {
         for (name, value) in &self.headers.0 {
             headers.append(name, value.clone());
         }
+        // Where and as the client would add it: last, unless one was configured.
+        if let Some(host) = &self.host
+            && !headers.contains_key(header::HOST)
+        {
+            headers.insert(header::HOST, host.clone());
+        }
         let mut request = Request::new(Full::new(Bytes::from(body)));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = self.url.clone();
         *request.headers_mut() = headers;
         Ok(request)
     }
+}
+
+/// `host[:port]` for the upstream URL, the port left out when it is the
+/// scheme's default, exactly as hyper-util's client writes `Host`.
+fn host_header(url: &Uri) -> Option<HeaderValue> {
+    let host = url.host()?;
+    let secure = matches!(url.scheme_str(), Some("https" | "wss"));
+    let value = match url.port() {
+        Some(port) if !(port.as_u16() == 443 && secure || port.as_u16() == 80 && !secure) => {
+            format!("{host}:{port}")
+        }
+        _ => host.to_owned(),
+    };
+    HeaderValue::from_str(&value).ok()
 }
 
 /// Whether the upstream's TLS refused us. Under TLS 1.3 a server checks the
@@ -304,4 +327,21 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_header_is_written_as_the_client_writes_it() {
+        let host = |url: &str| host_header(&url.parse().unwrap()).unwrap();
+        assert_eq!(host("http://127.0.0.1:8080/legacy"), "127.0.0.1:8080");
+        assert_eq!(host("http://legacy.internal/approve"), "legacy.internal");
+        assert_eq!(host("http://legacy:80/"), "legacy");
+        assert_eq!(host("https://legacy:443/"), "legacy");
+        assert_eq!(host("https://legacy:80/"), "legacy:80");
+        assert_eq!(host("http://legacy:443/"), "legacy:443");
+        assert_eq!(host("http://[::1]:9000/"), "[::1]:9000");
+    }
 }
