@@ -52,7 +52,9 @@ impl Received {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).map(|v| v.to_str().unwrap().to_owned())
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
     }
 }
 
@@ -115,7 +117,9 @@ impl Upstream {
         let server = up.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let server = server.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
@@ -131,9 +135,16 @@ impl Upstream {
         up
     }
 
-    async fn answer(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    async fn answer(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, std::io::Error> {
         let (parts, body) = req.into_parts();
-        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         self.received.lock().unwrap().push(Received {
             method: parts.method.to_string(),
             path: parts.uri.path().to_owned(),
@@ -143,7 +154,12 @@ impl Upstream {
         let reply = self.reply.lock().unwrap().clone();
         match reply {
             Reply::Drop => Err(std::io::Error::other("dropping the connection on purpose")),
-            Reply::Answer { status, body, delay, headers } => {
+            Reply::Answer {
+                status,
+                body,
+                delay,
+                headers,
+            } => {
                 tokio::time::sleep(delay).await;
                 let mut r = Response::new(Full::new(Bytes::from(body)));
                 *r.status_mut() = StatusCode::from_u16(status).unwrap();
@@ -199,7 +215,9 @@ impl Gate {
             vars.retain(|(name, _)| name != k);
             vars.push(((*k).into(), (*v).into()));
         }
-        let config = Config::from_vars(vars).expect("test configuration is valid").config;
+        let config = Config::from_vars(vars)
+            .expect("test configuration is valid")
+            .config;
         let gateway = Arc::new(Gateway::new(&config).expect("gateway builds"));
         let callback = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -253,25 +271,37 @@ impl Answer {
         serde_json::from_str(&self.text).unwrap_or_else(|_| panic!("not JSON: {:?}", self.text))
     }
     pub fn message(&self) -> String {
-        self.json()["message"].as_str().unwrap_or_default().to_owned()
+        self.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
     /// Asserts the Feishu error shape and returns the message.
     pub fn feishu_error(&self, status: u16) -> String {
         assert_eq!(self.status, status, "body: {}", self.text);
         let v = self.json();
         assert_eq!(v["without_prefix"], "true", "{}", self.text);
-        let m = v["message"].as_str().expect("message is a string").to_owned();
+        let m = v["message"]
+            .as_str()
+            .expect("message is a string")
+            .to_owned();
         assert!(!m.is_empty() && m.chars().count() <= 200, "{m:?}");
         assert!(!m.chars().any(char::is_control), "{m:?}");
         assert!(!m.contains('<') && !m.contains('>'), "{m:?}");
-        assert!(!self.text.contains(TOKEN) && !self.text.contains(KEY), "{}", self.text);
+        assert!(
+            !self.text.contains(TOKEN) && !self.text.contains(KEY),
+            "{}",
+            self.text
+        );
         m
     }
 }
 
 async fn send(addr: SocketAddr, request: Request<Full<Bytes>>) -> Answer {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let response = sender.send_request(request).await.unwrap();
     let status = response.status().as_u16();
@@ -284,7 +314,12 @@ async fn send(addr: SocketAddr, request: Request<Full<Bytes>>) -> Answer {
     }
 }
 
-pub async fn post(addr: SocketAddr, path: &str, body: impl Into<Bytes>, headers: &[(&str, &str)]) -> Answer {
+pub async fn post(
+    addr: SocketAddr,
+    path: &str,
+    body: impl Into<Bytes>,
+    headers: &[(&str, &str)],
+) -> Answer {
     let mut builder = Request::post(path)
         .header("host", addr.to_string())
         .header("content-type", "application/json");
@@ -326,7 +361,10 @@ pub fn seal(key: &str, plaintext: &str) -> String {
 /// A metric's value from the text exposition, 0 when absent.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .map(|v| v.trim().parse().unwrap())
         .unwrap_or(0.0)
 }
