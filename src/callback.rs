@@ -314,9 +314,15 @@ pub struct Callback {
     pub summary: Summary,
     /// What the legacy system receives: the object minus `token` and `encrypt`.
     pub upstream_body: Vec<u8>,
-    /// Stable for the same approval decision, different for a different one.
+    /// Names the approval decision: stable for the same decision, different for a
+    /// different one. Duplicate suppression keys on it.
+    pub decision: Decision,
+    /// [`Callback::decision`] in hex, as the `Idempotency-Key` header carries it.
     pub idempotency_key: String,
 }
+
+/// SHA-256 over the fields that identify an approval decision.
+pub type Decision = [u8; 32];
 
 /// Options that change the forwarded body.
 #[derive(Debug, Clone, Copy, Default)]
@@ -361,7 +367,8 @@ pub fn validate(fields: &Fields<'_>, opts: ForwardOptions) -> Result<Callback, B
         // Without an id naming the task, only the whole content tells decisions apart.
         hash_part(&mut hash, Some(&upstream_body));
     }
-    let idempotency_key = hex(&hash.finalize());
+    let decision: Decision = hash.finalize().into();
+    let idempotency_key = hex(&decision);
 
     Ok(Callback {
         summary: Summary {
@@ -373,6 +380,7 @@ pub fn validate(fields: &Fields<'_>, opts: ForwardOptions) -> Result<Callback, B
             message_id: message_id.map(|m| m.digits),
         },
         upstream_body,
+        decision,
         idempotency_key,
     })
 }

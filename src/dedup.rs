@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::callback::Decision;
 use crate::respond::Outcome;
 
 /// The most decisions remembered at once; the oldest are forgotten first.
@@ -25,9 +26,11 @@ enum Entry {
 
 #[derive(Default)]
 struct Table {
-    entries: HashMap<String, Entry>,
+    /// Keyed by the 32-byte digest, not its hex form: a full table holds
+    /// [`MAX_REMEMBERED`] of them.
+    entries: HashMap<Decision, Entry>,
     /// Delivered keys in the order they expire (the TTL is the same for all).
-    expiry: VecDeque<(Instant, String)>,
+    expiry: VecDeque<(Instant, Decision)>,
 }
 
 /// The decisions seen recently. Cloning shares the table.
@@ -61,7 +64,7 @@ pub enum Admission {
 /// without [`Ticket::finish`] (a cancelled request) counts as a failure.
 pub struct Ticket {
     dedup: Dedup,
-    key: Option<String>,
+    key: Option<Decision>,
     tx: watch::Sender<Option<Outcome>>,
 }
 
@@ -94,7 +97,7 @@ impl Dedup {
         self.len() == 0
     }
 
-    pub fn admit(&self, key: &str) -> Admission {
+    pub fn admit(&self, key: &Decision) -> Admission {
         let now = Instant::now();
         let mut table = self.lock();
         expire(&mut table, now);
@@ -104,15 +107,15 @@ impl Dedup {
             None => {}
         }
         let (tx, rx) = watch::channel(None);
-        table.entries.insert(key.to_owned(), Entry::InFlight(rx));
+        table.entries.insert(*key, Entry::InFlight(rx));
         Admission::Deliver(Ticket {
             dedup: self.clone(),
-            key: Some(key.to_owned()),
+            key: Some(*key),
             tx,
         })
     }
 
-    fn settle(&self, key: String, delivered: bool) {
+    fn settle(&self, key: Decision, delivered: bool) {
         let now = Instant::now();
         let mut table = self.lock();
         if delivered {
@@ -121,7 +124,7 @@ impl Dedup {
                     table.entries.remove(&old);
                 }
             }
-            table.expiry.push_back((now + self.ttl, key.clone()));
+            table.expiry.push_back((now + self.ttl, key));
             table.entries.insert(key, Entry::Delivered);
         } else {
             table.entries.remove(&key);
@@ -165,38 +168,44 @@ impl Drop for Ticket {
 mod tests {
     use super::*;
 
+    const K: Decision = [7; 32];
+
+    fn id(n: u8) -> Decision {
+        [n; 32]
+    }
+
     #[tokio::test(start_paused = true)]
     async fn remembers_successes_for_the_ttl_only() {
         let d = Dedup::new(Duration::from_secs(60));
-        let Admission::Deliver(t) = d.admit("k") else {
+        let Admission::Deliver(t) = d.admit(&K) else {
             panic!("first is delivered")
         };
-        assert!(matches!(d.admit("k"), Admission::Wait(_)));
+        assert!(matches!(d.admit(&K), Admission::Wait(_)));
         t.finish(&Outcome::Delivered);
-        assert!(matches!(d.admit("k"), Admission::AlreadyDelivered));
+        assert!(matches!(d.admit(&K), Admission::AlreadyDelivered));
         tokio::time::advance(Duration::from_secs(61)).await;
-        assert!(matches!(d.admit("k"), Admission::Deliver(_)));
+        assert!(matches!(d.admit(&K), Admission::Deliver(_)));
     }
 
     #[tokio::test]
     async fn failures_are_forgotten_and_waiters_told() {
         let d = Dedup::new(Duration::from_secs(60));
-        let Admission::Deliver(t) = d.admit("k") else {
+        let Admission::Deliver(t) = d.admit(&K) else {
             panic!()
         };
-        let Admission::Wait(mut rx) = d.admit("k") else {
+        let Admission::Wait(mut rx) = d.admit(&K) else {
             panic!()
         };
         t.finish(&Outcome::TimedOut);
         rx.changed().await.unwrap();
         assert_eq!(*rx.borrow(), Some(Outcome::TimedOut));
-        assert!(matches!(d.admit("k"), Admission::Deliver(_)));
+        assert!(matches!(d.admit(&K), Admission::Deliver(_)));
     }
 
     #[tokio::test]
     async fn a_dropped_ticket_frees_the_key() {
         let d = Dedup::new(Duration::from_secs(60));
-        let Admission::Deliver(t) = d.admit("k") else {
+        let Admission::Deliver(t) = d.admit(&K) else {
             panic!()
         };
         drop(t);
@@ -207,13 +216,13 @@ mod tests {
     async fn memory_is_capped() {
         let d = Dedup::with_capacity(Duration::from_secs(600), 3);
         for i in 0..10 {
-            let Admission::Deliver(t) = d.admit(&i.to_string()) else {
+            let Admission::Deliver(t) = d.admit(&id(i)) else {
                 panic!()
             };
             t.finish(&Outcome::Delivered);
         }
         assert_eq!(d.len(), 3);
-        assert!(matches!(d.admit("9"), Admission::AlreadyDelivered));
-        assert!(matches!(d.admit("0"), Admission::Deliver(_)));
+        assert!(matches!(d.admit(&id(9)), Admission::AlreadyDelivered));
+        assert!(matches!(d.admit(&id(0)), Admission::Deliver(_)));
     }
 }

@@ -19,7 +19,7 @@ use hyper::body::Body;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::task::TaskTracker;
 
-use crate::callback::{Callback, Summary};
+use crate::callback::{Callback, Decision, Summary};
 use crate::config::Config;
 use crate::dedup::{Admission, Dedup};
 use crate::limit::Limits;
@@ -194,6 +194,7 @@ impl Gateway {
         let Callback {
             summary,
             upstream_body,
+            decision,
             idempotency_key,
         } = callback;
         let summary = record.summary.insert(summary);
@@ -202,8 +203,15 @@ impl Gateway {
             return Outcome::Rejected(Rejection::RateLimited { retry_after_secs });
         }
         let deadline = (Instant::now() + self.upstream_timeout).min(started + ANSWER_WITHIN);
-        self.forward(upstream_body, idempotency_key, request_id, deadline, record)
-            .await
+        self.forward(
+            upstream_body,
+            decision,
+            idempotency_key,
+            request_id,
+            deadline,
+            record,
+        )
+        .await
     }
 
     async fn read_body<B>(&self, request: Request<B>) -> Result<Bytes, Rejection>
@@ -233,6 +241,7 @@ impl Gateway {
     async fn forward(
         &self,
         upstream_body: Vec<u8>,
+        decision: Decision,
         idempotency_key: String,
         request_id: &HeaderValue,
         deadline: Instant,
@@ -240,7 +249,7 @@ impl Gateway {
     ) -> Outcome {
         let ticket = match &self.dedup {
             None => None,
-            Some(dedup) => match dedup.admit(&idempotency_key) {
+            Some(dedup) => match dedup.admit(&decision) {
                 Admission::Deliver(ticket) => Some(ticket),
                 Admission::AlreadyDelivered => {
                     self.metrics.count_duplicate("remembered");
