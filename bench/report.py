@@ -117,28 +117,39 @@ def chart(results, path):
     import matplotlib.pyplot as plt
 
     modes = [m for m in MODE_TITLES if any(k[0] == m for k in results)]
-    fig, axes = plt.subplots(1, len(modes), figsize=(6.2 * len(modes), 4.6), squeeze=False)
+    fig, axes = plt.subplots(2, len(modes), figsize=(6.2 * len(modes), 7.6), squeeze=False,
+                             sharex=True)
     colours = {"gateway": "#1f6fb4", "nginx": "#e07b16"}
     names = {"gateway": "feishu-gate", "nginx": "nginx proxy_pass"}
-    for ax, mode in zip(axes[0], modes):
+    for col, mode in enumerate(modes):
+        top, bottom = axes[0][col], axes[1][col]
         for system in SYSTEMS:
             points = sorted((c, r) for (m, s, c), r in results.items() if m == mode and s == system)
             if not points:
                 continue
-            x = [r["rps"] for _, r in points]
-            for key, style, label in (("p50", "-", "p50"), ("p99", "--", "p99")):
-                ax.plot(x, [r[key] for _, r in points], style, marker="o", color=colours[system],
-                        label=f"{names[system]} {label}")
-            for c, r in points:
-                ax.annotate(f"{c}", (r["rps"], r["p99"]), textcoords="offset points", xytext=(4, 4),
-                            fontsize=8, color=colours[system])
-        ax.set_title(f"{MODE_TITLES[mode]}: latency against load")
-        ax.set_xlabel("throughput, requests per second (labels: connections)")
-        ax.set_ylabel("latency, ms")
-        ax.set_yscale("log")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
+            conns = [c for c, _ in points]
+            top.plot(conns, [r["rps"] for _, r in points], marker="o", color=colours[system],
+                     label=names[system])
+            for key, style in (("p50", "-"), ("p99", "--"), ("p999", ":")):
+                bottom.plot(conns, [r[key] for _, r in points], style, marker="o",
+                            color=colours[system], label=f"{names[system]} {key.replace('p999', 'p99.9')}")
+        top.set_title(f"{MODE_TITLES[mode]}: throughput")
+        top.set_ylabel("requests per second")
+        top.set_ylim(bottom=0)
+        bottom.set_title(f"{MODE_TITLES[mode]}: latency against load")
+        bottom.set_ylabel("latency, ms (log scale)")
+        bottom.set_yscale("log")
+        bottom.set_xlabel("concurrent connections (closed loop)")
+        bottom.set_xscale("log", base=2)
+        bottom.set_xticks(sorted({k[2] for k in results}))
+        bottom.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        for ax in (top, bottom):
+            ax.grid(True, which="both", alpha=0.3)
+        top.legend(fontsize=8, loc="lower right")
+    # One legend for the latency panels, below them, where it hides no point.
+    handles, labels = axes[1][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
 
 

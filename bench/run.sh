@@ -2,7 +2,7 @@
 # Load benchmark: feishu-gate against nginx's plain proxy_pass, both in front
 # of the same fast upstream, on loopback only, over plain HTTP and over TLS.
 #
-#   bench/run.sh                      # everything, about 8 minutes
+#   bench/run.sh                      # everything, about 4 minutes after the build
 #   DURATION=5 CONNECTIONS="8 32" MODES=plain bench/run.sh
 #   GATEWAY_BIN=/path/to/other/feishu-gate bench/run.sh
 #
