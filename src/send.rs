@@ -80,8 +80,12 @@ pub async fn post(
     ca_file: Option<&Path>,
     timeout: Duration,
 ) -> Result<(StatusCode, Bytes), SendError> {
-    let tls =
-        crate::tls::client_config(ca_file, None).map_err(|e| SendError::Setup(e.to_string()))?;
+    let tls = crate::tls::client_config(
+        url.scheme() == Some(&http::uri::Scheme::HTTPS),
+        ca_file,
+        None,
+    )
+    .map_err(|e| SendError::Setup(e.to_string()))?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()

@@ -48,7 +48,12 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 /// Trust and identity for an `https://` upstream: the system's roots plus any
 /// private CA, and a client certificate when mutual TLS is asked for. Errors
 /// name the variable that pointed at the bad file.
+///
+/// `system_roots` is false for a plain `http://` peer: reading the system store
+/// is most of start-up time and idle memory, and such a peer never needs it.
+/// The files named are still read, so a bad one is reported either way.
 pub fn client_config(
+    system_roots: bool,
     ca_file: Option<&Path>,
     identity: Option<&ClientIdentity>,
 ) -> Result<ClientConfig, ConfigErrors> {
@@ -60,8 +65,10 @@ pub fn client_config(
     let mut roots = RootCertStore::empty();
     // A missing or partly unreadable system store is normal in minimal images;
     // private CAs and the system's roots are simply added together.
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
+    if system_roots {
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+    }
     if let Some(path) = ca_file {
         for cert in load_certs(path).map_err(ca_error)? {
             roots.add(cert).map_err(|e| {

@@ -69,6 +69,7 @@ impl Upstream {
     /// Builds the client from the configuration; fails on unreadable TLS material.
     pub fn new(config: &Config) -> Result<Self, crate::config::ConfigErrors> {
         let tls = tls::client_config(
+            config.upstream_url.scheme() == Some(&http::uri::Scheme::HTTPS),
             config.upstream_ca_file.as_deref(),
             config.upstream_client.as_ref(),
         )?;
