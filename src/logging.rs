@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
+use std::io::IsTerminal as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
@@ -45,8 +46,15 @@ pub fn init(format: LogFormat, sink: Sink) {
             .event_format(JsonLines::default())
             .with_writer(std::io::stderr)
             .try_init(),
-        (LogFormat::Text, Sink::Stdout) => builder.with_writer(std::io::stdout).try_init(),
-        (LogFormat::Text, Sink::Stderr) => builder.with_writer(std::io::stderr).try_init(),
+        // Colour codes only for a terminal: in a log collector they are noise.
+        (LogFormat::Text, Sink::Stdout) => builder
+            .with_ansi(std::io::stdout().is_terminal())
+            .with_writer(std::io::stdout)
+            .try_init(),
+        (LogFormat::Text, Sink::Stderr) => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .try_init(),
     };
     // Already installed (a second call in tests): keep the first.
     drop(result);

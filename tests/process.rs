@@ -501,3 +501,41 @@ fn demo_once_shows_a_full_round_trip() {
     }
     assert!(out.contains("7250020197497765889"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn text_logs_for_people_are_plain_lines_without_secrets() {
+    let up = Upstream::start(Reply::ok()).await;
+    let url = up.url();
+    tokio::task::spawn_blocking(move || {
+        let served = Served::start(&url, &[("FEISHU_GATE_LOG_FORMAT", "text")]);
+        let (status, _) = http(served.port, "POST", "/", &seal(KEY, &callback(TOKEN))).unwrap();
+        assert_eq!(status, 200);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let line = loop {
+            let found = served
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains("feishu_gate::callback"))
+                .cloned();
+            if let Some(line) = found {
+                break line;
+            }
+            assert!(Instant::now() < deadline, "no callback line");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!line.starts_with('{'), "{line}");
+        assert!(
+            !line.contains('\u{1b}'),
+            "no colour codes into a pipe: {line:?}"
+        );
+        assert!(
+            line.contains("outcome=\"delivered\"") && line.contains("approval_code=\"CODE-1\""),
+            "{line}"
+        );
+        assert!(!line.contains(TOKEN) && !line.contains(KEY), "{line}");
+    })
+    .await
+    .unwrap();
+}
