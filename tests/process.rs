@@ -376,6 +376,16 @@ async fn one_json_log_line_per_callback_without_secrets() {
     );
 }
 
+/// Blocks until the upstream holds exactly one callback, so a signal sent next
+/// finds it in flight.
+fn wait_for_one_delivery(upstream: &Upstream) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream.count() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(upstream.count(), 1, "the callback reached the upstream");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_a_slow_callback_and_exits_zero() {
     let up = Upstream::start(Reply::ok().slow(Duration::from_millis(1500))).await;
@@ -386,11 +396,7 @@ async fn sigterm_drains_a_slow_callback_and_exits_zero() {
         let port = served.port;
         let body = seal(KEY, &callback(TOKEN));
         let in_flight = std::thread::spawn(move || http(port, "POST", "/", &body));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while probe.count() == 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(probe.count(), 1, "the callback reached the upstream");
+        wait_for_one_delivery(&probe);
         let signalled = Instant::now();
         served.signal("TERM");
         // Readiness fails at once, while the callback is still in flight.
@@ -428,10 +434,7 @@ async fn a_second_signal_exits_at_once() {
         let port = served.port;
         let body = seal(KEY, &callback(TOKEN));
         std::thread::spawn(move || http(port, "POST", "/", &body));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while probe.count() == 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_one_delivery(&probe);
         served.signal("TERM");
         std::thread::sleep(Duration::from_millis(200));
         assert!(
