@@ -425,6 +425,31 @@ async fn sigterm_drains_a_slow_callback_and_exits_zero() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_grace_period_bounds_the_drain() {
+    let up = Upstream::start(Reply::ok().slow(Duration::from_secs(8))).await;
+    let url = up.url();
+    let probe = up.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut served = Served::start(&url, &[("FEISHU_GATE_SHUTDOWN_GRACE_MS", "300")]);
+        let port = served.port;
+        let body = seal(KEY, &callback(TOKEN));
+        let in_flight = std::thread::spawn(move || http(port, "POST", "/", &body));
+        wait_for_one_delivery(&probe);
+        served.signal("TERM");
+        // The upstream would take 8 s; the process leaves after its grace instead.
+        assert_eq!(served.wait_exit(Duration::from_secs(4)), 0);
+        let answer = in_flight.join().unwrap();
+        assert_ne!(
+            answer.map(|(s, _)| s),
+            Some(200),
+            "never 200 for an unconfirmed decision"
+        );
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_second_signal_exits_at_once() {
     let up = Upstream::start(Reply::ok().slow(Duration::from_secs(8))).await;
     let url = up.url();
