@@ -415,7 +415,7 @@ struct MessageId {
 
 const MESSAGE_ID_TYPE: BodyError = BodyError::WrongType {
     field: field::MESSAGE_ID,
-    expected: "an int64 number or a string of digits",
+    expected: "a non-negative int64 number or a string of digits",
 };
 
 fn message_id(fields: &Fields<'_>) -> Result<Option<MessageId>, BodyError> {
@@ -434,8 +434,10 @@ fn message_id(fields: &Fields<'_>) -> Result<Option<MessageId>, BodyError> {
         (s, false)
     } else {
         // Only integer syntax: `1.0` or `1e3` would already have lost the exact id.
-        let unsigned = text.strip_prefix('-').unwrap_or(text);
-        if unsigned.is_empty() || !unsigned.bytes().all(|b| b.is_ascii_digit()) {
+        // No sign either: Feishu's ids are positive, and the number and string
+        // forms must accept the same ids, or a number forwarded as a string
+        // (`MESSAGE_ID_AS_STRING`) would not validate again.
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
             return Err(MESSAGE_ID_TYPE);
         }
         (Cow::Borrowed(text), true)
@@ -680,6 +682,7 @@ mod tests {
             ("action_context", "2"),
             ("message_id", "1.5"),
             ("message_id", "1e19"),
+            ("message_id", "-25002019"),
             ("message_id", "\"12a\""),
             ("message_id", "\"\""),
             ("message_id", "99999999999999999999"),

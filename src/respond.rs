@@ -309,7 +309,7 @@ fn invalid_zh(e: &BodyError) -> String {
                 "a string" => "字符串",
                 "a non-empty string" => "非空字符串",
                 "a list of objects" => "对象列表",
-                _ => "int64 数字或数字字符串",
+                _ => "非负 int64 数字或数字字符串",
             };
             format!("回调字段 {field} 应为{expected}")
         }

@@ -10,6 +10,26 @@ use std::time::{Duration, Instant};
 use common::*;
 use feishu_gate::config;
 
+/// Caught by the `callback_fields` fuzz target: a negative `message_id` number
+/// was accepted, while its string form is refused; with `MESSAGE_ID_AS_STRING`
+/// the gateway forwarded `"-25002019"`, an id it would itself refuse. Feishu's
+/// ids are positive, so both forms now accept exactly the non-negative ids.
+#[tokio::test]
+async fn a_negative_message_id_is_refused_in_either_form() {
+    let up = Upstream::start(Reply::ok()).await;
+    for extra in [&[][..], &[(config::MESSAGE_ID_AS_STRING, "true")][..]] {
+        let gate = Gate::start(&up.url(), extra).await;
+        for value in ["-25002019", r#""-25002019""#] {
+            let m = gate
+                .post(callback_with(TOKEN, "message_id", value))
+                .await
+                .feishu_error(422);
+            assert!(m.contains("message_id"), "{m}");
+        }
+    }
+    assert_eq!(up.count(), 0);
+}
+
 /// Caught by the `verify` and `callback_fields` fuzz targets: a string holding half a
 /// surrogate pair (`"\ud83d"`) passed the gateway's parser, which only checks
 /// escape syntax, and was forwarded to a legacy system whose strict JSON
