@@ -222,11 +222,11 @@ fn number() -> impl Strategy<Value = String> {
     ]
 }
 
-/// A `message_id` in every form Feishu may send: a bare int64 (often above
-/// 2^53), a string of digits, or null.
+/// A `message_id` in every form Feishu may send: a bare non-negative int64
+/// (often above 2^53), a string of digits, or null.
 fn message_id() -> impl Strategy<Value = String> {
     prop_oneof![
-        any::<i64>().prop_map(|n| n.to_string()),
+        (0..=i64::MAX).prop_map(|n| n.to_string()),
         (1u64 << 53..i64::MAX as u64).prop_map(|n| n.to_string()),
         (0u64..i64::MAX as u64).prop_map(|n| format!("\"{n}\"")),
         Just("null".to_owned()),
