@@ -189,9 +189,15 @@ impl Translator {
                     };
                     // A repeated field's name comes from the caller and may hold markup or
                     // line breaks.
-                    return Some(clean(&text).unwrap_or_else(|| {
-                        pick(zh, "回调内容无效", "Invalid callback.").to_owned()
-                    }));
+                    // A field name may also repeat a token or key back; the gateway's
+                    // answers never contain one, whoever sent it.
+                    return Some(
+                        clean(&text)
+                            .filter(|m| !self.leaks_secret(m))
+                            .unwrap_or_else(|| {
+                                pick(zh, "回调内容无效", "Invalid callback.").to_owned()
+                            }),
+                    );
                 }
                 Rejection::TooLarge => {
                     pick(zh, "回调请求体过大", "The callback body is too large.")
@@ -514,6 +520,15 @@ mod tests {
             Some("amount 1000")
         );
         assert_eq!(clean(">>").as_deref(), None);
+    }
+
+    #[test]
+    fn a_repeated_field_name_never_echoes_a_secret() {
+        let o = Outcome::Rejected(Rejection::Invalid(BodyError::DuplicateField(
+            "x s3cret-token y".into(),
+        )));
+        assert_eq!(t(Lang::En).message(&o).unwrap(), "Invalid callback.");
+        assert_eq!(t(Lang::Zh).message(&o).unwrap(), "回调内容无效");
     }
 
     #[test]
