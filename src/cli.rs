@@ -172,8 +172,12 @@ fn check_config() -> ExitCode {
 }
 
 fn serve() -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    // Callbacks are served by the worker threads `server::serve` starts; this
+    // thread only accepts connections, answers the admin port and waits for
+    // signals, so it needs no pool of its own.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_park(logging::flush)
         .build()
     {
         Ok(rt) => rt,
@@ -209,6 +213,7 @@ fn serve() -> ExitCode {
         if let Some(reload) = reload {
             reload.abort();
         }
+        logging::flush();
         ExitCode::SUCCESS
     })
 }

@@ -73,6 +73,9 @@ pub const SHUTDOWN_GRACE_MS: &str = "FEISHU_GATE_SHUTDOWN_GRACE_MS";
 /// served as soon as a connection closes, which an idle one does within
 /// [`crate::server::HEADER_READ_TIMEOUT`].
 pub const MAX_CONNECTIONS: &str = "FEISHU_GATE_MAX_CONNECTIONS";
+/// Worker threads serving callback connections, each on its own event loop;
+/// unset, one per CPU the process may use (a cgroup CPU limit included).
+pub const WORKERS: &str = "FEISHU_GATE_WORKERS";
 
 /// Every variable the gateway reads (secrets also have a `_FILE` form).
 pub const VARIABLES: &[&str] = &[
@@ -102,6 +105,7 @@ pub const VARIABLES: &[&str] = &[
     LOG_FORMAT,
     SHUTDOWN_GRACE_MS,
     MAX_CONNECTIONS,
+    WORKERS,
 ];
 
 /// Variables that may instead be read from the file named by `<NAME>_FILE`.
@@ -112,6 +116,9 @@ pub const FEISHU_DEADLINE: Duration = Duration::from_secs(10);
 /// The longest upstream timeout that still leaves the request read and the
 /// answer inside [`FEISHU_DEADLINE`].
 pub const MAX_UPSTREAM_TIMEOUT_MS: u64 = 9_000;
+
+/// More worker threads than this is a typo, not a machine.
+pub const MAX_WORKERS: u64 = 1_024;
 
 /// Exit status for a configuration error (`EX_USAGE`).
 pub const EXIT_CONFIG: i32 = 64;
@@ -258,6 +265,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
     pub max_connections: usize,
+    /// `None`: one per available CPU, decided when serving starts.
+    pub workers: Option<usize>,
 }
 
 /// One problem with one variable.
@@ -421,6 +430,11 @@ impl Config {
                 self.shutdown_grace.as_millis().to_string(),
             ),
             (MAX_CONNECTIONS, self.max_connections.to_string()),
+            (
+                WORKERS,
+                self.workers
+                    .map_or_else(|| "auto".to_owned(), |n| n.to_string()),
+            ),
         ]
     }
 }
@@ -687,6 +701,10 @@ impl Parser<'_> {
             1,
             1_000_000,
         );
+        let workers = self
+            .raw(WORKERS)
+            .is_some()
+            .then(|| self.number(WORKERS, 1, 1, MAX_WORKERS));
 
         Some(Config {
             listen,
@@ -711,6 +729,7 @@ impl Parser<'_> {
             log_format,
             shutdown_grace,
             max_connections: usize::try_from(max_connections).ok()?,
+            workers: workers.and_then(|n| usize::try_from(n).ok()),
         })
     }
 
@@ -1130,6 +1149,10 @@ mod tests {
                 .max_connections,
             8
         );
+        assert!(errors(&[(WORKERS, "0")])[0].starts_with(WORKERS));
+        assert!(errors(&[(WORKERS, "1025")])[0].starts_with(WORKERS));
+        assert_eq!(with(&[(WORKERS, "3")]).unwrap().config.workers, Some(3));
+        assert_eq!(with(&[]).unwrap().config.workers, None);
         let c = with(&[
             (RATE_LIMIT_RPS, "0"),
             (USER_RATE_LIMIT_RPS, "2"),

@@ -66,18 +66,28 @@ pub struct Gateway {
     max_body: usize,
     upstream_timeout: Duration,
     verifier: Verifier,
-    upstream: Arc<Upstream>,
+    /// Each worker thread delivers through its own copy (see [`Upstream::for_worker`]).
+    upstream: Upstream,
     translator: Translator,
     limits: Limits,
     dedup: Option<Dedup>,
     request_ids: RequestIds,
     /// Callback connections served at once (`FEISHU_GATE_MAX_CONNECTIONS`).
     pub max_connections: usize,
+    /// Worker threads (`FEISHU_GATE_WORKERS`); `None` is one per available CPU.
+    pub workers: Option<usize>,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     /// Deliveries run as their own tasks so a client hanging up cannot cancel
     /// one half-way; shutdown waits for them here.
     pub deliveries: TaskTracker,
+}
+
+/// What a verified callback sends to the legacy system.
+struct Outbound {
+    body: Vec<u8>,
+    decision: Decision,
+    idempotency_key: String,
 }
 
 /// The facts of one callback, gathered for its log line.
@@ -100,12 +110,13 @@ impl Gateway {
             max_body: config.max_body_bytes,
             upstream_timeout: config.upstream_timeout,
             verifier: Verifier::from_config(config),
-            upstream: Arc::new(Upstream::new(config)?),
+            upstream: Upstream::new(config)?,
             translator: Translator::new(config.lang, secrets),
             limits: Limits::new(config.rate_limit, config.user_rate_limit),
             dedup: config.dedup_ttl.map(Dedup::new),
             request_ids: RequestIds::default(),
             max_connections: config.max_connections,
+            workers: config.workers,
             health: Arc::default(),
             metrics: Arc::default(),
             deliveries: TaskTracker::new(),
@@ -117,8 +128,18 @@ impl Gateway {
         self.limits.forget_idle();
     }
 
-    /// Answers one request on the callback port.
-    pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    /// The upstream for one worker thread, with its own connection pool.
+    pub fn upstream_for_worker(&self) -> Arc<Upstream> {
+        Arc::new(self.upstream.for_worker())
+    }
+
+    /// Answers one request on the callback port, delivering through `upstream`
+    /// (the calling worker's, from [`Self::upstream_for_worker`]).
+    pub async fn handle<B>(
+        &self,
+        upstream: &Arc<Upstream>,
+        request: Request<B>,
+    ) -> Response<Full<Bytes>>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -132,7 +153,7 @@ impl Gateway {
             ..Record::default()
         };
         let outcome = self
-            .process(request, started, &request_id, &mut record)
+            .process(upstream, request, started, &request_id, &mut record)
             .await;
 
         let mut response = self.translator.respond(&outcome);
@@ -155,6 +176,7 @@ impl Gateway {
 
     async fn process<B>(
         &self,
+        upstream: &Arc<Upstream>,
         request: Request<B>,
         started: Instant,
         request_id: &HeaderValue,
@@ -203,15 +225,13 @@ impl Gateway {
             return Outcome::Rejected(Rejection::RateLimited { retry_after_secs });
         }
         let deadline = (Instant::now() + self.upstream_timeout).min(started + ANSWER_WITHIN);
-        self.forward(
-            upstream_body,
+        let outbound = Outbound {
+            body: upstream_body,
             decision,
             idempotency_key,
-            request_id,
-            deadline,
-            record,
-        )
-        .await
+        };
+        self.forward(upstream, outbound, request_id, deadline, record)
+            .await
     }
 
     async fn read_body<B>(&self, request: Request<B>) -> Result<Bytes, Rejection>
@@ -240,13 +260,17 @@ impl Gateway {
 
     async fn forward(
         &self,
-        upstream_body: Vec<u8>,
-        decision: Decision,
-        idempotency_key: String,
+        upstream: &Arc<Upstream>,
+        outbound: Outbound,
         request_id: &HeaderValue,
         deadline: Instant,
         record: &mut Record,
     ) -> Outcome {
+        let Outbound {
+            body: upstream_body,
+            decision,
+            idempotency_key,
+        } = outbound;
         let ticket = match &self.dedup {
             None => None,
             Some(dedup) => match dedup.admit(&decision) {
@@ -274,7 +298,7 @@ impl Gateway {
                 }
             },
         };
-        let upstream = Arc::clone(&self.upstream);
+        let upstream = Arc::clone(upstream);
         let request_id = request_id.clone();
         let delivery = Detachable::new(&self.deliveries, async move {
             let exchange = upstream

@@ -6,20 +6,24 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 use crate::admin;
 use crate::gateway::Gateway;
+use crate::upstream::Upstream;
 
 mod idle;
 
@@ -45,6 +49,13 @@ pub struct Listeners {
 /// Serves callbacks and the admin endpoints until `shutdown` completes, then
 /// drains: readiness fails at once, no new connection is accepted, idle
 /// connections close, and in-flight callbacks get up to `grace` to finish.
+///
+/// Callback connections are served by worker threads, each running its own
+/// single-threaded event loop with its own upstream connection pool, the way
+/// nginx runs worker processes: a callback is read, verified, delivered and
+/// answered on one thread, with no hand-off between threads and no lock on
+/// its path. The caller's runtime accepts connections and gives each to the
+/// worker serving the fewest, and serves the admin endpoints.
 pub async fn serve(
     gateway: Arc<Gateway>,
     listeners: Listeners,
@@ -69,7 +80,17 @@ pub async fn serve(
         }
     });
 
-    let builder = Arc::new(connection_builder());
+    let stop = CancellationToken::new();
+    let workers = match Workers::start(&gateway, tls.as_ref(), &stop) {
+        Ok(workers) => workers,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the worker threads");
+            housekeeping.abort();
+            let _ = admin_stop.send(true);
+            let _ = admin.await;
+            return;
+        }
+    };
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(gateway.max_connections));
     gateway.health.set_ready();
@@ -77,6 +98,7 @@ pub async fn serve(
     tracing::info!(
         listen = %listeners.callback.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         tls = tls.is_some(),
+        workers = workers.len(),
         "serving callbacks"
     );
 
@@ -103,24 +125,19 @@ pub async fn serve(
         };
         // Callbacks are small request/response pairs; Nagle only adds latency.
         let _ = stream.set_nodelay(true);
-        let gateway = gateway.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            match tls {
-                None => serve_io(stream, &builder, gateway, watcher).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => {
-                            serve_io(tls_stream, &builder, gateway, watcher).await
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                }
+        // Leaves this runtime's event loop for the worker's.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "accepted connection unusable");
+                continue;
             }
+        };
+        workers.dispatch(Accepted {
+            stream,
+            peer,
+            permit,
+            watcher: graceful.watcher(),
         });
     }
 
@@ -141,9 +158,179 @@ pub async fn serve(
         Ok(()) => tracing::info!("drained"),
         Err(_) => tracing::warn!("grace period over with callbacks still in flight"),
     }
+    // Whatever is still running after the grace ends with its worker.
+    stop.cancel();
+    workers.join().await;
     housekeeping.abort();
     let _ = admin_stop.send(true);
     let _ = admin.await;
+}
+
+/// A connection on its way to a worker.
+struct Accepted {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    watcher: Watcher,
+}
+
+/// The worker threads, and how many connections each is serving.
+struct Workers {
+    workers: Vec<Worker>,
+}
+
+struct Worker {
+    queue: mpsc::UnboundedSender<Accepted>,
+    open: Arc<AtomicUsize>,
+    finished: oneshot::Receiver<()>,
+}
+
+impl Workers {
+    fn start(
+        gateway: &Arc<Gateway>,
+        tls: Option<&TlsAcceptor>,
+        stop: &CancellationToken,
+    ) -> std::io::Result<Self> {
+        let count = gateway.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        let workers = (0..count.max(1))
+            .map(|index| Worker::start(index, gateway.clone(), tls.cloned(), stop.clone()))
+            .collect::<std::io::Result<_>>()?;
+        Ok(Self { workers })
+    }
+
+    fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Hands the connection to the worker serving the fewest: connections
+    /// stay with one worker for life, so balancing them as they come keeps
+    /// every core busy when a few long-lived connections carry the load.
+    fn dispatch(&self, accepted: Accepted) {
+        let Some(worker) = self
+            .workers
+            .iter()
+            .min_by_key(|w| w.open.load(Ordering::Relaxed))
+        else {
+            return;
+        };
+        worker.open.fetch_add(1, Ordering::Relaxed);
+        if let Err(refused) = worker.queue.send(accepted) {
+            // Only a worker that is gone refuses; the connection closes.
+            worker.open.fetch_sub(1, Ordering::Relaxed);
+            drop(refused);
+        }
+    }
+
+    /// Waits for every worker thread to end (after `stop`).
+    async fn join(self) {
+        for worker in self.workers {
+            drop(worker.queue);
+            let _ = worker.finished.await;
+        }
+    }
+}
+
+impl Worker {
+    fn start(
+        index: usize,
+        gateway: Arc<Gateway>,
+        tls: Option<TlsAcceptor>,
+        stop: CancellationToken,
+    ) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .on_thread_park(crate::logging::flush)
+            .build()?;
+        let (queue, mut incoming) = mpsc::unbounded_channel::<Accepted>();
+        let (finished_tx, finished) = oneshot::channel();
+        let open = Arc::new(AtomicUsize::new(0));
+        let counter = open.clone();
+        std::thread::Builder::new()
+            .name(format!("feishu-gate-worker-{index}"))
+            .spawn(move || {
+                runtime.block_on(async {
+                    let upstream = gateway.upstream_for_worker();
+                    let builder = Arc::new(connection_builder());
+                    loop {
+                        let accepted = tokio::select! {
+                            () = stop.cancelled() => break,
+                            next = incoming.recv() => match next {
+                                Some(accepted) => accepted,
+                                // No more connections; the ones open still run.
+                                None => {
+                                    stop.cancelled().await;
+                                    break;
+                                }
+                            },
+                        };
+                        tokio::spawn(serve_connection(
+                            accepted,
+                            gateway.clone(),
+                            upstream.clone(),
+                            builder.clone(),
+                            tls.clone(),
+                            OpenConnection(counter.clone()),
+                        ));
+                    }
+                });
+                // Connections still open past the grace end here.
+                drop(runtime);
+                crate::logging::flush();
+                let _ = finished_tx.send(());
+            })?;
+        Ok(Self {
+            queue,
+            open,
+            finished,
+        })
+    }
+}
+
+/// Counts a connection against its worker for as long as it is held.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve_connection(
+    accepted: Accepted,
+    gateway: Arc<Gateway>,
+    upstream: Arc<Upstream>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    tls: Option<TlsAcceptor>,
+    open: OpenConnection,
+) {
+    let Accepted {
+        stream,
+        peer,
+        permit,
+        watcher,
+    } = accepted;
+    let _held = (permit, open);
+    let stream = match TcpStream::from_std(stream) {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "cannot register the connection");
+            return;
+        }
+    };
+    match tls {
+        None => serve_io(stream, &builder, gateway, upstream, watcher).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => {
+                    serve_io(tls_stream, &builder, gateway, upstream, watcher).await
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+    }
 }
 
 fn connection_builder() -> auto::Builder<TokioExecutor> {
@@ -166,7 +353,8 @@ async fn serve_io<I>(
     io: I,
     builder: &auto::Builder<TokioExecutor>,
     gateway: Arc<Gateway>,
-    watcher: hyper_util::server::graceful::Watcher,
+    upstream: Arc<Upstream>,
+    watcher: Watcher,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -174,10 +362,11 @@ async fn serve_io<I>(
     let io = idle::IdleIo::new(io, activity.clone(), HEADER_READ_TIMEOUT);
     let service = service_fn(move |request| {
         let gateway = gateway.clone();
+        let upstream = upstream.clone();
         let busy = activity.begin();
         async move {
             let _busy = busy;
-            Ok::<_, Infallible>(gateway.handle(request).await)
+            Ok::<_, Infallible>(gateway.handle(&upstream, request).await)
         }
     });
     let connection = builder

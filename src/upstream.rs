@@ -32,12 +32,14 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// `feishu-gate/<version>`, sent as `User-Agent`.
 pub const USER_AGENT: &str = concat!("feishu-gate/", env!("CARGO_PKG_VERSION"));
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type Connector = HttpsConnector<HttpConnector>;
+type HttpClient = Client<Connector, Full<Bytes>>;
 
 /// The legacy system, as the gateway reaches it.
 #[derive(Clone)]
 pub struct Upstream {
     client: HttpClient,
+    connector: Connector,
     url: Uri,
     headers: UpstreamHeaders,
     /// The `Host` header the client would otherwise format for every request.
@@ -82,18 +84,24 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
         Ok(Self {
-            client,
+            client: pooled(connector.clone()),
+            connector,
             url: config.upstream_url.clone(),
             headers: config.upstream_headers.clone(),
             host: host_header(&config.upstream_url),
             ok_rule: config.upstream_ok.clone(),
         })
+    }
+
+    /// The same upstream with a connection pool of its own, for one worker
+    /// thread: a connection is then only ever driven by the thread whose
+    /// requests it carries, and a request never waits on another thread.
+    pub fn for_worker(&self) -> Self {
+        Self {
+            client: pooled(self.connector.clone()),
+            ..self.clone()
+        }
     }
 
     /// POSTs `body` and classifies the answer, finishing by `deadline` whatever
@@ -245,6 +253,14 @@ impl Upstream {
         *request.headers_mut() = headers;
         Ok(request)
     }
+}
+
+fn pooled(connector: Connector) -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build(connector)
 }
 
 /// `host[:port]` for the upstream URL, the port left out when it is the
