@@ -252,6 +252,16 @@ impl Worker {
             .spawn(move || {
                 runtime.block_on(async {
                     let upstream = gateway.upstream_for_worker();
+                    tokio::spawn({
+                        let upstream = upstream.clone();
+                        async move {
+                            let mut tick = tokio::time::interval(Duration::from_secs(1));
+                            loop {
+                                tick.tick().await;
+                                upstream.close_idle();
+                            }
+                        }
+                    });
                     let builder = Arc::new(connection_builder());
                     loop {
                         let accepted = tokio::select! {

@@ -1,15 +1,22 @@
-//! Delivery to the legacy system: one pooled client, one bounded exchange.
+//! Delivery to the legacy system: kept-alive HTTP/1.1 connections, one
+//! bounded exchange per callback.
+//!
+//! Each worker thread has its own pool of hyper connections (see
+//! [`Upstream::for_worker`]), so a connection is only ever used and driven
+//! by one thread. The pool is a stack: the connection used last is used
+//! next, which keeps few connections busy and lets the rest time out.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::{Instant, timeout_at};
+use tower_service::Service as _;
 
 use crate::config::{Config, OkRule, UpstreamHeaders};
 use crate::respond::{Outcome, Refusal, UpstreamError, upstream_message};
@@ -33,14 +40,19 @@ pub const REQUEST_ID: &str = "x-request-id";
 pub const USER_AGENT: &str = concat!("feishu-gate/", env!("CARGO_PKG_VERSION"));
 
 type Connector = HttpsConnector<HttpConnector>;
-type HttpClient = Client<Connector, Full<Bytes>>;
+type Sender = http1::SendRequest<Full<Bytes>>;
+
+/// How many pooled connections a request tries that turn out to have been
+/// closed before it could be written, before it opens a new one.
+const STALE_TRIES: usize = 4;
 
 /// The legacy system, as the gateway reaches it.
-#[derive(Clone)]
 pub struct Upstream {
-    client: HttpClient,
+    pool: Pool,
     connector: Connector,
     url: Uri,
+    /// The request target: the URL's path and query (origin form).
+    target: Uri,
     headers: UpstreamHeaders,
     /// The `Host` header the client would otherwise format for every request.
     host: Option<HeaderValue>,
@@ -84,10 +96,15 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
+        let target = config.upstream_url.path_and_query().map_or_else(
+            || Uri::from_static("/"),
+            |p| Uri::try_from(p.as_str()).unwrap_or_else(|_| Uri::from_static("/")),
+        );
         Ok(Self {
-            client: pooled(connector.clone()),
+            pool: Pool::default(),
             connector,
             url: config.upstream_url.clone(),
+            target,
             headers: config.upstream_headers.clone(),
             host: host_header(&config.upstream_url),
             ok_rule: config.upstream_ok.clone(),
@@ -99,9 +116,76 @@ impl Upstream {
     /// requests it carries, and a request never waits on another thread.
     pub fn for_worker(&self) -> Self {
         Self {
-            client: pooled(self.connector.clone()),
-            ..self.clone()
+            pool: Pool::default(),
+            connector: self.connector.clone(),
+            url: self.url.clone(),
+            target: self.target.clone(),
+            headers: self.headers.clone(),
+            host: self.host.clone(),
+            ok_rule: self.ok_rule.clone(),
         }
+    }
+
+    /// Closes connections idle for longer than the pool keeps them.
+    pub fn close_idle(&self) {
+        self.pool.close_idle(Instant::now());
+    }
+
+    /// Sends `request` on a kept-alive connection, or a new one. A pooled
+    /// connection the upstream closed before the request could be written
+    /// is passed over for the next: nothing was sent on it.
+    async fn send(
+        &self,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<(Sender, http::Response<hyper::body::Incoming>), SendError> {
+        for _ in 0..STALE_TRIES {
+            let Some(mut sender) = self.pool.checkout() else {
+                break;
+            };
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((sender, response)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(SendError::Exchange(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok((sender, response)),
+            Err(mut e) => {
+                let unsent = e.take_message().is_some();
+                let error = e.into_error();
+                if unsent {
+                    // Closed before a byte of the request went out: as good as refused.
+                    Err(SendError::Connect(Box::new(error)))
+                } else {
+                    Err(SendError::Exchange(error))
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Sender, SendError> {
+        let mut connector = self.connector.clone();
+        let io = connector
+            .call(self.url.clone())
+            .await
+            .map_err(SendError::Connect)?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| SendError::Connect(Box::new(e)))?;
+        // The connection reads and writes on this worker for as long as it lives.
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %error_chain(&e), "upstream connection ended");
+            }
+        });
+        Ok(sender)
     }
 
     /// POSTs `body` and classifies the answer, finishing by `deadline` whatever
@@ -130,7 +214,7 @@ impl Upstream {
                 );
             }
         };
-        let response = match timeout_at(deadline, self.client.request(request)).await {
+        let (sender, response) = match timeout_at(deadline, self.send(request)).await {
             Err(_) => {
                 return done(
                     Outcome::TimedOut,
@@ -138,15 +222,22 @@ impl Upstream {
                     Some("no answer before the deadline".into()),
                 );
             }
-            Ok(Err(e)) => {
-                let kind = if e.is_connect() || refused_by_tls(&e) {
+            Ok(Err(SendError::Connect(e))) => {
+                return done(
+                    Outcome::Unreachable(UpstreamError::Connect),
+                    None,
+                    Some(format!("connecting: {}", error_chain(&*e))),
+                );
+            }
+            Ok(Err(SendError::Exchange(e))) => {
+                let kind = if refused_by_tls(&e) {
                     UpstreamError::Connect
                 } else {
                     UpstreamError::Dropped
                 };
                 return done(Outcome::Unreachable(kind), None, Some(error_chain(&e)));
             }
-            Ok(Ok(r)) => r,
+            Ok(Ok(sent)) => sent,
         };
         let status = response.status();
         let answer = timeout_at(
@@ -155,7 +246,12 @@ impl Upstream {
         )
         .await;
         let answer: Result<Bytes, Unread> = match answer {
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Ok(collected)) => {
+                // Only a connection whose answer was read to its end can carry
+                // the next request; any other is dropped, which closes it.
+                self.pool.checkin(sender);
+                Ok(collected.to_bytes())
+            }
             Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Unread::TooLong),
             Ok(Err(e)) => Err(Unread::Broken(format!("reading the answer: {e}"))),
             Err(_) => Err(Unread::Late),
@@ -249,18 +345,59 @@ impl Upstream {
         }
         let mut request = Request::new(Full::new(Bytes::from(body)));
         *request.method_mut() = Method::POST;
-        *request.uri_mut() = self.url.clone();
+        *request.uri_mut() = self.target.clone();
         *request.headers_mut() = headers;
         Ok(request)
     }
 }
 
-fn pooled(connector: Connector) -> HttpClient {
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .build(connector)
+/// Why a request could not be exchanged.
+enum SendError {
+    /// No connection: nothing was sent.
+    Connect(Box<dyn std::error::Error + Send + Sync>),
+    /// The connection failed once the request was (or may have been) sent.
+    Exchange(hyper::Error),
+}
+
+/// One worker's kept-alive connections, the most recently used last.
+#[derive(Default)]
+struct Pool {
+    idle: Mutex<Vec<(Sender, Instant)>>,
+}
+
+impl Pool {
+    fn checkout(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().ok()?;
+        let now = Instant::now();
+        while let Some((sender, since)) = idle.pop() {
+            if now.saturating_duration_since(since) >= POOL_IDLE_TIMEOUT {
+                // The rest were idle longer still.
+                idle.clear();
+                return None;
+            }
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push((sender, Instant::now()));
+        }
+    }
+
+    fn close_idle(&self, now: Instant) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain(|(sender, since)| {
+                !sender.is_closed() && now.saturating_duration_since(*since) < POOL_IDLE_TIMEOUT
+            });
+        }
+    }
 }
 
 /// `host[:port]` for the upstream URL, the port left out when it is the

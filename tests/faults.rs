@@ -50,6 +50,9 @@ enum Fault {
     Trickle,
     /// Resets the connection without answering.
     ResetBeforeAnswer,
+    /// Answers 200 properly, without `connection: close`, then closes the
+    /// connection, as a server does when its keep-alive timeout passes.
+    CloseAfterAnswer,
 }
 
 const ENORMOUS: u64 = 1 << 30;
@@ -60,6 +63,8 @@ struct Faulty {
     addr: SocketAddr,
     fault: Arc<Mutex<Fault>>,
     requests: Arc<Mutex<Vec<String>>>,
+    /// Connections accepted.
+    connections: Arc<AtomicUsize>,
     /// Bytes of the enormous bodies the gateway took before hanging up.
     enormous_written: Arc<AtomicU64>,
     enormous_done: Arc<AtomicUsize>,
@@ -75,12 +80,14 @@ impl Faulty {
             addr: listener.local_addr().unwrap(),
             fault: Arc::new(Mutex::new(fault)),
             requests: Arc::default(),
+            connections: Arc::default(),
             enormous_written: Arc::default(),
             enormous_done: Arc::default(),
         };
         let server = up.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                server.connections.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(server.clone().connection(stream));
             }
         });
@@ -93,6 +100,10 @@ impl Faulty {
 
     fn set(&self, fault: Fault) {
         *self.fault.lock().unwrap() = fault;
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     fn requests(&self) -> Vec<String> {
@@ -157,6 +168,12 @@ impl Faulty {
                     }
                 }
                 Fault::ResetBeforeAnswer => reset(stream),
+                Fault::CloseAfterAnswer => {
+                    let _ = stream
+                        .write_all(format!("{}{{\"code\":0}}", head(200, 10)).as_bytes())
+                        .await;
+                    let _ = stream.shutdown().await;
+                }
             }
             return;
         }
@@ -411,4 +428,40 @@ async fn an_enormous_answer_is_cut_off_and_memory_stays_flat() {
         before.hwm_kib,
         after.hwm_kib
     );
+}
+
+/// Kept-alive connections to the upstream are reused: callbacks one after
+/// another travel on one connection (one worker, so one pool).
+#[tokio::test]
+async fn callbacks_one_after_another_share_one_upstream_connection() {
+    let up = Faulty::start(Fault::Healthy).await;
+    let gate = gate_for(&up.url(), &[(config::WORKERS, "1")]).await;
+    for i in 0..5 {
+        let (answer, _) = timed_post(&gate, &format!("in-turn-{i}")).await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+    }
+    assert_eq!(up.requests().len(), 5);
+    assert_eq!(up.connections(), 1, "each callback opened a connection");
+}
+
+/// A server closes kept-alive connections it considers idle. A pooled
+/// connection the upstream has closed is never used for a callback: each
+/// callback is delivered once, on a live connection, and answered 200.
+#[tokio::test]
+async fn a_kept_alive_connection_the_upstream_closed_is_not_used_again() {
+    let up = Faulty::start(Fault::CloseAfterAnswer).await;
+    let gate = gate_for(&up.url(), &[(config::WORKERS, "1")]).await;
+    for i in 0..3 {
+        let (answer, _) = timed_post(&gate, &format!("after-close-{i}")).await;
+        assert_eq!(answer.status, 200, "callback {i}: {}", answer.text);
+        // Long enough for the close to arrive before the next callback.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let requests = up.requests();
+    assert_eq!(requests.len(), 3, "each callback delivered exactly once");
+    for (i, body) in requests.iter().enumerate() {
+        assert!(body.contains(&format!("after-close-{i}")), "{body}");
+    }
+    assert_eq!(up.connections(), 3);
+    still_healthy(&gate, &up).await;
 }
