@@ -376,14 +376,25 @@ async fn one_json_log_line_per_callback_without_secrets() {
     );
 }
 
-/// Blocks until the upstream holds exactly one callback, so a signal sent next
-/// finds it in flight.
-fn wait_for_one_delivery(upstream: &Upstream) {
+/// Starts the binary with `grace_ms` of shutdown grace and posts one
+/// callback to it from another thread, returning once the upstream holds
+/// it, so a signal sent next finds it in flight. The handle yields the
+/// answer the callback got, if any.
+fn serve_with_a_callback_in_flight(
+    url: &str,
+    upstream: &Upstream,
+    grace_ms: &str,
+) -> (Served, std::thread::JoinHandle<Option<(u16, String)>>) {
+    let served = Served::start(url, &[("FEISHU_GATE_SHUTDOWN_GRACE_MS", grace_ms)]);
+    let port = served.port;
+    let body = seal(KEY, &callback(TOKEN));
+    let in_flight = std::thread::spawn(move || http(port, "POST", "/", &body));
     let deadline = Instant::now() + Duration::from_secs(10);
     while upstream.count() == 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(upstream.count(), 1, "the callback reached the upstream");
+    (served, in_flight)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -392,11 +403,7 @@ async fn sigterm_drains_a_slow_callback_and_exits_zero() {
     let url = up.url();
     let probe = up.clone();
     tokio::task::spawn_blocking(move || {
-        let mut served = Served::start(&url, &[("FEISHU_GATE_SHUTDOWN_GRACE_MS", "5000")]);
-        let port = served.port;
-        let body = seal(KEY, &callback(TOKEN));
-        let in_flight = std::thread::spawn(move || http(port, "POST", "/", &body));
-        wait_for_one_delivery(&probe);
+        let (mut served, in_flight) = serve_with_a_callback_in_flight(&url, &probe, "5000");
         let signalled = Instant::now();
         served.signal("TERM");
         // Readiness fails at once, while the callback is still in flight.
@@ -430,11 +437,7 @@ async fn the_grace_period_bounds_the_drain() {
     let url = up.url();
     let probe = up.clone();
     tokio::task::spawn_blocking(move || {
-        let mut served = Served::start(&url, &[("FEISHU_GATE_SHUTDOWN_GRACE_MS", "300")]);
-        let port = served.port;
-        let body = seal(KEY, &callback(TOKEN));
-        let in_flight = std::thread::spawn(move || http(port, "POST", "/", &body));
-        wait_for_one_delivery(&probe);
+        let (mut served, in_flight) = serve_with_a_callback_in_flight(&url, &probe, "300");
         served.signal("TERM");
         // The upstream would take 8 s; the process leaves after its grace instead.
         assert_eq!(served.wait_exit(Duration::from_secs(4)), 0);
@@ -455,11 +458,7 @@ async fn a_second_signal_exits_at_once() {
     let url = up.url();
     let probe = up.clone();
     tokio::task::spawn_blocking(move || {
-        let mut served = Served::start(&url, &[("FEISHU_GATE_SHUTDOWN_GRACE_MS", "60000")]);
-        let port = served.port;
-        let body = seal(KEY, &callback(TOKEN));
-        std::thread::spawn(move || http(port, "POST", "/", &body));
-        wait_for_one_delivery(&probe);
+        let (mut served, _in_flight) = serve_with_a_callback_in_flight(&url, &probe, "60000");
         served.signal("TERM");
         std::thread::sleep(Duration::from_millis(200));
         assert!(
