@@ -443,14 +443,43 @@ mod tests {
         tls.current.get().cert[0].to_vec()
     }
 
-    #[test]
-    fn applies_a_change_once_two_reads_agree() {
+    /// Certificate `a` loaded from a directory, `b` ready to replace it.
+    struct Serving {
+        dir: tempfile::TempDir,
+        a: Pair,
+        b: Pair,
+        files: TlsFiles,
+        tls: ServerTls,
+        before: Vec<u8>,
+    }
+
+    fn serving_a() -> Serving {
         let dir = tempfile::tempdir().expect("tempdir");
         let (a, b) = (pair("a.example"), pair("b.example"));
         write(dir.path(), &a.cert, &a.key);
         let files = files(dir.path());
-        let mut tls = ServerTls::load(&files).expect("load");
+        let tls = ServerTls::load(&files).expect("load");
         let before = served_leaf(&tls);
+        Serving {
+            dir,
+            a,
+            b,
+            files,
+            tls,
+            before,
+        }
+    }
+
+    #[test]
+    fn applies_a_change_once_two_reads_agree() {
+        let Serving {
+            dir,
+            b,
+            files,
+            mut tls,
+            before,
+            ..
+        } = serving_a();
         let (c, k) = read(&files);
         assert_eq!(tls.consider(c, k), Reload::Unchanged);
 
@@ -471,12 +500,14 @@ mod tests {
 
     #[test]
     fn refuses_a_broken_update_once_and_keeps_serving() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (a, b) = (pair("a.example"), pair("b.example"));
-        write(dir.path(), &a.cert, &a.key);
-        let files = files(dir.path());
-        let mut tls = ServerTls::load(&files).expect("load");
-        let before = served_leaf(&tls);
+        let Serving {
+            dir,
+            a,
+            b,
+            files,
+            mut tls,
+            before,
+        } = serving_a();
 
         write(dir.path(), &a.cert, &b.key);
         let (c, k) = read(&files);
