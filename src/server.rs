@@ -345,11 +345,9 @@ async fn serve_connection(
 
 fn connection_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true);
+    // `IdleIo` bounds the wait for each request's head (see `idle`); hyper's
+    // own header timer would cost a boxed timer per request to do the same.
+    builder.http1().header_read_timeout(None).keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())

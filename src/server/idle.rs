@@ -1,15 +1,17 @@
 //! Closing connections that carry no request.
 //!
-//! hyper's header read timeout bounds an HTTP/1 connection waiting for its
-//! next request, but nothing bounds a connection before its protocol is known
-//! (a client that connects and sends nothing, or sends half of HTTP/2's
+//! Nothing in hyper bounds a connection before its protocol is known (a
+//! client that connects and sends nothing, or sends half of HTTP/2's
 //! preface), nor an HTTP/2 connection with no open stream: its client answers
 //! keep-alive pings, so those never end it. Each would hold a connection
 //! permit for good, and enough of them stop the gateway from accepting.
 //!
 //! [`IdleIo`] ends such a connection by reporting end-of-file once no request
-//! has been in progress for the idle limit. Requests are counted by
-//! [`Activity::begin`], held for as long as the service handles one.
+//! has been in progress for the idle limit, whether the client is silent or
+//! trickles bytes that never make a request (slowloris). For HTTP/1 that is
+//! also the header read timeout, between requests and while the next one's
+//! head arrives, so hyper's own per-request timer is not needed. Requests are
+//! counted by [`Activity::begin`], held for as long as the service handles one.
 
 use std::future::Future as _;
 use std::io;
@@ -25,8 +27,10 @@ use tokio::time::{Instant, Sleep};
 struct State {
     active: usize,
     idle_since: Instant,
-    /// The reader to wake when the last request ends, so the idle clock
-    /// restarts even if nothing else polls the connection.
+    /// The reader waiting while a request was in progress, woken when the
+    /// last one ends so the idle clock restarts even if nothing else polls
+    /// the connection. A reader waiting on an idle connection needs no
+    /// waking: its timer is armed.
     reader: Option<Waker>,
 }
 
@@ -99,19 +103,36 @@ impl<I> IdleIo<I> {
         }
     }
 
-    /// Whether the connection has been idle too long; arms the timer otherwise.
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+    /// Whether the connection has been idle too long; with `cx`, also arms
+    /// the timer (or registers for the end of the requests in progress).
+    ///
+    /// Without `cx` (after a successful read) it costs no clock read: the
+    /// timer armed for this idle period has fired or it has not.
+    fn expired(&mut self, cx: Option<&mut Context<'_>>) -> bool {
         let mut state = self.activity.lock();
-        state.reader = Some(cx.waker().clone());
         if state.active > 0 {
+            if let Some(cx) = cx
+                && !state
+                    .reader
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                state.reader = Some(cx.waker().clone());
+            }
             return false;
         }
+        state.reader = None;
         let deadline = state.idle_since + self.limit;
         drop(state);
-        if self.timer.deadline() != deadline {
-            self.timer.as_mut().reset(deadline);
+        match cx {
+            None => self.timer.deadline() == deadline && self.timer.is_elapsed(),
+            Some(cx) => {
+                if self.timer.deadline() != deadline {
+                    self.timer.as_mut().reset(deadline);
+                }
+                self.timer.as_mut().poll(cx).is_ready()
+            }
         }
-        self.timer.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -125,16 +146,23 @@ impl<I: AsyncRead + Unpin> AsyncRead for IdleIo<I> {
         if this.closed {
             return Poll::Ready(Ok(()));
         }
-        if let Poll::Ready(read) = Pin::new(&mut this.io).poll_read(cx, buf) {
-            return Poll::Ready(read);
+        let filled = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            // Bytes that arrive after the idle limit start no request: to
+            // HTTP/1 and HTTP/2 alike, end-of-file is a client that went
+            // away between requests.
+            Poll::Ready(Ok(())) if buf.filled().len() > filled && this.expired(None) => {
+                buf.set_filled(filled);
+                this.closed = true;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(read) => Poll::Ready(read),
+            Poll::Pending if this.expired(Some(cx)) => {
+                this.closed = true;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => Poll::Pending,
         }
-        if this.expired(cx) {
-            // End-of-file, not an error: to HTTP/1 and HTTP/2 alike it is a
-            // client that went away between requests.
-            this.closed = true;
-            return Poll::Ready(Ok(()));
-        }
-        Poll::Pending
     }
 }
 
@@ -183,6 +211,33 @@ mod tests {
         assert_eq!(io.read(&mut buf).await.unwrap(), 0);
         assert!(started.elapsed() >= Duration::from_secs(5));
         drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_trickling_in_without_a_request_do_not_keep_it_open() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let activity = Activity::default();
+        let mut io = IdleIo::new(server, activity, Duration::from_secs(5));
+        let started = Instant::now();
+        let writer = tokio::spawn(async move {
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                if client.write_all(b"x").await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut buf = [0u8; 8];
+        let mut read = 0;
+        loop {
+            match io.read(&mut buf).await.unwrap() {
+                0 => break,
+                n => read += n,
+            }
+        }
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert_eq!(read, 7, "the bytes sent before the limit");
+        writer.abort();
     }
 
     #[tokio::test(start_paused = true)]
