@@ -16,7 +16,7 @@ use http::{
 };
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body;
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, timeout_at};
 use tokio_util::task::TaskTracker;
 
 use crate::callback::{Callback, Decision, Summary};
@@ -88,6 +88,8 @@ struct Outbound {
     body: Vec<u8>,
     decision: Decision,
     idempotency_key: String,
+    /// When it was ready to send: the upstream's share of the time counts from here.
+    verified_at: Instant,
 }
 
 /// The facts of one callback, gathered for its log line.
@@ -199,7 +201,7 @@ impl Gateway {
             self.metrics.count_rate_limited("global");
             return Outcome::Rejected(Rejection::RateLimited { retry_after_secs });
         }
-        let body = match self.read_body(request).await {
+        let body = match self.read_body(request, started).await {
             Ok(body) => {
                 record.body_read = true;
                 body
@@ -224,17 +226,20 @@ impl Gateway {
             self.metrics.count_rate_limited("user");
             return Outcome::Rejected(Rejection::RateLimited { retry_after_secs });
         }
-        let deadline = (Instant::now() + self.upstream_timeout).min(started + ANSWER_WITHIN);
+        let now = Instant::now();
+        let deadline = (now + self.upstream_timeout).min(started + ANSWER_WITHIN);
         let outbound = Outbound {
             body: upstream_body,
             decision,
             idempotency_key,
+            verified_at: now,
         };
         self.forward(upstream, outbound, request_id, deadline, record)
             .await
     }
 
-    async fn read_body<B>(&self, request: Request<B>) -> Result<Bytes, Rejection>
+    /// Reads the whole body, by `BODY_READ_TIMEOUT` after the request `started`.
+    async fn read_body<B>(&self, request: Request<B>, started: Instant) -> Result<Bytes, Rejection>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -248,7 +253,7 @@ impl Gateway {
             return Err(Rejection::TooLarge);
         }
         let limited = Limited::new(request.into_body(), self.max_body);
-        match timeout(BODY_READ_TIMEOUT, limited.collect()).await {
+        match timeout_at(started + BODY_READ_TIMEOUT, limited.collect()).await {
             Err(_) => Err(Rejection::SlowBody),
             Ok(Ok(collected)) => Ok(collected.to_bytes()),
             Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
@@ -270,6 +275,7 @@ impl Gateway {
             body: upstream_body,
             decision,
             idempotency_key,
+            verified_at,
         } = outbound;
         let ticket = match &self.dedup {
             None => None,
@@ -302,7 +308,13 @@ impl Gateway {
         let request_id = request_id.clone();
         let delivery = Detachable::new(&self.deliveries, async move {
             let exchange = upstream
-                .deliver(upstream_body, &request_id, &idempotency_key, deadline)
+                .deliver(
+                    upstream_body,
+                    &request_id,
+                    &idempotency_key,
+                    verified_at,
+                    deadline,
+                )
                 .await;
             if let Some(ticket) = ticket {
                 ticket.finish(&exchange.outcome);

@@ -137,9 +137,10 @@ impl Upstream {
     async fn send(
         &self,
         mut request: Request<Full<Bytes>>,
+        now: Instant,
     ) -> Result<(Sender, http::Response<hyper::body::Incoming>), SendError> {
         for _ in 0..STALE_TRIES {
-            let Some(mut sender) = self.pool.checkout() else {
+            let Some(mut sender) = self.pool.checkout(now) else {
                 break;
             };
             if sender.ready().await.is_err() {
@@ -190,14 +191,17 @@ impl Upstream {
 
     /// POSTs `body` and classifies the answer, finishing by `deadline` whatever
     /// the upstream does. Redirects are answers, not instructions: never followed.
+    ///
+    /// `started` is the caller's reading of the clock just before the call,
+    /// which the exchange's duration counts from.
     pub async fn deliver(
         &self,
         body: Vec<u8>,
         request_id: &HeaderValue,
         idempotency_key: &str,
+        started: Instant,
         deadline: Instant,
     ) -> Exchange {
-        let started = Instant::now();
         let done = |outcome, status, detail: Option<String>| Exchange {
             outcome,
             status,
@@ -214,7 +218,7 @@ impl Upstream {
                 );
             }
         };
-        let (sender, response) = match timeout_at(deadline, self.send(request)).await {
+        let (sender, response) = match timeout_at(deadline, self.send(request, started)).await {
             Err(_) => {
                 return done(
                     Outcome::TimedOut,
@@ -245,11 +249,18 @@ impl Upstream {
             Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect(),
         )
         .await;
+        let answered = Instant::now();
+        let done = |outcome, status, detail: Option<String>| Exchange {
+            outcome,
+            status,
+            elapsed: answered - started,
+            detail,
+        };
         let answer: Result<Bytes, Unread> = match answer {
             Ok(Ok(collected)) => {
                 // Only a connection whose answer was read to its end can carry
                 // the next request; any other is dropped, which closes it.
-                self.pool.checkin(sender);
+                self.pool.checkin(sender, answered);
                 Ok(collected.to_bytes())
             }
             Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Unread::TooLong),
@@ -366,9 +377,8 @@ struct Pool {
 }
 
 impl Pool {
-    fn checkout(&self) -> Option<Sender> {
+    fn checkout(&self, now: Instant) -> Option<Sender> {
         let mut idle = self.idle.lock().ok()?;
-        let now = Instant::now();
         while let Some((sender, since)) = idle.pop() {
             if now.saturating_duration_since(since) >= POOL_IDLE_TIMEOUT {
                 // The rest were idle longer still.
@@ -382,12 +392,12 @@ impl Pool {
         None
     }
 
-    fn checkin(&self, sender: Sender) {
+    fn checkin(&self, sender: Sender, now: Instant) {
         if sender.is_closed() {
             return;
         }
         if let Ok(mut idle) = self.idle.lock() {
-            idle.push((sender, Instant::now()));
+            idle.push((sender, now));
         }
     }
 
