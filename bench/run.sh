@@ -2,8 +2,8 @@
 # Load benchmark: feishu-gate against nginx's plain proxy_pass, both in front
 # of the same fast upstream, on loopback only, over plain HTTP and over TLS.
 #
-#   bench/run.sh                      # everything, about 4 minutes after the build
-#   DURATION=5 CONNECTIONS="8 32" MODES=plain bench/run.sh
+#   bench/run.sh                      # everything, about 5 minutes after the build
+#   DURATION=3 ROUNDS=2 CONNECTIONS="8 32" MODES=plain bench/run.sh
 #   GATEWAY_BIN=/path/to/other/feishu-gate bench/run.sh
 #
 # Writes results.jsonl, table.md and latency.png to $OUT (target/bench by
@@ -12,8 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-DURATION=${DURATION:-10}          # seconds of each measured run
-WARMUP=${WARMUP:-2}               # seconds of load before each, not counted
+DURATION=${DURATION:-4}           # seconds of each measured run
+ROUNDS=${ROUNDS:-3}               # measured runs per system and load, alternating
+WARMUP=${WARMUP:-2}               # seconds of load before a load's first round, not counted
 CONNECTIONS=${CONNECTIONS:-"1 8 32 64"}
 MODES=${MODES:-"plain tls"}
 BODY_KIND=${BODY_KIND:-typical}   # typical (1 KiB sealed), large, plain
@@ -217,21 +218,23 @@ url() {
   esac
 }
 
-# load <system> <mode> <connections> <pid>
+# load <system> <mode> <connections> <pid> <round>
 load() {
-  local system=$1 mode=$2 conns=$3 pid=$4 threads=2 user0 sys0 user1 sys1 out result
+  local system=$1 mode=$2 conns=$3 pid=$4 round=$5 threads=2 user0 sys0 user1 sys1 out result
   [ "$conns" -lt 2 ] && threads=1
-  wrk -t"$threads" -c"$conns" -d"${WARMUP}s" --timeout 5s -s bench/post.lua "$(url "$system" "$mode")" >/dev/null
+  if [ "$round" = 1 ]; then
+    wrk -t"$threads" -c"$conns" -d"${WARMUP}s" --timeout 5s -s bench/post.lua "$(url "$system" "$mode")" >/dev/null
+  fi
   read -r user0 sys0 < <(cpu_ticks "$pid")
   out=$(wrk -t"$threads" -c"$conns" -d"${DURATION}s" --timeout 5s -s bench/post.lua "$(url "$system" "$mode")")
   read -r user1 sys1 < <(cpu_ticks "$pid")
   result=$(sed -n 's/^RESULT //p' <<<"$out")
-  echo "{\"kind\":\"load\",\"mode\":\"$mode\",\"system\":\"$system\",\"connections\":$conns,\"cpu_user_ticks\":$((user1 - user0)),\"cpu_sys_ticks\":$((sys1 - sys0)),\"clk_tck\":$(getconf CLK_TCK),\"wrk\":$result}" >>"$results"
-  echo "   $system $mode c=$conns: $(sed -n 's/^Requests\/sec: *//p' <<<"$out") req/s" >&2
+  echo "{\"kind\":\"load\",\"mode\":\"$mode\",\"system\":\"$system\",\"connections\":$conns,\"round\":$round,\"cpu_user_ticks\":$((user1 - user0)),\"cpu_sys_ticks\":$((sys1 - sys0)),\"clk_tck\":$(getconf CLK_TCK),\"wrk\":$result}" >>"$results"
+  echo "   $system $mode c=$conns round $round: $(sed -n 's/^Requests\/sec: *//p' <<<"$out") req/s" >&2
 }
 
 {
-  echo "{\"kind\":\"machine\",\"cpus\":$(nproc),\"model\":\"$(sed -n 's/^model name\t: //p' /proc/cpuinfo | head -1)\",\"load_before\":\"$(cut -d' ' -f1-3 /proc/loadavg)\",\"body_bytes\":$(head -1 "$BODIES" | wc -c),\"body_kind\":\"$BODY_KIND\",\"duration_s\":$DURATION,\"date\":\"$(date -u +%FT%TZ)\",\"commit\":\"$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\"}"
+  echo "{\"kind\":\"machine\",\"cpus\":$(nproc),\"model\":\"$(sed -n 's/^model name\t: //p' /proc/cpuinfo | head -1)\",\"load_before\":\"$(cut -d' ' -f1-3 /proc/loadavg)\",\"body_bytes\":$(head -1 "$BODIES" | wc -c),\"body_kind\":\"$BODY_KIND\",\"duration_s\":$DURATION,\"rounds\":$ROUNDS,\"date\":\"$(date -u +%FT%TZ)\",\"commit\":\"$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\"}"
 } >>"$results"
 
 start_upstream
@@ -239,9 +242,18 @@ for mode in $MODES; do
   echo "== $mode" >&2
   start gateway "$mode"; gate_pid=$pid
   start nginx "$mode"; nginx_pid=$pid
+  # The two systems take turns, the first of each round alternating, so a
+  # burst of noise from elsewhere on the machine falls on both alike.
   for conns in $CONNECTIONS; do
-    load gateway "$mode" "$conns" "$gate_pid"
-    load nginx "$mode" "$conns" "$nginx_pid"
+    for round in $(seq "$ROUNDS"); do
+      if (( round % 2 )); then
+        load gateway "$mode" "$conns" "$gate_pid" "$round"
+        load nginx "$mode" "$conns" "$nginx_pid" "$round"
+      else
+        load nginx "$mode" "$conns" "$nginx_pid" "$round"
+        load gateway "$mode" "$conns" "$gate_pid" "$round"
+      fi
+    done
   done
   for system in gateway nginx; do
     p=$gate_pid; [ "$system" = nginx ] && p=$nginx_pid
