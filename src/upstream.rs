@@ -46,9 +46,16 @@ type Sender = http1::SendRequest<Full<Bytes>>;
 /// closed before it could be written, before it opens a new one.
 const STALE_TRIES: usize = 4;
 
-/// The legacy system, as the gateway reaches it.
+/// The legacy system, as the gateway reaches it: where it is and how to
+/// talk to it, and this worker's connections to it.
 pub struct Upstream {
     pool: Pool,
+    route: Route,
+}
+
+/// Everything about the upstream but the connections, shared by the workers.
+#[derive(Clone)]
+struct Route {
     connector: Connector,
     url: Uri,
     /// The request target: the URL's path and query (origin form).
@@ -62,9 +69,9 @@ pub struct Upstream {
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
-            .field("url", &self.url)
-            .field("headers", &self.headers)
-            .field("ok_rule", &self.ok_rule)
+            .field("url", &self.route.url)
+            .field("headers", &self.route.headers)
+            .field("ok_rule", &self.route.ok_rule)
             .finish_non_exhaustive()
     }
 }
@@ -102,12 +109,14 @@ impl Upstream {
         );
         Ok(Self {
             pool: Pool::default(),
-            connector,
-            url: config.upstream_url.clone(),
-            target,
-            headers: config.upstream_headers.clone(),
-            host: host_header(&config.upstream_url),
-            ok_rule: config.upstream_ok.clone(),
+            route: Route {
+                connector,
+                url: config.upstream_url.clone(),
+                target,
+                headers: config.upstream_headers.clone(),
+                host: host_header(&config.upstream_url),
+                ok_rule: config.upstream_ok.clone(),
+            },
         })
     }
 
@@ -117,12 +126,7 @@ impl Upstream {
     pub fn for_worker(&self) -> Self {
         Self {
             pool: Pool::default(),
-            connector: self.connector.clone(),
-            url: self.url.clone(),
-            target: self.target.clone(),
-            headers: self.headers.clone(),
-            host: self.host.clone(),
-            ok_rule: self.ok_rule.clone(),
+            route: self.route.clone(),
         }
     }
 
@@ -171,9 +175,9 @@ impl Upstream {
     }
 
     async fn connect(&self) -> Result<Sender, SendError> {
-        let mut connector = self.connector.clone();
+        let mut connector = self.route.connector.clone();
         let io = connector
-            .call(self.url.clone())
+            .call(self.route.url.clone())
             .await
             .map_err(SendError::Connect)?;
         let (sender, connection) = http1::Builder::new()
@@ -269,7 +273,7 @@ impl Upstream {
         };
 
         if status.is_success() {
-            let Some(rule) = &self.ok_rule else {
+            let Some(rule) = &self.route.ok_rule else {
                 // The status is the acceptance; a body that then fails to arrive changes nothing.
                 return done(
                     Outcome::Delivered,
@@ -334,7 +338,7 @@ impl Upstream {
         // Names and fixed values are built once, not parsed for every callback.
         const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID);
         const IDEMPOTENCY_KEY_NAME: HeaderName = HeaderName::from_static(IDEMPOTENCY_KEY);
-        let mut headers = HeaderMap::with_capacity(4 + self.headers.0.len());
+        let mut headers = HeaderMap::with_capacity(4 + self.route.headers.0.len());
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -345,18 +349,18 @@ impl Upstream {
             IDEMPOTENCY_KEY_NAME,
             HeaderValue::from_str(idempotency_key)?,
         );
-        for (name, value) in &self.headers.0 {
+        for (name, value) in &self.route.headers.0 {
             headers.append(name, value.clone());
         }
         // Where and as the client would add it: last, unless one was configured.
-        if let Some(host) = &self.host
+        if let Some(host) = &self.route.host
             && !headers.contains_key(header::HOST)
         {
             headers.insert(header::HOST, host.clone());
         }
         let mut request = Request::new(Full::new(Bytes::from(body)));
         *request.method_mut() = Method::POST;
-        *request.uri_mut() = self.target.clone();
+        *request.uri_mut() = self.route.target.clone();
         *request.headers_mut() = headers;
         Ok(request)
     }
