@@ -5,7 +5,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use feishu_gate::callback::ForwardOptions;
 use feishu_gate::config;
+use feishu_gate::secret::{KeySet, TokenSet};
+use feishu_gate::verify::Verifier;
 
 fn vectors() -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(concat!(
@@ -50,6 +53,21 @@ async fn plaintext_callback_reaches_the_upstream_exactly_as_sent() {
     assert_eq!(r.header("x-tenant").unwrap(), "acme");
     let key = r.header("idempotency-key").unwrap();
     assert_eq!(key.len(), 64);
+    // The key names the decision exactly as `verify` computes it.
+    let verifier = Verifier {
+        tokens: TokenSet::new([TOKEN.to_owned()]),
+        keys: KeySet::default(),
+        allow_plaintext: false,
+        forward: ForwardOptions::default(),
+    };
+    let verified = verifier.verify(callback(TOKEN).as_bytes()).unwrap();
+    assert_eq!(key, verified.idempotency_key);
+    // HTTP/1.1 needs `Host`: the upstream URL's authority.
+    let authority = up.url().parse::<http::Uri>().unwrap();
+    assert_eq!(
+        r.header("host").unwrap(),
+        authority.authority().unwrap().as_str()
+    );
     let id = r.header("x-request-id").unwrap();
     assert!(!id.is_empty());
     assert_eq!(answer.headers["x-request-id"], id.as_str());
