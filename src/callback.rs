@@ -315,10 +315,20 @@ pub struct Callback {
     /// What the legacy system receives: the object minus `token` and `encrypt`.
     pub upstream_body: Vec<u8>,
     /// Names the approval decision: stable for the same decision, different for a
-    /// different one. Duplicate suppression keys on it.
+    /// different one. Duplicate suppression keys on it, and the
+    /// `Idempotency-Key` header carries it (see [`idempotency_key`]).
     pub decision: Decision,
-    /// [`Callback::decision`] in hex, as the `Idempotency-Key` header carries it.
-    pub idempotency_key: String,
+}
+
+impl Callback {
+    /// The `Idempotency-Key` header's value for this callback's decision.
+    pub fn idempotency_key(&self) -> String {
+        idempotency_key(&self.decision)
+            .iter()
+            .copied()
+            .map(char::from)
+            .collect()
+    }
 }
 
 /// SHA-256 over the fields that identify an approval decision.
@@ -368,7 +378,6 @@ pub fn validate(fields: &Fields<'_>, opts: ForwardOptions) -> Result<Callback, B
         hash_part(&mut hash, Some(&upstream_body));
     }
     let decision: Decision = hash.finalize().into();
-    let idempotency_key = hex(&decision);
 
     Ok(Callback {
         summary: Summary {
@@ -381,7 +390,6 @@ pub fn validate(fields: &Fields<'_>, opts: ForwardOptions) -> Result<Callback, B
         },
         upstream_body,
         decision,
-        idempotency_key,
     })
 }
 
@@ -396,12 +404,14 @@ fn hash_part(hash: &mut Sha256, part: Option<&[u8]>) {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// A decision as the `Idempotency-Key` header carries it: lowercase hex,
+/// built on the stack because it is written into every upstream request.
+pub fn idempotency_key(decision: &Decision) -> [u8; 64] {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    let mut out = [0u8; 64];
+    for (pair, b) in out.chunks_exact_mut(2).zip(decision) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
     }
     out
 }
@@ -603,7 +613,7 @@ mod tests {
         let as_string = V1.replace("7250020197497765889", "\"7250020197497765889\"");
         let a = ok(V1);
         let b = ok(&as_string);
-        assert_eq!(a.idempotency_key, b.idempotency_key);
+        assert_eq!(a.idempotency_key(), b.idempotency_key());
         assert!(
             String::from_utf8(b.upstream_body)
                 .unwrap()
@@ -613,16 +623,19 @@ mod tests {
 
     #[test]
     fn idempotency_key_tracks_the_decision_not_the_comment() {
-        let base = ok(V1).idempotency_key;
+        let base = ok(V1).idempotency_key();
         assert_eq!(base.len(), 64);
-        assert_eq!(base, ok(&V1.replace("\"ok\"", "\"fine\"")).idempotency_key);
-        assert_ne!(base, ok(&V1.replace("APPROVE", "REJECT")).idempotency_key);
-        assert_ne!(base, ok(&V1.replace("step1", "step2")).idempotency_key);
-        assert_ne!(base, ok(&V1.replace("b85s39b", "other")).idempotency_key);
+        assert_eq!(
+            base,
+            ok(&V1.replace("\"ok\"", "\"fine\"")).idempotency_key()
+        );
+        assert_ne!(base, ok(&V1.replace("APPROVE", "REJECT")).idempotency_key());
+        assert_ne!(base, ok(&V1.replace("step1", "step2")).idempotency_key());
+        assert_ne!(base, ok(&V1.replace("b85s39b", "other")).idempotency_key());
         // Without any task id the content decides.
         let a = ok(r#"{"action_type":"APPROVE","user_id":"u","approval_code":"c","reason":"a"}"#);
         let b = ok(r#"{"action_type":"APPROVE","user_id":"u","approval_code":"c","reason":"b"}"#);
-        assert_ne!(a.idempotency_key, b.idempotency_key);
+        assert_ne!(a.idempotency_key(), b.idempotency_key());
     }
 
     #[test]

@@ -87,7 +87,6 @@ pub struct Gateway {
 struct Outbound {
     body: Vec<u8>,
     decision: Decision,
-    idempotency_key: String,
     /// When it was ready to send: the upstream's share of the time counts from here.
     verified_at: Instant,
 }
@@ -219,7 +218,6 @@ impl Gateway {
             summary,
             upstream_body,
             decision,
-            idempotency_key,
         } = callback;
         let summary = record.summary.insert(summary);
         if let Err(retry_after_secs) = self.limits.check_user(&summary.user_id) {
@@ -231,7 +229,6 @@ impl Gateway {
         let outbound = Outbound {
             body: upstream_body,
             decision,
-            idempotency_key,
             verified_at: now,
         };
         self.forward(upstream, outbound, request_id, deadline, record)
@@ -274,7 +271,6 @@ impl Gateway {
         let Outbound {
             body: upstream_body,
             decision,
-            idempotency_key,
             verified_at,
         } = outbound;
         let ticket = match &self.dedup {
@@ -308,13 +304,7 @@ impl Gateway {
         let request_id = request_id.clone();
         let delivery = Detachable::new(&self.deliveries, async move {
             let exchange = upstream
-                .deliver(
-                    upstream_body,
-                    &request_id,
-                    &idempotency_key,
-                    verified_at,
-                    deadline,
-                )
+                .deliver(upstream_body, &request_id, &decision, verified_at, deadline)
                 .await;
             if let Some(ticket) = ticket {
                 ticket.finish(&exchange.outcome);

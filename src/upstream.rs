@@ -18,6 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::time::{Instant, timeout_at};
 use tower_service::Service as _;
 
+use crate::callback::{self, Decision};
 use crate::config::{Config, OkRule, UpstreamHeaders};
 use crate::respond::{Outcome, Refusal, UpstreamError, upstream_message};
 use crate::tls;
@@ -202,7 +203,7 @@ impl Upstream {
         &self,
         body: Vec<u8>,
         request_id: &HeaderValue,
-        idempotency_key: &str,
+        decision: &Decision,
         started: Instant,
         deadline: Instant,
     ) -> Exchange {
@@ -212,7 +213,7 @@ impl Upstream {
             elapsed: started.elapsed(),
             detail,
         };
-        let request = match self.request(body, request_id, idempotency_key) {
+        let request = match self.request(body, request_id, decision) {
             Ok(r) => r,
             Err(e) => {
                 return done(
@@ -333,7 +334,7 @@ impl Upstream {
         &self,
         body: Vec<u8>,
         request_id: &HeaderValue,
-        idempotency_key: &str,
+        decision: &Decision,
     ) -> Result<Request<Full<Bytes>>, http::Error> {
         // Names and fixed values are built once, not parsed for every callback.
         const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID);
@@ -347,7 +348,7 @@ impl Upstream {
         headers.insert(REQUEST_ID_NAME, request_id.clone());
         headers.insert(
             IDEMPOTENCY_KEY_NAME,
-            HeaderValue::from_str(idempotency_key)?,
+            HeaderValue::from_bytes(&callback::idempotency_key(decision))?,
         );
         for (name, value) in &self.route.headers.0 {
             headers.append(name, value.clone());

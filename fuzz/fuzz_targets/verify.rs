@@ -59,7 +59,7 @@ fuzz_target!(|data: &[u8]| {
             Ok(callback) => {
                 let object = opened(input);
                 check_forwarded(&object, &callback.upstream_body, as_string);
-                assert_eq!(callback.idempotency_key.len(), 64);
+                assert_eq!(callback.idempotency_key().len(), 64);
             }
             Err(rejection) => {
                 let outcome = Outcome::Rejected(rejection);
