@@ -103,19 +103,27 @@ impl<I> IdleIo<I> {
         }
     }
 
-    /// Whether the connection has been idle too long; with `cx`, also arms
-    /// the timer (or registers for the end of the requests in progress).
-    ///
-    /// Without `cx` (after a successful read) it costs no clock read: the
-    /// timer armed for this idle period has fired or it has not.
-    fn expired(&mut self, cx: Option<&mut Context<'_>>) -> bool {
+    /// After a read that brought bytes: whether they came past the idle
+    /// limit. Every read of a request passes here, so it reads no clock and
+    /// takes no lock unless the timer armed for an idle period has fired.
+    fn past_limit(&self) -> bool {
+        if !self.timer.is_elapsed() {
+            return false;
+        }
+        let state = self.activity.lock();
+        state.active == 0 && self.timer.deadline() == state.idle_since + self.limit
+    }
+
+    /// Before waiting for bytes: whether the connection has been idle too
+    /// long. If not, arms the timer for this idle period, or, with requests
+    /// in progress, registers to be woken when the last one ends.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         let mut state = self.activity.lock();
         if state.active > 0 {
-            if let Some(cx) = cx
-                && !state
-                    .reader
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
+            if !state
+                .reader
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
             {
                 state.reader = Some(cx.waker().clone());
             }
@@ -124,15 +132,10 @@ impl<I> IdleIo<I> {
         state.reader = None;
         let deadline = state.idle_since + self.limit;
         drop(state);
-        match cx {
-            None => self.timer.deadline() == deadline && self.timer.is_elapsed(),
-            Some(cx) => {
-                if self.timer.deadline() != deadline {
-                    self.timer.as_mut().reset(deadline);
-                }
-                self.timer.as_mut().poll(cx).is_ready()
-            }
+        if self.timer.deadline() != deadline {
+            self.timer.as_mut().reset(deadline);
         }
+        self.timer.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -151,13 +154,13 @@ impl<I: AsyncRead + Unpin> AsyncRead for IdleIo<I> {
             // Bytes that arrive after the idle limit start no request: to
             // HTTP/1 and HTTP/2 alike, end-of-file is a client that went
             // away between requests.
-            Poll::Ready(Ok(())) if buf.filled().len() > filled && this.expired(None) => {
+            Poll::Ready(Ok(())) if buf.filled().len() > filled && this.past_limit() => {
                 buf.set_filled(filled);
                 this.closed = true;
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(read) => Poll::Ready(read),
-            Poll::Pending if this.expired(Some(cx)) => {
+            Poll::Pending if this.expired(cx) => {
                 this.closed = true;
                 Poll::Ready(Ok(()))
             }
