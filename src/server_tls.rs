@@ -435,10 +435,6 @@ mod tests {
         std::fs::write(dir.join("tls.key"), key).expect("write key");
     }
 
-    fn read(files: &TlsFiles) -> (io::Result<Vec<u8>>, io::Result<Vec<u8>>) {
-        (std::fs::read(&files.cert), std::fs::read(&files.key))
-    }
-
     fn served_leaf(tls: &ServerTls) -> Vec<u8> {
         tls.current.get().cert[0].to_vec()
     }
@@ -448,7 +444,6 @@ mod tests {
         dir: tempfile::TempDir,
         a: Pair,
         b: Pair,
-        files: TlsFiles,
         tls: ServerTls,
         before: Vec<u8>,
     }
@@ -457,79 +452,65 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (a, b) = (pair("a.example"), pair("b.example"));
         write(dir.path(), &a.cert, &a.key);
-        let files = files(dir.path());
-        let tls = ServerTls::load(&files).expect("load");
+        let tls = ServerTls::load(&files(dir.path())).expect("load");
         let before = served_leaf(&tls);
         Serving {
             dir,
             a,
             b,
-            files,
             tls,
             before,
         }
     }
 
-    #[test]
-    fn applies_a_change_once_two_reads_agree() {
+    #[tokio::test]
+    async fn applies_a_change_once_two_reads_agree() {
         let Serving {
             dir,
             b,
-            files,
             mut tls,
             before,
             ..
         } = serving_a();
-        let (c, k) = read(&files);
-        assert_eq!(tls.consider(c, k), Reload::Unchanged);
+        assert_eq!(tls.reload().await, Reload::Unchanged);
 
         // A writer that replaces the certificate first and the key later.
         std::fs::write(dir.path().join("tls.crt"), &b.cert).expect("write");
-        let (c, k) = read(&files);
-        assert_eq!(tls.consider(c, k), Reload::Settling);
+        assert_eq!(tls.reload().await, Reload::Settling);
         std::fs::write(dir.path().join("tls.key"), &b.key).expect("write");
-        let (c, k) = read(&files);
-        assert_eq!(tls.consider(c, k), Reload::Settling);
+        assert_eq!(tls.reload().await, Reload::Settling);
         assert_eq!(served_leaf(&tls), before);
-        let (c, k) = read(&files);
-        assert!(matches!(tls.consider(c, k), Reload::Reloaded(_)));
+        assert!(matches!(tls.reload().await, Reload::Reloaded(_)));
         assert_ne!(served_leaf(&tls), before);
-        let (c, k) = read(&files);
-        assert_eq!(tls.consider(c, k), Reload::Unchanged);
+        assert_eq!(tls.reload().await, Reload::Unchanged);
     }
 
-    #[test]
-    fn refuses_a_broken_update_once_and_keeps_serving() {
+    #[tokio::test]
+    async fn refuses_a_broken_update_once_and_keeps_serving() {
         let Serving {
             dir,
             a,
             b,
-            files,
             mut tls,
             before,
         } = serving_a();
 
         write(dir.path(), &a.cert, &b.key);
-        let (c, k) = read(&files);
-        assert_eq!(tls.consider(c, k), Reload::Settling);
-        let (c, k) = read(&files);
-        let Reload::Refused(errors) = tls.consider(c, k) else {
+        assert_eq!(tls.reload().await, Reload::Settling);
+        let Reload::Refused(errors) = tls.reload().await else {
             panic!("a mismatched key must be refused");
         };
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].variable, config::TLS_CERT);
         assert!(!errors[0].problem.contains("PRIVATE KEY"));
         // Refused once, not again every poll.
-        let (c, k) = read(&files);
-        assert_eq!(tls.consider(c, k), Reload::Unchanged);
+        assert_eq!(tls.reload().await, Reload::Unchanged);
         assert_eq!(served_leaf(&tls), before);
 
         // Going back to a good pair is a change like any other.
         write(dir.path(), &b.cert, &b.key);
-        let (c, k) = read(&files);
-        assert_eq!(tls.consider(c, k), Reload::Settling);
-        let (c, k) = read(&files);
-        assert!(matches!(tls.consider(c, k), Reload::Reloaded(_)));
+        assert_eq!(tls.reload().await, Reload::Settling);
+        assert!(matches!(tls.reload().await, Reload::Reloaded(_)));
     }
 
     #[test]
