@@ -287,6 +287,45 @@ async fn draining_finishes_in_flight_callbacks_and_refuses_new_connections() {
         .unwrap();
 }
 
+#[tokio::test]
+async fn draining_closes_idle_connections_on_every_worker_without_waiting_out_the_grace() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let up = Upstream::start(Reply::ok()).await;
+    let mut gate = Gate::start(
+        &up.url(),
+        &[(config::WORKERS, "2"), (config::SHUTDOWN_GRACE_MS, "30000")],
+    )
+    .await;
+    // Connections go to the worker serving the fewest, so two land on each.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+        stream
+            .write_all(b"GET /nowhere HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 404"), "{:?}", &buf[..n]);
+        idle.push(stream);
+    }
+    let drained = gate.shutdown();
+    // Well inside both the grace and the 5 s an idle connection is kept.
+    let soon = Duration::from_secs(2);
+    for (i, mut stream) in idle.into_iter().enumerate() {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(soon, stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("idle connection {i} still open while draining"));
+        assert!(matches!(read, Ok(0) | Err(_)), "connection {i}: {read:?}");
+    }
+    tokio::time::timeout(soon, drained)
+        .await
+        .expect("drained long before the 30 s grace")
+        .unwrap();
+}
+
 async fn futures_join<T: Send + 'static>(
     handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
 ) -> Vec<T> {
