@@ -81,7 +81,7 @@ pub async fn serve(
     });
 
     let stop = CancellationToken::new();
-    let workers = match Workers::start(&gateway, tls.as_ref(), &stop) {
+    let mut workers = match Workers::start(&gateway, tls.as_ref(), &stop) {
         Ok(workers) => workers,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the worker threads");
@@ -91,7 +91,6 @@ pub async fn serve(
             return;
         }
     };
-    let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(gateway.max_connections));
     gateway.health.set_ready();
     gateway.metrics.ready.set(1);
@@ -137,7 +136,6 @@ pub async fn serve(
             stream,
             peer,
             permit,
-            watcher: graceful.watcher(),
         });
     }
 
@@ -149,7 +147,7 @@ pub async fn serve(
         "shutting down: draining in-flight callbacks"
     );
     let drained = tokio::time::timeout(grace, async {
-        graceful.shutdown().await;
+        workers.drain().await;
         gateway.deliveries.close();
         gateway.deliveries.wait().await;
     })
@@ -171,17 +169,20 @@ struct Accepted {
     stream: std::net::TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
-    watcher: Watcher,
 }
 
 /// The worker threads, and how many connections each is serving.
 struct Workers {
     workers: Vec<Worker>,
+    /// Tells the workers to close their connections once idle.
+    drain: CancellationToken,
 }
 
 struct Worker {
     queue: mpsc::UnboundedSender<Accepted>,
     open: Arc<AtomicUsize>,
+    /// Settles once all the worker's connections have closed after a drain.
+    drained: oneshot::Receiver<()>,
     finished: oneshot::Receiver<()>,
 }
 
@@ -194,10 +195,19 @@ impl Workers {
         let count = gateway.workers.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
+        let drain = CancellationToken::new();
         let workers = (0..count.max(1))
-            .map(|index| Worker::start(index, gateway.clone(), tls.cloned(), stop.clone()))
+            .map(|index| {
+                Worker::start(
+                    index,
+                    gateway.clone(),
+                    tls.cloned(),
+                    drain.clone(),
+                    stop.clone(),
+                )
+            })
             .collect::<std::io::Result<_>>()?;
-        Ok(Self { workers })
+        Ok(Self { workers, drain })
     }
 
     fn len(&self) -> usize {
@@ -223,6 +233,17 @@ impl Workers {
         }
     }
 
+    /// Has every worker close its connections, each as soon as it carries no
+    /// request, and waits until they all have. Connections must no longer
+    /// be dispatched.
+    async fn drain(&mut self) {
+        self.drain.cancel();
+        for worker in &mut self.workers {
+            // An error means the worker is gone, and its connections with it.
+            let _ = (&mut worker.drained).await;
+        }
+    }
+
     /// Waits for every worker thread to end (after `stop`).
     async fn join(self) {
         for worker in self.workers {
@@ -237,6 +258,7 @@ impl Worker {
         index: usize,
         gateway: Arc<Gateway>,
         tls: Option<TlsAcceptor>,
+        drain: CancellationToken,
         stop: CancellationToken,
     ) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -244,6 +266,7 @@ impl Worker {
             .on_thread_park(crate::logging::flush)
             .build()?;
         let (queue, mut incoming) = mpsc::unbounded_channel::<Accepted>();
+        let (drained_tx, drained) = oneshot::channel();
         let (finished_tx, finished) = oneshot::channel();
         let open = Arc::new(AtomicUsize::new(0));
         let counter = open.clone();
@@ -263,26 +286,47 @@ impl Worker {
                         }
                     });
                     let builder = Arc::new(connection_builder());
-                    loop {
-                        let accepted = tokio::select! {
-                            () = stop.cancelled() => break,
-                            next = incoming.recv() => match next {
-                                Some(accepted) => accepted,
-                                // No more connections; the ones open still run.
-                                None => {
-                                    stop.cancelled().await;
-                                    break;
-                                }
-                            },
-                        };
+                    // The worker's own: a connection checks for shutdown each
+                    // time it is polled, under a lock that, shared between
+                    // workers, would pass from core to core every request.
+                    let graceful = GracefulShutdown::new();
+                    let serve = |accepted| {
                         tokio::spawn(serve_connection(
                             accepted,
+                            graceful.watcher(),
                             gateway.clone(),
                             upstream.clone(),
                             builder.clone(),
                             tls.clone(),
                             OpenConnection(counter.clone()),
                         ));
+                    };
+                    let draining = loop {
+                        tokio::select! {
+                            () = stop.cancelled() => break false,
+                            () = drain.cancelled() => break true,
+                            next = incoming.recv() => match next {
+                                Some(accepted) => serve(accepted),
+                                // No more connections; the ones open still run.
+                                None => break false,
+                            },
+                        }
+                    };
+                    if draining {
+                        // Dispatched before the drain began: served as the rest.
+                        while let Ok(accepted) = incoming.try_recv() {
+                            serve(accepted);
+                        }
+                        tokio::select! {
+                            () = stop.cancelled() => {}
+                            () = graceful.shutdown() => {
+                                let _ = drained_tx.send(());
+                                // Deliveries that outlived their requests run here.
+                                stop.cancelled().await;
+                            }
+                        }
+                    } else {
+                        stop.cancelled().await;
                     }
                 });
                 // Connections still open past the grace end here.
@@ -293,6 +337,7 @@ impl Worker {
         Ok(Self {
             queue,
             open,
+            drained,
             finished,
         })
     }
@@ -309,6 +354,7 @@ impl Drop for OpenConnection {
 
 async fn serve_connection(
     accepted: Accepted,
+    watcher: Watcher,
     gateway: Arc<Gateway>,
     upstream: Arc<Upstream>,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -319,7 +365,6 @@ async fn serve_connection(
         stream,
         peer,
         permit,
-        watcher,
     } = accepted;
     let _held = (permit, open);
     let stream = match TcpStream::from_std(stream) {
