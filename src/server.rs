@@ -313,7 +313,8 @@ impl Worker {
                         }
                     };
                     if draining {
-                        // Dispatched before the drain began: served as the rest.
+                        // Dispatched before the drain began: watched like the
+                        // rest, so the drain closes them too.
                         while let Ok(accepted) = incoming.try_recv() {
                             serve(accepted);
                         }
@@ -321,13 +322,12 @@ impl Worker {
                             () = stop.cancelled() => {}
                             () = graceful.shutdown() => {
                                 let _ = drained_tx.send(());
-                                // Deliveries that outlived their requests run here.
-                                stop.cancelled().await;
                             }
                         }
-                    } else {
-                        stop.cancelled().await;
                     }
+                    // Deliveries that outlived their requests, and whatever the
+                    // drain left open, run until the grace ends.
+                    stop.cancelled().await;
                 });
                 // Connections still open past the grace end here.
                 drop(runtime);
