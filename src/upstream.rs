@@ -207,35 +207,27 @@ impl Upstream {
         started: Instant,
         deadline: Instant,
     ) -> Exchange {
-        let done = |outcome, status, detail: Option<String>| Exchange {
+        // Before an answer: no status, and the time is up to now.
+        let done = |outcome, detail: String| Exchange {
             outcome,
-            status,
+            status: None,
             elapsed: started.elapsed(),
-            detail,
+            detail: Some(detail),
         };
         let request = match self.request(body, request_id, decision) {
             Ok(r) => r,
             Err(e) => {
-                return done(
-                    Outcome::Unreachable(UpstreamError::Connect),
-                    None,
-                    Some(e.to_string()),
-                );
+                return done(Outcome::Unreachable(UpstreamError::Connect), e.to_string());
             }
         };
         let (sender, response) = match timeout_at(deadline, self.send(request, started)).await {
             Err(_) => {
-                return done(
-                    Outcome::TimedOut,
-                    None,
-                    Some("no answer before the deadline".into()),
-                );
+                return done(Outcome::TimedOut, "no answer before the deadline".into());
             }
             Ok(Err(SendError::Connect(e))) => {
                 return done(
                     Outcome::Unreachable(UpstreamError::Connect),
-                    None,
-                    Some(format!("connecting: {}", error_chain(&*e))),
+                    format!("connecting: {}", error_chain(&*e)),
                 );
             }
             Ok(Err(SendError::Exchange(e))) => {
@@ -244,7 +236,7 @@ impl Upstream {
                 } else {
                     UpstreamError::Dropped
                 };
-                return done(Outcome::Unreachable(kind), None, Some(error_chain(&e)));
+                return done(Outcome::Unreachable(kind), error_chain(&e));
             }
             Ok(Ok(sent)) => sent,
         };
@@ -255,12 +247,6 @@ impl Upstream {
         )
         .await;
         let answered = Instant::now();
-        let done = |outcome, status, detail: Option<String>| Exchange {
-            outcome,
-            status,
-            elapsed: answered - started,
-            detail,
-        };
         let answer: Result<Bytes, Unread> = match answer {
             Ok(Ok(collected)) => {
                 // Only a connection whose answer was read to its end can carry
@@ -272,45 +258,50 @@ impl Upstream {
             Ok(Err(e)) => Err(Unread::Broken(format!("reading the answer: {e}"))),
             Err(_) => Err(Unread::Late),
         };
+        let (outcome, detail) = self.judge(status, answer);
+        Exchange {
+            outcome,
+            status: Some(status),
+            elapsed: answered - started,
+            detail,
+        }
+    }
 
+    /// What an answer with `status` comes to, given its body or why the
+    /// body could not be read; with a detail for the operator's log.
+    fn judge(
+        &self,
+        status: StatusCode,
+        answer: Result<Bytes, Unread>,
+    ) -> (Outcome, Option<String>) {
         if status.is_success() {
             let Some(rule) = &self.route.ok_rule else {
                 // The status is the acceptance; a body that then fails to arrive changes nothing.
-                return done(
-                    Outcome::Delivered,
-                    Some(status),
-                    answer.err().map(Unread::detail),
-                );
+                return (Outcome::Delivered, answer.err().map(Unread::detail));
             };
             return match answer {
-                Ok(body) if rule.holds(&body) => done(Outcome::Delivered, Some(status), None),
+                Ok(body) if rule.holds(&body) => (Outcome::Delivered, None),
                 // Without the body nobody knows whether the rule held: the decision's
                 // fate is as unknown as when no answer came at all.
-                Err(Unread::Late) => {
-                    done(Outcome::TimedOut, Some(status), Some(Unread::Late.detail()))
+                Err(Unread::Late) => (Outcome::TimedOut, Some(Unread::Late.detail())),
+                Err(Unread::Broken(detail)) => {
+                    (Outcome::Unreachable(UpstreamError::Dropped), Some(detail))
                 }
-                Err(Unread::Broken(detail)) => done(
-                    Outcome::Unreachable(UpstreamError::Dropped),
-                    Some(status),
-                    Some(detail),
-                ),
-                Ok(body) => done(
+                Ok(body) => (
                     Outcome::Refused(Refusal {
                         upstream_status: status,
                         message: upstream_message(&body),
                         business_rule: true,
                     }),
-                    Some(status),
                     Some(format!("{} does not hold", crate::config::UPSTREAM_OK)),
                 ),
                 // An answer too long to judge is not a confirmation.
-                Err(Unread::TooLong) => done(
+                Err(Unread::TooLong) => (
                     Outcome::Refused(Refusal {
                         upstream_status: status,
                         message: None,
                         business_rule: true,
                     }),
-                    Some(status),
                     Some(Unread::TooLong.detail()),
                 ),
             };
@@ -319,13 +310,12 @@ impl Upstream {
             Ok(body) => (upstream_message(&body), None),
             Err(unread) => (None, Some(unread.detail())),
         };
-        done(
+        (
             Outcome::Refused(Refusal {
                 upstream_status: status,
                 message,
                 business_rule: false,
             }),
-            Some(status),
             detail,
         )
     }
