@@ -83,12 +83,14 @@ pub struct Gateway {
     pub deliveries: TaskTracker,
 }
 
-/// What a verified callback sends to the legacy system.
+/// What a verified callback sends to the legacy system, and when.
 struct Outbound {
     body: Vec<u8>,
     decision: Decision,
     /// When it was ready to send: the upstream's share of the time counts from here.
     verified_at: Instant,
+    /// When the upstream's answer must have come, for Feishu's to be in time.
+    deadline: Instant,
 }
 
 /// The facts of one callback, gathered for its log line.
@@ -225,14 +227,13 @@ impl Gateway {
             return Outcome::Rejected(Rejection::RateLimited { retry_after_secs });
         }
         let now = Instant::now();
-        let deadline = (now + self.upstream_timeout).min(started + ANSWER_WITHIN);
         let outbound = Outbound {
             body: upstream_body,
             decision,
             verified_at: now,
+            deadline: (now + self.upstream_timeout).min(started + ANSWER_WITHIN),
         };
-        self.forward(upstream, outbound, request_id, deadline, record)
-            .await
+        self.forward(upstream, outbound, request_id, record).await
     }
 
     /// Reads the whole body, by `BODY_READ_TIMEOUT` after the request `started`.
@@ -265,13 +266,13 @@ impl Gateway {
         upstream: &Arc<Upstream>,
         outbound: Outbound,
         request_id: &HeaderValue,
-        deadline: Instant,
         record: &mut Record,
     ) -> Outcome {
         let Outbound {
             body: upstream_body,
             decision,
             verified_at,
+            deadline,
         } = outbound;
         let ticket = match &self.dedup {
             None => None,
