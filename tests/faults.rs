@@ -271,7 +271,10 @@ async fn still_healthy(gate: &Gate, up: &Faulty) {
         gate.gateway.deliveries.is_empty(),
         "a delivery was left running"
     );
-    assert_eq!(metric(&gate.metrics().await, "feishu_gate_in_flight"), 0.0);
+    assert_eq!(
+        metric(&gate.metrics().await, "feishu_gate_callbacks_in_flight"),
+        0.0
+    );
 }
 
 /// One fault end to end: the status and message Feishu gets, within the

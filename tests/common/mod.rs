@@ -358,7 +358,8 @@ pub fn seal(key: &str, plaintext: &str) -> String {
     feishu_gate::send::seal(key, plaintext).unwrap()
 }
 
-/// A metric's value from the text exposition, 0 when absent.
+/// A metric's value from the text exposition; a series that is not exported fails the test,
+/// so an assertion on a misspelt or never-registered metric cannot pass by reading 0.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| {
@@ -366,5 +367,5 @@ pub fn metric(text: &str, series: &str) -> f64 {
                 .and_then(|rest| rest.strip_prefix(' '))
         })
         .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0.0)
+        .unwrap_or_else(|| panic!("no series {series} in the scrape:\n{text}"))
 }
