@@ -188,11 +188,6 @@ impl ServerTls {
         self.acceptor.clone()
     }
 
-    /// The certificate in service.
-    pub fn info(&self) -> &CertInfo {
-        &self.info
-    }
-
     /// Reads the files and applies them if they changed and settled.
     pub async fn reload(&mut self) -> Reload {
         let (cert_pem, key_pem) = (
