@@ -308,6 +308,7 @@ fn invalid_zh(e: &BodyError) -> String {
         BodyError::NotJson => "回调内容不是有效的 JSON".to_owned(),
         BodyError::NotObject => "回调内容不是 JSON 对象".to_owned(),
         BodyError::TooDeep => "回调内容嵌套层级过深".to_owned(),
+        BodyError::TooManyFields => format!("回调字段超过 {} 个", crate::callback::MAX_FIELDS),
         BodyError::DuplicateField(f) => format!("回调字段 {f} 重复出现"),
         BodyError::Missing(f) => format!("回调缺少字段 {f}"),
         BodyError::WrongType { field, expected } => {
