@@ -40,7 +40,9 @@ pub enum BodyError {
     TooDeep,
     #[error("body has more than {MAX_FIELDS} fields")]
     TooManyFields,
-    #[error("field {0} appears more than once")]
+    /// The name is kept for tests only: it is the caller's text, and nothing
+    /// the caller chose is echoed before authentication.
+    #[error("a field appears more than once")]
     DuplicateField(String),
     #[error("field {0} is missing")]
     Missing(&'static str),
