@@ -38,7 +38,11 @@ pub enum BodyError {
     NotObject,
     #[error("body is nested more than {MAX_DEPTH} levels deep")]
     TooDeep,
-    #[error("field {0} appears more than once")]
+    #[error("body has more than {MAX_FIELDS} fields")]
+    TooManyFields,
+    /// The name is kept for tests only: it is the caller's text, and nothing
+    /// the caller chose is echoed before authentication.
+    #[error("a field appears more than once")]
     DuplicateField(String),
     #[error("field {0} is missing")]
     Missing(&'static str),
@@ -53,6 +57,12 @@ pub enum BodyError {
 /// most; a deeper body could only be meant to exhaust a parser's stack,
 /// the gateway's or the legacy system's.
 pub const MAX_DEPTH: usize = 32;
+
+/// The most fields the callback object may have. Feishu's has about a dozen;
+/// the cap keeps the duplicate check (each key against the earlier ones)
+/// bounded per field, so refusing a body of many keys costs time linear in
+/// its size.
+pub const MAX_FIELDS: usize = 64;
 
 /// The deepest nesting of arrays and objects in `bytes`, counting past strings.
 /// Stops counting once `limit` is exceeded.
@@ -224,10 +234,13 @@ fn entries<'a, R: serde_json::de::Read<'a>>(
     mut de: serde_json::Deserializer<R>,
 ) -> Result<Vec<(Cow<'a, str>, &'a RawValue)>, BodyError> {
     let mut duplicate = None;
+    let mut too_many = false;
     let entries = match de.deserialize_map(ObjectVisitor {
         duplicate: &mut duplicate,
+        too_many: &mut too_many,
     }) {
         Ok(entries) => entries,
+        Err(_) if too_many => return Err(BodyError::TooManyFields),
         Err(_) if duplicate.is_some() => {
             return Err(BodyError::DuplicateField(duplicate.unwrap_or_default()));
         }
@@ -250,6 +263,8 @@ fn unescaped_string(raw: &RawValue) -> Option<&str> {
 struct ObjectVisitor<'d> {
     /// Set to the repeated key, so the caller can name it.
     duplicate: &'d mut Option<String>,
+    /// Set when the object has more than [`MAX_FIELDS`] fields.
+    too_many: &'d mut bool,
 }
 
 impl<'de> Visitor<'de> for ObjectVisitor<'_> {
@@ -262,8 +277,12 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut entries: Self::Value = Vec::with_capacity(map.size_hint().unwrap_or(12));
         while let Some(Key(key)) = map.next_key()? {
+            if entries.len() == MAX_FIELDS {
+                *self.too_many = true;
+                return Err(de::Error::custom("too many fields"));
+            }
             if entries.iter().any(|(k, _)| *k == key) {
-                // Callback objects have a dozen fields, so a linear scan beats hashing.
+                // At most MAX_FIELDS earlier keys: a scan beats hashing them.
                 *self.duplicate = Some(key.into_owned());
                 return Err(de::Error::custom("duplicate field"));
             }
@@ -658,6 +677,12 @@ mod tests {
             err(r#"{"token":"a","token":"b"}"#),
             BodyError::DuplicateField("token".into())
         );
+        let fields = |n: usize| {
+            let body: Vec<String> = (0..n).map(|i| format!("\"k{i}\":1")).collect();
+            format!("{{{}}}", body.join(","))
+        };
+        assert!(Fields::parse(fields(MAX_FIELDS).as_bytes()).is_ok());
+        assert_eq!(err(&fields(MAX_FIELDS + 1)), BodyError::TooManyFields);
         assert!(matches!(
             Fields::parse(b"{\"a\":\"\xff\"}"),
             Err(BodyError::NotJson)

@@ -198,10 +198,6 @@ impl Gateway {
         if self.health.is_shutting_down() {
             return Outcome::Rejected(Rejection::ShuttingDown);
         }
-        if let Err(retry_after_secs) = self.limits.check_global() {
-            self.metrics.count_rate_limited("global");
-            return Outcome::Rejected(Rejection::RateLimited { retry_after_secs });
-        }
         let body = match self.read_body(request, started).await {
             Ok(body) => {
                 record.body_read = true;
@@ -222,6 +218,13 @@ impl Gateway {
             decision,
         } = callback;
         let summary = record.summary.insert(summary);
+        // Charged only now, once the token matched: were junk charged, anyone
+        // could spend Feishu's budget and crowd out real callbacks. What
+        // bounds junk instead is the CPU each refusal costs.
+        if let Err(retry_after_secs) = self.limits.check_global() {
+            self.metrics.count_rate_limited("global");
+            return Outcome::Rejected(Rejection::RateLimited { retry_after_secs });
+        }
         if let Err(retry_after_secs) = self.limits.check_user(&summary.user_id) {
             self.metrics.count_rate_limited("user");
             return Outcome::Rejected(Rejection::RateLimited { retry_after_secs });

@@ -326,3 +326,41 @@ async fn real_callbacks_are_answered_through_hundreds_of_abusive_connections() {
     );
     assert_eq!(harness::get_status(gate.admin, "/readyz").await, Some(200));
 }
+
+/// Median time the gateway takes to answer `body`, over `runs` posts.
+async fn median_answer(addr: SocketAddr, body: &str, runs: usize) -> (Duration, u16) {
+    let mut times = Vec::with_capacity(runs);
+    let mut status = 0;
+    for _ in 0..runs {
+        let started = Instant::now();
+        status = post(addr, "/", body.to_owned(), &[]).await.status;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    (times[runs / 2], status)
+}
+
+/// Refusing a body of thousands of keys costs about what refusing a
+/// benign body of the same size does: the duplicate check is not quadratic.
+#[tokio::test]
+async fn a_body_of_many_keys_costs_no_more_to_refuse_than_one_string() {
+    let up = Upstream::start(Reply::ok()).await;
+    let gate = Gate::start(&up.url(), &[]).await;
+    let keys: Vec<String> = (0..6_100).map(|i| format!("\"{i:05}\":1")).collect();
+    let many = format!("{{{}}}", keys.join(","));
+    let one = format!(
+        "{{\"token\":\"wrong\",\"s\":\"{}\"}}",
+        "a".repeat(many.len() - 24)
+    );
+    assert!(many.len() > 60_000 && one.len().abs_diff(many.len()) < 100);
+    // Warm both paths up before measuring.
+    let _ = median_answer(gate.addr, &one, 3).await;
+    let _ = median_answer(gate.addr, &many, 3).await;
+    let (benign, benign_status) = median_answer(gate.addr, &one, 15).await;
+    let (hostile, hostile_status) = median_answer(gate.addr, &many, 15).await;
+    assert_eq!(benign_status, 401);
+    assert_eq!(hostile_status, 422);
+    let ratio = hostile.as_secs_f64() / benign.as_secs_f64();
+    assert!(ratio < 5.0, "many keys {hostile:?}, one string {benign:?}");
+    assert_eq!(up.count(), 0);
+}

@@ -114,6 +114,46 @@ async fn a_burst_over_the_global_limit_gets_429_and_only_the_allowed_reach_upstr
 }
 
 #[tokio::test]
+async fn a_flood_of_bad_tokens_spends_none_of_the_global_limit() {
+    let up = Upstream::start(Reply::ok()).await;
+    let gate = Gate::start(
+        &up.url(),
+        &[
+            (config::RATE_LIMIT_RPS, "1"),
+            (config::RATE_LIMIT_BURST, "2"),
+        ],
+    )
+    .await;
+    let mut junk = tokio::task::JoinSet::new();
+    for i in 0..60 {
+        let addr = gate.addr;
+        junk.spawn(async move {
+            let body = callback_with("not-the-token", "task_id", &format!("\"j{i}\""));
+            post(addr, "/", body, &[]).await.status
+        });
+    }
+    while let Some(status) = junk.join_next().await {
+        assert_eq!(
+            status.unwrap(),
+            401,
+            "junk is refused for its token, not its rate"
+        );
+    }
+    for i in 0..2 {
+        let answer = gate
+            .post(callback_with(TOKEN, "task_id", &format!("\"real{i}\"")))
+            .await;
+        assert_eq!(answer.status, 200, "real callback {i} after the flood");
+    }
+    assert_eq!(up.count(), 2);
+    let m = gate.metrics().await;
+    assert_eq!(
+        metric(&m, r#"feishu_gate_rate_limited_total{scope="global"}"#),
+        0.0
+    );
+}
+
+#[tokio::test]
 async fn one_approver_is_limited_while_another_is_not() {
     let up = Upstream::start(Reply::ok()).await;
     let gate = Gate::start(
