@@ -114,6 +114,11 @@ impl Metrics {
             duplicates.clone(),
         );
         let rate_limited = Family::<Label, Counter>::default();
+        // Both scopes are exported from the start at 0, so an alert on their rate
+        // has a series to read before the first refusal.
+        for scope in ["global", "user"] {
+            drop(rate_limited.get_or_create(&[("scope", scope)]));
+        }
         registry.register(
             "rate_limited",
             "Callbacks refused by a rate limit, by scope (global, user)",
