@@ -108,6 +108,13 @@ impl Gateway {
     pub fn new(config: &Config) -> Result<Self, crate::config::ConfigErrors> {
         let mut secrets: Vec<String> = config.tokens.plain().to_vec();
         secrets.extend_from_slice(config.keys.plain());
+        secrets.extend(
+            config
+                .upstream_headers
+                .0
+                .iter()
+                .map(|(_, v)| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        );
         Ok(Self {
             path: config.callback_path.clone(),
             max_body: config.max_body_bytes,

@@ -72,7 +72,8 @@ pub enum AuthFailure {
 pub struct Refusal {
     /// The status it answered with.
     pub upstream_status: StatusCode,
-    /// Its own message, already cleaned, if its body had one.
+    /// Its own message, markup and control characters already removed but not yet cut to
+    /// length, so that a secret is looked for in the whole text before any of it is cut.
     pub message: Option<String>,
     /// A 2xx whose body failed `UPSTREAM_OK`.
     pub business_rule: bool,
@@ -153,7 +154,8 @@ const SUCCESS_BODY: &[u8] = br#"{"code":0,"msg":"success"}"#;
 #[derive(Clone)]
 pub struct Translator {
     lang: Lang,
-    /// Tokens and keys: an upstream message that contains one is not passed on.
+    /// Tokens, keys and `UPSTREAM_HEADERS` values: a message that contains one is not
+    /// passed on.
     secrets: Vec<String>,
 }
 
@@ -192,8 +194,9 @@ impl Translator {
                     // A field name may also repeat a token or key back; the gateway's
                     // answers never contain one, whoever sent it.
                     return Some(
-                        clean(&text)
+                        fold(&text)
                             .filter(|m| !self.leaks_secret(m))
+                            .map(|m| clip(&m))
                             .unwrap_or_else(|| {
                                 pick(zh, "回调内容无效", "Invalid callback.").to_owned()
                             }),
@@ -231,7 +234,7 @@ impl Translator {
             },
             Outcome::Refused(r) => {
                 if let Some(own) = r.message.as_deref().filter(|m| !self.leaks_secret(m)) {
-                    return Some(own.to_owned());
+                    return Some(clip(own));
                 }
                 let code = r.upstream_status.as_u16();
                 return Some(match (zh, r.business_rule) {
@@ -346,12 +349,18 @@ pub fn upstream_message(body: &[u8]) -> Option<String> {
         .into_iter()
         .flatten()
         .filter_map(serde_json::Value::as_str)
-        .find_map(clean)
+        .find_map(fold)
 }
 
 /// Makes text fit for Feishu's card: markup removed, control characters and
 /// runs of white space folded to one space, at most 200 characters.
 pub fn clean(text: &str) -> Option<String> {
+    fold(text).map(|m| clip(&m))
+}
+
+/// [`clean`] without the cut to 200 characters (the work stays bounded): secrets are looked
+/// for in what this returns, since a cut first could leave part of one behind.
+fn fold(text: &str) -> Option<String> {
     let mut out = String::with_capacity(text.len().min(4 * MAX_MESSAGE_CHARS));
     let mut in_tag = false;
     let mut pending_space = false;
@@ -378,7 +387,6 @@ pub fn clean(text: &str) -> Option<String> {
             break;
         }
     }
-    let out = clip(&out);
     (!out.is_empty()).then_some(out)
 }
 
@@ -559,5 +567,29 @@ mod tests {
         });
         let m = t(Lang::En).message(&o).unwrap();
         assert_eq!(m, "The approval system refused this action (HTTP 403).");
+    }
+
+    #[test]
+    fn a_secret_across_the_cut_is_not_passed_on_in_part() {
+        let body = format!(
+            r#"{{"message":"{} s3cret-token"}}"#,
+            "x".repeat(MAX_MESSAGE_CHARS - 5)
+        );
+        let o = Outcome::Refused(Refusal {
+            upstream_status: StatusCode::FORBIDDEN,
+            message: upstream_message(body.as_bytes()),
+            business_rule: false,
+        });
+        let m = t(Lang::En).message(&o).unwrap();
+        assert_eq!(m, "The approval system refused this action (HTTP 403).");
+        let long = Outcome::Refused(Refusal {
+            upstream_status: StatusCode::FORBIDDEN,
+            message: upstream_message(format!(r#"{{"msg":"{}"}}"#, "审".repeat(500)).as_bytes()),
+            business_rule: false,
+        });
+        assert_eq!(
+            t(Lang::En).message(&long).unwrap().chars().count(),
+            MAX_MESSAGE_CHARS
+        );
     }
 }

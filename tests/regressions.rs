@@ -173,3 +173,32 @@ fn check_config_never_echoes_a_header_entry_that_may_be_a_credential() {
         "{err}"
     );
 }
+
+/// A legacy system that echoes its own credential in a refusal, past the length Feishu
+/// shows: the operator's `UPSTREAM_HEADERS` value is a secret like the token, and is looked
+/// for before the message is cut, so not even its first characters reach the approver.
+#[tokio::test]
+async fn an_upstream_header_value_echoed_in_a_refusal_is_not_passed_on() {
+    let credential = "Bearer legacy-credential-0123456789";
+    let padding = "x".repeat(190);
+    let up = Upstream::start(Reply::json(
+        403,
+        &format!(r#"{{"message":"{padding} bad credential {credential}"}}"#),
+    ))
+    .await;
+    let gate = Gate::start(
+        &up.url(),
+        &[(
+            config::UPSTREAM_HEADERS,
+            "Authorization=Bearer%20legacy-credential-0123456789",
+        )],
+    )
+    .await;
+    let m = gate.post(callback(TOKEN)).await.feishu_error(403);
+    assert_eq!(up.count(), 1);
+    assert!(!m.contains("legacy-credential"), "{m}");
+    assert!(
+        !m.contains(&padding[..50]),
+        "the refusal's own text was passed on: {m}"
+    );
+}
