@@ -181,7 +181,10 @@ impl Upstream {
             .call(self.route.url.clone())
             .await
             .map_err(SendError::Connect)?;
+        // Some legacy servers match header names case-sensitively; hyper would
+        // otherwise send them all lower-case.
         let (sender, connection) = http1::Builder::new()
+            .title_case_headers(true)
             .handshake(io)
             .await
             .map_err(|e| SendError::Connect(Box::new(e)))?;

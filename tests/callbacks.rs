@@ -602,3 +602,45 @@ async fn a_connection_refused_before_its_body_says_it_will_close() {
     }
     assert_eq!(up.count(), 2);
 }
+
+#[tokio::test]
+async fn header_names_reach_an_http1_upstream_in_title_case() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let raw = tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = sock.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the gateway closed before its headers ended");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body = br#"{"code":0}"#;
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        sock.write_all(head.as_bytes()).await.unwrap();
+        sock.write_all(body).await.unwrap();
+        String::from_utf8_lossy(&buf).into_owned()
+    });
+    let gate = Gate::start(
+        &format!("http://{addr}/legacy/approve"),
+        &[(config::UPSTREAM_HEADERS, "x-tenant=acme")],
+    )
+    .await;
+    let answer = gate.post(callback(TOKEN)).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let head = raw.await.unwrap();
+    for name in [
+        "\r\nContent-Type: ",
+        "\r\nX-Request-Id: ",
+        "\r\nIdempotency-Key: ",
+        "\r\nUser-Agent: ",
+        "\r\nX-Tenant: acme",
+    ] {
+        assert!(head.contains(name), "{name:?} not in {head:?}");
+    }
+}
