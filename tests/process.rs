@@ -73,7 +73,7 @@ fn every_bad_variable_is_reported_at_once() {
             ("FEISHU_GATE_MAX_BODY_BYTES", "lots"),
             (
                 "FEISHU_GATE_UPSTREAM_HEADERS",
-                "Authorization:Bearer hush-hush",
+                "Authorization: Bearer hush-hush%zz",
             ),
         ],
     );
@@ -94,6 +94,102 @@ fn every_bad_variable_is_reported_at_once() {
         );
     }
     assert!(!err.contains("hush-hush"), "{err}");
+}
+
+#[test]
+fn check_config_names_each_mistake_that_would_fail_at_run_time() {
+    let base = [("FEISHU_GATE_TOKEN", "t")];
+    let url = "FEISHU_GATE_UPSTREAM_URL";
+    let headers = "FEISHU_GATE_UPSTREAM_HEADERS";
+    for (variable, value, problem) in [
+        (
+            url,
+            "http://127.0.0.1:80800/",
+            "has a port out of range: it must be from 1 to 65535",
+        ),
+        (
+            url,
+            "127.0.0.1:8080/approve",
+            "has no scheme: write it in full, e.g. http://127.0.0.1:8080/approve",
+        ),
+        (
+            headers,
+            "X-Tenant=acme;X-Token=hush-hush",
+            "the value of x-tenant holds a ';': separate headers with ',', and write a ';' \
+             that belongs to a value as %3B",
+        ),
+        (
+            headers,
+            "X-Token=a,x-token=hush-hush",
+            "x-token is given twice",
+        ),
+        (
+            headers,
+            "X-Token=hush-hush%G1",
+            "the value of x-token has a % not followed by two hex digits \
+             (write a literal % as %25)",
+        ),
+        (
+            "FEISHU_GATE_LOG_FORMAT",
+            "yaml",
+            "\"yaml\" is not json or text",
+        ),
+    ] {
+        let mut env = base.to_vec();
+        if variable != url {
+            env.push((url, "http://127.0.0.1:8080/"));
+        }
+        env.push((variable, value));
+        let (code, out, err) = run(&["check-config"], &env);
+        assert_eq!(code, 64, "{value}: {out}{err}");
+        assert_eq!(err.trim_end(), format!("{variable}: {problem}"), "{value}");
+        assert!(!err.contains("hush-hush"), "{err}");
+    }
+}
+
+#[test]
+fn check_config_accepts_what_operators_paste_and_warns_about_what_misleads() {
+    let (code, out, err) = run(
+        &["check-config"],
+        &[
+            ("FEISHU_GATE_UPSTREAM_URL", "http://legacy.internal:8080/cb"),
+            ("FEISHU_GATE_TOKEN", "t"),
+            (
+                "FEISHU_GATE_UPSTREAM_HEADERS",
+                "Authorization: Bearer hush-hush, X-Tenant: acme",
+            ),
+            ("FEISHU_GATE_LANG", "zh_CN.UTF-8"),
+            ("FEISHU_GATE_LOG_FORMAT", "TEXT"),
+            ("FEISHU_GATE_ALLOW_PLAINTEXT", "true"),
+            ("FEISHU_GATE_UPSTREAM_TIMEOUT_MS", "9000"),
+            ("FEISHU_GATE_SHUTDOWN_GRACE_MS", "3000"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("FEISHU_GATE_UPSTREAM_HEADERS=authorization=<redacted>,x-tenant=<redacted>"),
+        "{out}"
+    );
+    assert!(out.contains("FEISHU_GATE_LANG=zh\n"), "{out}");
+    assert!(out.contains("FEISHU_GATE_LOG_FORMAT=text\n"), "{out}");
+    let warnings: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("warning: "))
+        .collect();
+    for about in [
+        "FEISHU_GATE_ALLOW_PLAINTEXT has no effect without FEISHU_GATE_KEY",
+        "FEISHU_GATE_UPSTREAM_OK is not set",
+        "FEISHU_GATE_UPSTREAM_TIMEOUT_MS (9000 ms) is longer than FEISHU_GATE_SHUTDOWN_GRACE_MS (3000 ms)",
+        "neither FEISHU_GATE_TLS_CERT nor FEISHU_GATE_KEY is set",
+        "FEISHU_GATE_UPSTREAM_URL is http:// to a host other than this pod's loopback",
+    ] {
+        assert!(
+            warnings.iter().any(|w| w.starts_with(about)),
+            "{about} not in {warnings:#?}"
+        );
+    }
+    assert_eq!(warnings.len(), 5, "{warnings:#?}");
+    assert!(!err.contains("hush-hush") && !out.contains("hush-hush"));
 }
 
 #[test]
