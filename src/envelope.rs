@@ -39,7 +39,7 @@ pub enum EnvelopeError {
     TooShort,
     #[error("encrypt decodes to a length that is not a multiple of 16")]
     NotBlockAligned,
-    #[error("encrypt does not decrypt to valid PKCS#7 padding")]
+    #[error("encrypt does not decrypt to valid PKCS#7 padding (wrong key?)")]
     BadPadding,
 }
 

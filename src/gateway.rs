@@ -31,6 +31,10 @@ use crate::verify::Verifier;
 /// Feishu gives up after 10 s; answering by 9.5 s leaves room for the network.
 pub const ANSWER_WITHIN: Duration = Duration::from_millis(9_500);
 
+/// `UPSTREAM_HEADERS` values shorter than this (`X-Tenant=42`) are not looked for in the
+/// legacy system's messages: no credential is that short, and ordinary text holds them.
+const MIN_HEADER_SECRET_LEN: usize = 6;
+
 /// A callback body is a few KiB; a client slower than this is not Feishu.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -108,13 +112,18 @@ impl Gateway {
     pub fn new(config: &Config) -> Result<Self, crate::config::ConfigErrors> {
         let mut secrets: Vec<String> = config.tokens.plain().to_vec();
         secrets.extend_from_slice(config.keys.plain());
-        secrets.extend(
-            config
-                .upstream_headers
-                .0
-                .iter()
-                .map(|(_, v)| String::from_utf8_lossy(v.as_bytes()).into_owned()),
-        );
+        secrets.extend(config.upstream_headers.0.iter().flat_map(|(_, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            // `Bearer abc…`: an echo of the credentials alone gives away as much.
+            let credentials = value
+                .split_once(' ')
+                .map(|(_, c)| c.trim().to_owned())
+                .filter(|c| c.len() >= MIN_HEADER_SECRET_LEN);
+            [Some(value), credentials]
+                .into_iter()
+                .flatten()
+                .filter(|s| s.len() >= MIN_HEADER_SECRET_LEN)
+        }));
         Ok(Self {
             path: config.callback_path.clone(),
             max_body: config.max_body_bytes,
@@ -329,7 +338,9 @@ impl Gateway {
         };
         record.upstream_status = exchange.status;
         record.upstream_elapsed = Some(exchange.elapsed);
-        record.detail = exchange.detail;
+        record.detail = self
+            .translator
+            .log_detail(exchange.detail, &exchange.outcome);
         self.metrics
             .upstream_duration
             .observe(exchange.elapsed.as_secs_f64());

@@ -27,6 +27,9 @@ use crate::tls;
 /// message, small enough that a runaway answer costs nothing.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
+/// The most of a value from the answer (a `Location`) a log detail holds.
+const MAX_DETAIL_CHARS: usize = 512;
+
 /// Idle pooled connections are dropped before common servers drop them
 /// (Node.js closes after 5 s), so a reused connection is rarely found dead
 /// mid-request, which would leave the decision's fate unknown.
@@ -244,6 +247,11 @@ impl Upstream {
             Ok(Ok(sent)) => sent,
         };
         let status = response.status();
+        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+        let location = status
+            .is_redirection()
+            .then(|| response.headers().get(header::LOCATION).cloned())
+            .flatten();
         let answer = timeout_at(
             deadline,
             Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect(),
@@ -261,7 +269,17 @@ impl Upstream {
             Ok(Err(e)) => Err(Unread::Broken(format!("reading the answer: {e}"))),
             Err(_) => Err(Unread::Late),
         };
-        let (outcome, detail) = self.judge(status, answer);
+        let (outcome, mut detail) = self.judge(status, content_type.as_ref(), answer);
+        if let Some(location) = location {
+            // Where a login or maintenance page sent us: the quickest clue to why.
+            let location = String::from_utf8_lossy(location.as_bytes());
+            let location: String = location.chars().take(MAX_DETAIL_CHARS).collect();
+            let redirect = format!("redirected to {location}");
+            detail = Some(match detail {
+                Some(d) => format!("{redirect}; {d}"),
+                None => redirect,
+            });
+        }
         Exchange {
             outcome,
             status: Some(status),
@@ -275,6 +293,7 @@ impl Upstream {
     fn judge(
         &self,
         status: StatusCode,
+        content_type: Option<&HeaderValue>,
         answer: Result<Bytes, Unread>,
     ) -> (Outcome, Option<String>) {
         if status.is_success() {
@@ -282,8 +301,9 @@ impl Upstream {
                 // The status is the acceptance; a body that then fails to arrive changes nothing.
                 return (Outcome::Delivered, answer.err().map(Unread::detail));
             };
+            let verdict = answer.as_ref().ok().map(|body| rule.check(body));
             return match answer {
-                Ok(body) if rule.holds(&body) => (Outcome::Delivered, None),
+                Ok(_) if matches!(verdict, Some(Ok(()))) => (Outcome::Delivered, None),
                 // Without the body nobody knows whether the rule held: the decision's
                 // fate is as unknown as when no answer came at all.
                 Err(Unread::Late) => (Outcome::TimedOut, Some(Unread::Late.detail())),
@@ -293,10 +313,14 @@ impl Upstream {
                 Ok(body) => (
                     Outcome::Refused(Refusal {
                         upstream_status: status,
-                        message: upstream_message(&body),
+                        message: upstream_message(content_type, &body),
                         business_rule: true,
                     }),
-                    Some(format!("{} does not hold", crate::config::UPSTREAM_OK)),
+                    Some(format!(
+                        "{} {rule} does not hold: {}",
+                        crate::config::UPSTREAM_OK,
+                        verdict.and_then(Result::err).unwrap_or_default()
+                    )),
                 ),
                 // An answer too long to judge is not a confirmation.
                 Err(Unread::TooLong) => (
@@ -310,7 +334,7 @@ impl Upstream {
             };
         }
         let (message, detail) = match answer {
-            Ok(body) => (upstream_message(&body), None),
+            Ok(body) => (upstream_message(content_type, &body), None),
             Err(unread) => (None, Some(unread.detail())),
         };
         (
