@@ -196,8 +196,7 @@ fn serve() -> ExitCode {
         for warning in &loaded.warnings {
             tracing::warn!("{warning}");
         }
-        let settings: Vec<String> = config.describe().into_iter().map(|(k, v)| format!("{k}={v}")).collect();
-        tracing::info!(version = env!("CARGO_PKG_VERSION"), settings = %settings.join(" "), "starting");
+        log_start(&config.describe());
         let listeners = match bind(&config).await {
             Ok(l) => l,
             Err(message) => {
@@ -209,13 +208,81 @@ fn serve() -> ExitCode {
         let shutdown = shutdown_signal();
         let acceptor = tls.as_ref().map(ServerTls::acceptor);
         let reload = tls.map(|tls| tokio::spawn(tls.watch(RELOAD_POLL, gateway.metrics.clone())));
-        server::serve(Arc::new(gateway), listeners, acceptor, shutdown, config.shutdown_grace).await;
+        server::serve(
+            Arc::new(gateway),
+            listeners,
+            acceptor,
+            shutdown,
+            config.shutdown_grace,
+        )
+        .await;
         if let Some(reload) = reload {
             reload.abort();
         }
         logging::flush();
         ExitCode::SUCCESS
     })
+}
+
+/// The start-up line: each effective setting a field of its own, named as its variable
+/// without the prefix, in lower case (`upstream_timeout_ms`), secrets redacted.
+fn log_start(settings: &[(&'static str, String)]) {
+    macro_rules! starting {
+        ($($field:ident),* $(,)?) => {{
+            let value = |field: &str| {
+                settings
+                    .iter()
+                    .find(|(name, _)| name_of(name) == field)
+                    .map(|(_, value)| value.as_str())
+            };
+            // A setting this list does not name yet is still logged, not dropped.
+            let named = [$(stringify!($field)),*];
+            let rest: Vec<String> = settings
+                .iter()
+                .filter(|(name, _)| !named.contains(&name_of(name).as_str()))
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect();
+            tracing::info!(
+                version = env!("CARGO_PKG_VERSION"),
+                $($field = value(stringify!($field)),)*
+                other_settings = (!rest.is_empty()).then(|| rest.join(" ")),
+                "starting"
+            );
+        }};
+    }
+    fn name_of(variable: &str) -> String {
+        variable
+            .strip_prefix(config::PREFIX)
+            .unwrap_or(variable)
+            .to_ascii_lowercase()
+    }
+    starting!(
+        listen,
+        admin_listen,
+        callback_path,
+        upstream_url,
+        upstream_timeout_ms,
+        upstream_headers,
+        upstream_ca_file,
+        upstream_client_cert,
+        upstream_client_key,
+        upstream_ok,
+        token,
+        key,
+        allow_plaintext,
+        tls_cert,
+        tls_key,
+        max_body_bytes,
+        rate_limit_rps,
+        user_rate_limit_rps,
+        dedup_ttl_secs,
+        message_id_as_string,
+        lang,
+        log_format,
+        shutdown_grace_ms,
+        max_connections,
+        workers,
+    );
 }
 
 async fn bind(config: &Config) -> Result<Listeners, String> {

@@ -486,6 +486,13 @@ fn detail(rejection: &Rejection) -> String {
     }
 }
 
+/// Milliseconds to the microsecond: `2.226`, not the `2.2260079999999998` that
+/// `as_secs_f64() * 1000.0` prints.
+fn millis(d: Duration) -> f64 {
+    // Microseconds fit an f64 exactly for 285 years; the division rounds once.
+    d.as_micros() as f64 / 1000.0
+}
+
 macro_rules! callback_line {
     ($level:ident, $outcome:expr, $status:expr, $id:expr, $elapsed:expr, $r:expr) => {{
         let s = $r.summary.as_ref();
@@ -500,8 +507,8 @@ macro_rules! callback_line {
             outcome = $outcome.label(),
             status = $status.as_u16(),
             upstream_status = $r.upstream_status.map(|s| s.as_u16()),
-            duration_ms = $elapsed.as_secs_f64() * 1000.0,
-            upstream_ms = $r.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
+            duration_ms = millis($elapsed),
+            upstream_ms = $r.upstream_elapsed.map(millis),
             detail = $r.detail.as_deref(),
             "callback"
         )
@@ -521,5 +528,24 @@ fn log(
             callback_line!(warn, outcome, status, id, elapsed, record)
         }
         _ => callback_line!(info, outcome, status, id, elapsed, record),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_logged_to_the_microsecond() {
+        let shown = |nanos| serde_json::to_string(&millis(Duration::from_nanos(nanos))).unwrap();
+        assert_eq!(shown(2_226_008), "2.226");
+        assert_eq!(shown(9_500_000_000), "9500.0");
+        assert_eq!(shown(999), "0.0");
+        assert_eq!(shown(1_001), "0.001");
+        for micros in [1_u64, 7, 333, 12_345, 2_226, 9_499_999] {
+            let text = shown(micros * 1_000);
+            let decimals = text.split_once('.').map_or(0, |(_, d)| d.len());
+            assert!(decimals <= 3, "{micros} µs shown as {text}");
+        }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use feishu_gate::config;
 
 const BIN: &str = env!("CARGO_BIN_EXE_feishu-gate");
 
@@ -456,20 +457,36 @@ async fn one_json_log_line_per_callback_without_secrets() {
     assert_eq!(ok["task_id"], "task-1");
     assert_eq!(ok["action"], "APPROVE");
     assert!(ok["request_id"].as_str().is_some_and(|s| !s.is_empty()));
-    assert!(ok["duration_ms"].as_f64().is_some() && ok["upstream_ms"].as_f64().is_some());
+    for field in ["duration_ms", "upstream_ms"] {
+        let ms = ok[field].to_string();
+        assert!(ok[field].as_f64().is_some(), "{field}: {ms}");
+        // To the microsecond, never float noise.
+        assert!(
+            ms.split_once('.')
+                .is_none_or(|(_, decimals)| decimals.len() <= 3),
+            "{field}: {ms}"
+        );
+    }
     assert_eq!(callbacks[1]["outcome"], "unauthorized");
     assert_eq!(callbacks[1]["status"], 401);
-    // Start-up logs the effective configuration, redacted.
+    // Start-up logs the effective configuration, redacted, each setting a field named as
+    // its variable.
     let start = lines
         .iter()
         .find(|l| l["message"] == "starting")
         .expect("a start-up line");
-    assert!(
-        start["settings"]
-            .as_str()
+    assert_eq!(start["token"], "<redacted: 1>", "{start}");
+    assert_eq!(start["key"], "<redacted: 1>", "{start}");
+    assert_eq!(start["upstream_timeout_ms"], "8000", "{start}");
+    assert!(start.get("other_settings").is_none(), "{start}");
+    let burst = [config::RATE_LIMIT_BURST, config::USER_RATE_LIMIT_BURST];
+    for variable in config::VARIABLES.iter().filter(|v| !burst.contains(v)) {
+        let field = variable
+            .strip_prefix(config::PREFIX)
             .unwrap()
-            .contains("FEISHU_GATE_TOKEN=<redacted: 1>")
-    );
+            .to_ascii_lowercase();
+        assert!(start[&field].is_string(), "{field} missing from {start}");
+    }
 }
 
 /// Starts the binary with `grace_ms` of shutdown grace and posts one
