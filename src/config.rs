@@ -964,7 +964,7 @@ const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
 
 /// Reads a secret file, refusing anything but a regular file of sane size:
 /// `/dev/stdin` would block start-up and `/dev/zero` would never end.
-fn read_secret_file(path: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn read_secret_file(path: &str) -> Result<Vec<u8>, String> {
     use std::io::Read as _;
     let file = std::fs::File::open(path).map_err(|e| e.kind().to_string())?;
     let meta = file.metadata().map_err(|e| e.kind().to_string())?;

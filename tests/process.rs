@@ -250,12 +250,15 @@ fn encrypt_and_decrypt_commands_speak_feishus_envelope() {
         if !plaintext.starts_with('{') {
             continue;
         }
-        let out = pipe(&["decrypt", "--key", key], v["encrypt"].as_str().unwrap());
+        let out = pipe(
+            &["decrypt", "--show-token", "--key", key],
+            v["encrypt"].as_str().unwrap(),
+        );
         assert_eq!(out.trim_end(), plaintext, "{}", v["name"]);
         let sealed = pipe(&["encrypt", "--key", key], plaintext);
         assert!(sealed.starts_with("{\"encrypt\":"), "{sealed}");
         assert_eq!(
-            pipe(&["decrypt", "--key", key], &sealed).trim_end(),
+            pipe(&["decrypt", "--show-token", "--key", key], &sealed).trim_end(),
             plaintext
         );
     }
@@ -281,6 +284,101 @@ fn encrypt_and_decrypt_commands_speak_feishus_envelope() {
     };
     assert_eq!(code, 1);
     assert!(err.contains("cannot decrypt"), "{err}");
+}
+
+/// Runs a command with `input` on stdin: exit code, stdout, stderr.
+fn run_with_input(args: &[&str], env: &[(&str, &str)], input: &str) -> (i32, String, String) {
+    let mut child = gate_command(args, env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn debugging_commands_take_secrets_from_files_and_keep_them_off_the_screen() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    let key_path = key_file.to_str().unwrap();
+    let plaintext = callback(TOKEN);
+
+    // Sealed with the key read from a file, by flag or by variable.
+    let (code, sealed, err) = run_with_input(&["encrypt", "--key-file", key_path], &[], &plaintext);
+    assert_eq!(code, 0, "{err}");
+    let (code, opened, err) =
+        run_with_input(&["decrypt"], &[("FEISHU_GATE_KEY_FILE", key_path)], &sealed);
+    assert_eq!(code, 0, "{err}");
+    // The token is not shown unless asked for; the rest is byte for byte.
+    assert_eq!(
+        opened.trim_end(),
+        plaintext.replace(&format!("\"{TOKEN}\""), "\"<redacted>\"")
+    );
+    assert!(!opened.contains(TOKEN));
+    let (_, shown, _) = run_with_input(
+        &["decrypt", "--show-token", "--key-file", key_path],
+        &[],
+        &sealed,
+    );
+    assert_eq!(shown.trim_end(), plaintext);
+
+    // A missing file is named; the key is never echoed.
+    let (code, _, err) = run_with_input(&["encrypt", "--key-file", "/no/such/key"], &[], "{}");
+    assert_eq!(code, 64);
+    assert_eq!(
+        err.trim_end(),
+        "feishu-gate: cannot read the key from /no/such/key: entity not found"
+    );
+    let (code, _, err) = run_with_input(&["decrypt"], &[], &sealed);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--key-file"), "{err}");
+}
+
+#[test]
+fn encrypt_refuses_what_is_not_a_callback_unless_asked() {
+    let key = [("FEISHU_GATE_KEY", KEY)];
+    for (input, problem) in [
+        ("", "stdin is empty"),
+        ("\n", "stdin is empty"),
+        (
+            "approve please",
+            "stdin is not a JSON object, as a callback is",
+        ),
+        ("[1,2]", "stdin is not a JSON object, as a callback is"),
+        (
+            "{\"token\":",
+            "stdin is not a JSON object, as a callback is",
+        ),
+    ] {
+        let (code, out, err) = run_with_input(&["encrypt"], &key, input);
+        assert_eq!(code, 1, "{input:?}");
+        assert!(out.is_empty(), "{out}");
+        assert_eq!(
+            err.trim_end(),
+            format!("feishu-gate: {problem}; --any-input seals it anyway"),
+            "{input:?}"
+        );
+    }
+    let (code, sealed, _) =
+        run_with_input(&["encrypt", "--any-input", "--raw"], &key, "approve please");
+    assert_eq!(code, 0);
+    let opened = feishu_gate::envelope::CallbackKey::new(KEY)
+        .decrypt(sealed.trim_end())
+        .unwrap();
+    assert_eq!(opened, b"approve please");
 }
 
 fn pipe(args: &[&str], input: &str) -> String {
@@ -608,19 +706,76 @@ async fn send_command_smoke_tests_a_running_gateway() {
         );
         assert_eq!(code, 0, "{out}{err}");
         assert!(out.starts_with("200 "), "{out}");
+        assert!(
+            out.lines().any(|l| l.starts_with("X-Request-Id: ")),
+            "{out}"
+        );
         let (code, out, _) = run(&["send", "--url", &target, "--token", "wrong"], &[]);
         assert_eq!(code, 1);
         assert!(out.starts_with("401 "), "{out}");
+        // The token from a file, and a request id of the operator's choosing.
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+        let (code, out, err) = run(
+            &[
+                "send",
+                "--url",
+                &target,
+                "--token-file",
+                token_file.to_str().unwrap(),
+                "--request-id",
+                "smoke-test-42",
+                "--task-id",
+                "t-10",
+            ],
+            &[("FEISHU_GATE_KEY", KEY)],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(
+            out.lines().nth(1),
+            Some("X-Request-Id: smoke-test-42"),
+            "{out}"
+        );
     })
     .await
     .unwrap();
     let got = up.received();
-    assert_eq!(got.len(), 1);
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        got[1].header("x-request-id").as_deref(),
+        Some("smoke-test-42")
+    );
     let text = got[0].text();
     assert!(
         text.contains(r#""action_type":"REJECT""#) && text.contains("7250020197497765889"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_shows_when_to_try_again() {
+    let up = Upstream::start(Reply::ok()).await;
+    let url = up.url();
+    tokio::task::spawn_blocking(move || {
+        let served = Served::start(
+            &url,
+            &[
+                ("FEISHU_GATE_RATE_LIMIT_RPS", "1"),
+                ("FEISHU_GATE_RATE_LIMIT_BURST", "1"),
+            ],
+        );
+        let target = format!("http://127.0.0.1:{}/", served.port);
+        let secrets = [("FEISHU_GATE_TOKEN", TOKEN), ("FEISHU_GATE_KEY", KEY)];
+        let (code, out, _) = run(&["send", "--url", &target, "--task-id", "a"], &secrets);
+        assert_eq!(code, 0, "{out}");
+        let (code, out, _) = run(&["send", "--url", &target, "--task-id", "b"], &secrets);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.starts_with("429 "), "{out}");
+        assert!(out.lines().any(|l| l == "Retry-After: 1"), "{out}");
+    })
+    .await
+    .unwrap();
 }
 
 #[test]
