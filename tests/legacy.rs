@@ -18,7 +18,8 @@ use tokio::net::TcpListener;
 /// whatever charset, whatever headers. Counts the requests it read.
 struct Legacy {
     addr: SocketAddr,
-    requests: Arc<Mutex<usize>>,
+    /// Each request's head, as the bytes arrived.
+    heads: Arc<Mutex<Vec<String>>>,
 }
 
 impl Legacy {
@@ -37,8 +38,8 @@ impl Legacy {
             .as_bytes(),
         );
         response.extend_from_slice(body);
-        let requests = Arc::new(Mutex::new(0));
-        let counter = requests.clone();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let counter = heads.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut sock, _)) = listener.accept().await else {
@@ -47,14 +48,14 @@ impl Legacy {
                 let response = response.clone();
                 let counter = counter.clone();
                 tokio::spawn(async move {
-                    if read_request(&mut sock).await {
-                        *counter.lock().unwrap() += 1;
+                    if let Some(head) = read_request(&mut sock).await {
+                        counter.lock().unwrap().push(head);
                         let _ = sock.write_all(&response).await;
                     }
                 });
             }
         });
-        Self { addr, requests }
+        Self { addr, heads }
     }
 
     fn url(&self) -> String {
@@ -62,28 +63,30 @@ impl Legacy {
     }
 
     fn requests(&self) -> usize {
-        *self.requests.lock().unwrap()
+        self.heads.lock().unwrap().len()
     }
 }
 
-/// Reads one request, head and `Content-Length` body; false if the peer went away.
-async fn read_request(sock: &mut tokio::net::TcpStream) -> bool {
+/// Reads one request, head and `Content-Length` body, and returns its head; `None` if the
+/// peer went away first.
+async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
             let length: usize = head
+                .to_ascii_lowercase()
                 .lines()
                 .find_map(|l| l.strip_prefix("content-length:"))
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0);
             if buf.len() >= end + 4 + length {
-                return true;
+                return Some(head);
             }
         }
         match sock.read(&mut chunk).await {
-            Ok(0) | Err(_) => return false,
+            Ok(0) | Err(_) => return None,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
@@ -236,4 +239,36 @@ async fn a_refusal_echoing_a_credential_is_logged_redacted() {
         "{:?}",
         gate.log_tail()
     );
+}
+
+#[tokio::test]
+async fn header_names_arrive_in_their_conventional_case() {
+    let legacy = Legacy::answering(
+        "200 OK",
+        &["Content-Type: application/json"],
+        br#"{"code":0}"#,
+    )
+    .await;
+    let gate = gateway(
+        &legacy,
+        &[(
+            "FEISHU_GATE_UPSTREAM_HEADERS",
+            "X-Tenant: acme, authorization=Basic%20dTpw",
+        )],
+    )
+    .await;
+    assert_eq!(send(&gate).await.status, 200);
+    let head = legacy.heads.lock().unwrap()[0].clone();
+    for line in [
+        "\r\nContent-Type: application/json",
+        "\r\nX-Request-Id: ",
+        "\r\nIdempotency-Key: ",
+        "\r\nUser-Agent: feishu-gate/",
+        "\r\nX-Tenant: acme",
+        "\r\nAuthorization: Basic dTpw",
+        "\r\nHost: ",
+        "\r\nContent-Length: ",
+    ] {
+        assert!(head.contains(line), "{line:?} not in {head:?}");
+    }
 }
