@@ -252,10 +252,16 @@ impl Translator {
                     }
                 });
             }
-            Outcome::Unreachable(_) => pick(
+            Outcome::Unreachable(UpstreamError::Connect) => pick(
                 zh,
                 "审批系统暂时无法访问，请稍后重试",
                 "The approval system is unavailable, please try again later.",
+            ),
+            // The request may have been received: only a refresh tells whether it took effect.
+            Outcome::Unreachable(UpstreamError::Dropped) => pick(
+                zh,
+                "与审批系统的连接中断，请稍后刷新确认审批结果",
+                "The connection to the approval system broke off; refresh to check whether the action took effect.",
             ),
             Outcome::TimedOut => pick(
                 zh,

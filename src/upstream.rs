@@ -298,8 +298,18 @@ impl Upstream {
     ) -> (Outcome, Option<String>) {
         if status.is_success() {
             let Some(rule) = &self.route.ok_rule else {
-                // The status is the acceptance; a body that then fails to arrive changes nothing.
-                return (Outcome::Delivered, answer.err().map(Unread::detail));
+                // The status is the acceptance, but only of an answer that arrived whole: a
+                // server that stalls or breaks off after its status line may have failed
+                // after writing it (RFC 9112 §8). One too long to read was sent whole as far
+                // as anyone can tell, and without a rule its body does not matter.
+                return match answer {
+                    Ok(_) => (Outcome::Delivered, None),
+                    Err(Unread::TooLong) => (Outcome::Delivered, Some(Unread::TooLong.detail())),
+                    Err(Unread::Late) => (Outcome::TimedOut, Some(Unread::Late.detail())),
+                    Err(Unread::Broken(detail)) => {
+                        (Outcome::Unreachable(UpstreamError::Dropped), Some(detail))
+                    }
+                };
             };
             let verdict = answer.as_ref().ok().map(|body| rule.check(body));
             return match answer {
