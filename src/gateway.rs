@@ -179,10 +179,12 @@ impl Gateway {
         response
             .headers_mut()
             .insert(HeaderName::from_static(REQUEST_ID), request_id.clone());
-        if keeps_alive_by_header && !record.body_read {
-            // Refused before its body was read: the connection is closed after
-            // this answer, and saying so keeps the client from sending its next
-            // request into a socket that is going away.
+        if keeps_alive_by_header && (!record.body_read || outcome.closes_connection()) {
+            // Refused before its body was read, the connection cannot carry another
+            // request; refused before its token verified, it should not, or a client
+            // without the token could hold it for ever with requests refused one by
+            // one. Saying so keeps the client from sending its next request into a
+            // socket that is going away.
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -125,6 +125,13 @@ impl Outcome {
         }
     }
 
+    /// Whether the connection is closed after this answer: the gateway refused the request
+    /// itself, and no verified callback was rate limited (Feishu retries those, on the
+    /// connection it has).
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, Self::Rejected(r) if !matches!(r, Rejection::RateLimited { .. }))
+    }
+
     /// The status Feishu receives.
     pub fn status(&self) -> StatusCode {
         match self {

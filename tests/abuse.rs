@@ -66,16 +66,19 @@ async fn slowloris(addr: SocketAddr, limit: Duration) -> Closed {
     until_closed(s, b"a", Duration::from_millis(250), limit).await
 }
 
-/// A keep-alive client that made one request and went quiet.
-async fn idle_keep_alive(addr: SocketAddr, limit: Duration) -> Closed {
+/// A keep-alive client that delivered one callback and went quiet. (One whose request was
+/// refused is closed at once.)
+async fn idle_keep_alive(addr: SocketAddr, body: String, limit: Duration) -> Closed {
     let mut s = TcpStream::connect(addr).await.ok()?;
-    s.write_all(b"GET /nowhere HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .ok()?;
+    let request = format!(
+        "POST / HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await.ok()?;
     let mut buf = [0u8; 1024];
     let n = s.read(&mut buf).await.ok()?;
     assert!(
-        buf[..n].starts_with(b"HTTP/1.1 404"),
+        buf[..n].starts_with(b"HTTP/1.1 200"),
         "{:?}",
         String::from_utf8_lossy(&buf[..n])
     );
@@ -129,7 +132,11 @@ async fn connections_carrying_no_request_are_closed() {
         silent(gate.addr, limit),
         half_preface(gate.addr, limit),
         idle_http2(gate.addr, limit),
-        idle_keep_alive(gate.addr, limit),
+        idle_keep_alive(
+            gate.addr,
+            callback_with(TOKEN, "task_id", "\"keep-alive\""),
+            limit
+        ),
         slowloris(gate.addr, limit),
     );
     for (what, closed) in [
@@ -263,7 +270,11 @@ async fn real_callbacks_are_answered_through_hundreds_of_abusive_connections() {
             opened.fetch_add(1, Ordering::SeqCst);
             let closed = match i {
                 i if i < SLOWLORIS => slowloris(addr, limit).await,
-                i if i < SLOWLORIS + IDLE => idle_keep_alive(addr, limit).await,
+                i if i < SLOWLORIS + IDLE => {
+                    let task = format!("\"idle-{i}\"");
+                    let body = seal(KEY, &callback_with(TOKEN, "task_id", &task));
+                    idle_keep_alive(addr, body, limit).await
+                }
                 i if i < SLOWLORIS + IDLE + SILENT => silent(addr, limit).await,
                 _ => idle_http2(addr, limit).await,
             };
@@ -296,7 +307,8 @@ async fn real_callbacks_are_answered_through_hundreds_of_abusive_connections() {
         slowest < HEADER_READ_TIMEOUT,
         "slowest callback took {slowest:?}"
     );
-    assert_eq!(up.count(), CALLBACKS);
+    // The idle keep-alive clients each delivered one callback before going quiet.
+    assert_eq!(up.count(), CALLBACKS + IDLE);
 
     let mut kept_open = Vec::new();
     let mut evicted_after = Duration::ZERO;
