@@ -35,6 +35,12 @@ pub const ANSWER_WITHIN: Duration = Duration::from_millis(9_500);
 /// legacy system's messages: no credential is that short, and ordinary text holds them.
 const MIN_HEADER_SECRET_LEN: usize = 6;
 
+/// Bytes of request bodies held at once, every connection together. Each request reserves
+/// its declared length (or `MAX_BODY_BYTES` when it declares none) before its body is
+/// read, and keeps it until answered; one that cannot within its read deadline is refused
+/// as too slow. So the memory bodies take does not grow with the connections open.
+pub const BODY_BUDGET_BYTES: usize = 32 * 1024 * 1024;
+
 /// A callback body is a few KiB; a client slower than this is not Feishu.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -76,6 +82,8 @@ pub struct Gateway {
     limits: Limits,
     dedup: Option<Dedup>,
     request_ids: RequestIds,
+    /// [`BODY_BUDGET_BYTES`], in KiB.
+    body_budget: Arc<tokio::sync::Semaphore>,
     /// Callback connections served at once (`FEISHU_GATE_MAX_CONNECTIONS`).
     pub max_connections: usize,
     /// Worker threads (`FEISHU_GATE_WORKERS`); `None` is one per available CPU.
@@ -134,6 +142,7 @@ impl Gateway {
             limits: Limits::new(config.rate_limit, config.user_rate_limit),
             dedup: config.dedup_ttl.map(Dedup::new),
             request_ids: RequestIds::default(),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET_BYTES / 1024)),
             max_connections: config.max_connections,
             workers: config.workers,
             health: Arc::default(),
@@ -216,7 +225,7 @@ impl Gateway {
         if self.health.is_shutting_down() {
             return Outcome::Rejected(Rejection::ShuttingDown);
         }
-        let body = match self.read_body(request, started).await {
+        let (body, _reserved) = match self.read_body(request, started).await {
             Ok(body) => {
                 record.body_read = true;
                 body
@@ -257,8 +266,13 @@ impl Gateway {
         self.forward(upstream, outbound, request_id, record).await
     }
 
-    /// Reads the whole body, by `BODY_READ_TIMEOUT` after the request `started`.
-    async fn read_body<B>(&self, request: Request<B>, started: Instant) -> Result<Bytes, Rejection>
+    /// Reads the whole body, by `BODY_READ_TIMEOUT` after the request `started`, with its
+    /// share of [`BODY_BUDGET_BYTES`], to be held until the callback is answered.
+    async fn read_body<B>(
+        &self,
+        request: Request<B>,
+        started: Instant,
+    ) -> Result<(Bytes, tokio::sync::OwnedSemaphorePermit), Rejection>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -271,14 +285,26 @@ impl Gateway {
         if declared.is_some_and(|n| n > self.max_body as u64) {
             return Err(Rejection::TooLarge);
         }
-        let limited = Limited::new(request.into_body(), self.max_body);
-        match timeout_at(started + BODY_READ_TIMEOUT, limited.collect()).await {
+        let limit = declared.map_or(self.max_body, |n| n as usize);
+        let reserve = u32::try_from(limit.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        let read = async {
+            let reserved = self
+                .body_budget
+                .clone()
+                .acquire_many_owned(reserve)
+                .await
+                .map_err(|_| Rejection::ShuttingDown)?;
+            let limited = Limited::new(request.into_body(), self.max_body);
+            Ok::<_, Rejection>((limited.collect().await, reserved))
+        };
+        match timeout_at(started + BODY_READ_TIMEOUT, read).await {
             Err(_) => Err(Rejection::SlowBody),
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Ok(Err(rejection)) => Err(rejection),
+            Ok(Ok((Ok(collected), reserved))) => Ok((collected.to_bytes(), reserved)),
+            Ok(Ok((Err(e), _))) if e.downcast_ref::<LengthLimitError>().is_some() => {
                 Err(Rejection::TooLarge)
             }
-            Ok(Err(_)) => Err(Rejection::Unreadable),
+            Ok(Ok((Err(_), _))) => Err(Rejection::Unreadable),
         }
     }
 
