@@ -514,6 +514,19 @@ fn detail(rejection: &Rejection) -> String {
     }
 }
 
+/// The most of a field from the callback a log line carries, in bytes: Feishu's ids are
+/// under 64, and a line must not grow with whatever a caller puts in a field.
+const MAX_LOGGED_FIELD_BYTES: usize = 128;
+
+/// `text` cut to [`MAX_LOGGED_FIELD_BYTES`] at a character boundary.
+fn bounded(text: &str) -> &str {
+    let mut end = text.len().min(MAX_LOGGED_FIELD_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Milliseconds to the microsecond: `2.226`, not the `2.2260079999999998` that
 /// `as_secs_f64() * 1000.0` prints.
 fn millis(d: Duration) -> f64 {
@@ -527,11 +540,11 @@ macro_rules! callback_line {
         tracing::$level!(
             target: crate::logging::CALLBACK_TARGET,
             request_id = $id,
-            approval_code = s.map(|s| s.approval_code.as_str()),
-            instance_id = s.and_then(|s| s.instance_id.as_deref()),
-            task_id = s.and_then(|s| s.task_id.as_deref()),
-            message_id = s.and_then(|s| s.message_id.as_deref()),
-            action = s.map(|s| s.action_type.as_str()),
+            approval_code = s.map(|s| bounded(&s.approval_code)),
+            instance_id = s.and_then(|s| s.instance_id.as_deref()).map(bounded),
+            task_id = s.and_then(|s| s.task_id.as_deref()).map(bounded),
+            message_id = s.and_then(|s| s.message_id.as_deref()).map(bounded),
+            action = s.map(|s| bounded(&s.action_type)),
             outcome = $outcome.label(),
             status = $status.as_u16(),
             upstream_status = $r.upstream_status.map(|s| s.as_u16()),
@@ -562,6 +575,16 @@ fn log(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_fields_are_bounded_at_a_character_boundary() {
+        assert_eq!(bounded("task-1"), "task-1");
+        let long = "审".repeat(100);
+        let cut = bounded(&long);
+        assert!(cut.len() <= MAX_LOGGED_FIELD_BYTES && cut.len() > MAX_LOGGED_FIELD_BYTES - 3);
+        assert!(long.starts_with(cut));
+        assert_eq!(bounded(&"x".repeat(1000)).len(), MAX_LOGGED_FIELD_BYTES);
+    }
 
     #[test]
     fn durations_are_logged_to_the_microsecond() {
