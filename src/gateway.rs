@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::dedup::{Admission, Dedup};
 use crate::limit::Limits;
 use crate::metrics::Metrics;
+use crate::redis_dedup::{self, SharedMemory};
 use crate::respond::{Outcome, Rejection, Translator, UpstreamError};
 use crate::upstream::{Exchange, REQUEST_ID, Upstream};
 use crate::verify::Verifier;
@@ -71,6 +72,8 @@ pub struct Gateway {
     translator: Translator,
     limits: Limits,
     dedup: Option<Dedup>,
+    /// The memory shared with the other replicas, consulted after `dedup`.
+    shared: Option<Arc<SharedMemory>>,
     request_ids: RequestIds,
     /// Callback connections served at once (`FEISHU_GATE_MAX_CONNECTIONS`).
     pub max_connections: usize,
@@ -115,6 +118,21 @@ impl Gateway {
                 .iter()
                 .map(|(_, v)| String::from_utf8_lossy(v.as_bytes()).into_owned()),
         );
+        let mut shared = None;
+        if let (Some(redis), Some(ttl)) = (&config.redis, config.dedup_ttl) {
+            secrets.extend_from_slice(redis.url.secrets());
+            match SharedMemory::new(redis, ttl) {
+                Ok(memory) => shared = Some(Arc::new(memory)),
+                Err(problem) => {
+                    return Err(crate::config::ConfigErrors(vec![
+                        crate::config::ConfigError {
+                            variable: crate::config::REDIS_URL.to_owned(),
+                            problem,
+                        },
+                    ]));
+                }
+            }
+        }
         Ok(Self {
             path: config.callback_path.clone(),
             max_body: config.max_body_bytes,
@@ -124,6 +142,7 @@ impl Gateway {
             translator: Translator::new(config.lang, secrets),
             limits: Limits::new(config.rate_limit, config.user_rate_limit),
             dedup: config.dedup_ttl.map(Dedup::new),
+            shared,
             request_ids: RequestIds::default(),
             max_connections: config.max_connections,
             workers: config.workers,
@@ -289,11 +308,11 @@ impl Gateway {
             Some(dedup) => match dedup.admit(&decision) {
                 Admission::Deliver(ticket) => Some(ticket),
                 Admission::AlreadyDelivered => {
-                    self.metrics.count_duplicate("remembered");
+                    self.metrics.count_duplicate("remembered", "local");
                     return Outcome::Duplicate;
                 }
                 Admission::Wait(mut first) => {
-                    self.metrics.count_duplicate("in_flight");
+                    self.metrics.count_duplicate("in_flight", "local");
                     let settled = async {
                         first
                             .wait_for(Option::is_some)
@@ -313,17 +332,55 @@ impl Gateway {
         };
         let upstream = Arc::clone(upstream);
         let request_id = request_id.clone();
+        let shared = self.shared.clone();
+        let metrics = Arc::clone(&self.metrics);
+        // The shared memory is asked inside the delivery too: a claim, once
+        // taken, is always settled, even if Feishu hangs up while it is taken.
         let delivery = Detachable::new(&self.deliveries, async move {
+            let claim = match &shared {
+                None => None,
+                Some(shared) => match shared.admit(&decision, deadline, &metrics).await {
+                    redis_dedup::Admission::Deliver(claim) => claim,
+                    redis_dedup::Admission::Delivered { waited } => {
+                        if !waited {
+                            metrics.count_duplicate("remembered", "shared");
+                        }
+                        // Remembered here too, so this replica's next copy needs no round trip.
+                        if let Some(ticket) = ticket {
+                            ticket.finish(&Outcome::Delivered);
+                        }
+                        return Err(Outcome::Duplicate);
+                    }
+                    redis_dedup::Admission::TimedOut => {
+                        if let Some(ticket) = ticket {
+                            ticket.finish(&Outcome::TimedOut);
+                        }
+                        return Err(Outcome::TimedOut);
+                    }
+                    redis_dedup::Admission::Unavailable => {
+                        let outcome = Outcome::Rejected(Rejection::MemoryUnavailable);
+                        if let Some(ticket) = ticket {
+                            ticket.finish(&outcome);
+                        }
+                        return Err(outcome);
+                    }
+                },
+            };
             let exchange = upstream
                 .deliver(upstream_body, &request_id, &decision, verified_at, deadline)
                 .await;
             if let Some(ticket) = ticket {
                 ticket.finish(&exchange.outcome);
             }
-            exchange
+            if let (Some(shared), Some(claim)) = (&shared, claim) {
+                shared.settle(claim, &exchange.outcome, &metrics).await;
+            }
+            Ok(exchange)
         });
         let exchange: Exchange = match delivery.await {
-            Some(exchange) => exchange,
+            Some(Ok(exchange)) => exchange,
+            // Answered from the shared memory, without a delivery of its own.
+            Some(Err(outcome)) => return outcome,
             // Only a panic in the delivery gets here; its decision's fate is unknown.
             None => return Outcome::Unreachable(UpstreamError::Dropped),
         };

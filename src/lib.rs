@@ -20,6 +20,7 @@ pub mod gateway;
 pub mod limit;
 pub mod logging;
 pub mod metrics;
+pub mod redis_dedup;
 pub mod respond;
 pub mod secret;
 pub mod send;

@@ -701,6 +701,7 @@ fn outcome_labels() -> BTreeSet<&'static str> {
         Outcome::Rejected(Rejection::NotFound),
         Outcome::Rejected(Rejection::MethodNotAllowed),
         Outcome::Rejected(Rejection::ShuttingDown),
+        Outcome::Rejected(Rejection::MemoryUnavailable),
         refusal(false),
         refusal(true),
         Outcome::Unreachable(UpstreamError::Connect),
@@ -725,7 +726,8 @@ fn outcome_labels() -> BTreeSet<&'static str> {
                 | Rejection::RateLimited { .. }
                 | Rejection::NotFound
                 | Rejection::MethodNotAllowed
-                | Rejection::ShuttingDown => {}
+                | Rejection::ShuttingDown
+                | Rejection::MemoryUnavailable => {}
             },
         }
     }
