@@ -15,7 +15,7 @@
 //! `REDIS_FAILURE` decides.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -77,8 +77,11 @@ pub struct SharedMemory {
     client: redis::Client,
     /// Made on first use, inside the runtime of the worker that first needs
     /// it: the connection's tasks must live in a runtime, and `check-config`
-    /// builds a gateway without one.
-    connection: OnceLock<ConnectionManager>,
+    /// builds a gateway without one. Dropped after an error, so the next
+    /// attempt starts afresh: the manager reconnects by itself after an I/O
+    /// error, but keeps returning any other error its connection ended with
+    /// (a password rotated, a server still loading its data).
+    connection: Mutex<Option<ConnectionManager>>,
     url: RedisUrl,
     prefix: String,
     ttl_secs: u64,
@@ -143,7 +146,7 @@ impl SharedMemory {
             .map_err(|e| settings.url.scrub(&e.to_string()))?;
         Ok(Self {
             client,
-            connection: OnceLock::new(),
+            connection: Mutex::new(None),
             url: settings.url.clone(),
             prefix: settings.prefix.clone(),
             ttl_secs: ttl.as_secs().max(1),
@@ -161,7 +164,11 @@ impl SharedMemory {
     }
 
     fn connection(&self) -> Result<ConnectionManager, redis::RedisError> {
-        if let Some(c) = self.connection.get() {
+        let mut slot = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
         // Reconnection is retried by the manager with a short backoff; each
@@ -173,9 +180,15 @@ impl SharedMemory {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
         let manager = ConnectionManager::new_lazy_with_config(self.client.clone(), config)?;
-        // Two workers racing here each made a manager; one is kept, and the
-        // other, never connected, is dropped.
-        Ok(self.connection.get_or_init(|| manager).clone())
+        *slot = Some(manager.clone());
+        Ok(manager)
+    }
+
+    fn forget_connection(&self) {
+        *self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     fn key(&self, decision: &Decision) -> String {
@@ -339,6 +352,7 @@ impl SharedMemory {
             }
             Err(Failed::Error(e)) => {
                 metrics.count_redis(op, "error", seconds);
+                self.forget_connection();
                 self.failed(op, self.url.scrub(&e.to_string()), metrics);
             }
             Err(Failed::Skipped) => {}
