@@ -373,7 +373,9 @@ impl Gateway {
                 ticket.finish(&exchange.outcome);
             }
             if let (Some(shared), Some(claim)) = (&shared, claim) {
-                shared.settle(claim, &exchange.outcome, &metrics).await;
+                shared
+                    .settle(claim, &exchange.outcome, deadline, &metrics)
+                    .await;
             }
             Ok(exchange)
         });

@@ -50,6 +50,10 @@ pub const MIN_TIME_TO_DELIVER: Duration = Duration::from_millis(500);
 /// whole budget on an unreachable server.
 pub const PROBE_EVERY: Duration = Duration::from_millis(500);
 
+/// How long past a delivery's deadline its outcome may still be recorded:
+/// the deadline leaves Feishu 500 ms, and this takes at most half of it.
+pub const SETTLE_GRACE: Duration = Duration::from_millis(250);
+
 const DELIVERED: &str = "delivered";
 
 /// Returns the key's value if it has one; otherwise claims it and returns nil.
@@ -159,10 +163,6 @@ impl SharedMemory {
         })
     }
 
-    pub fn failure_mode(&self) -> FailureMode {
-        self.failure
-    }
-
     fn connection(&self) -> Result<ConnectionManager, redis::RedisError> {
         let mut slot = self
             .connection
@@ -217,10 +217,10 @@ impl SharedMemory {
             // for the first's success.
             let late = waited && too_late(deadline);
             let seen = if late {
-                self.peek(&key, metrics).await
+                self.peek(&key, deadline, metrics).await
             } else {
                 let op = if waited { "wait" } else { "claim" };
-                self.try_claim(&key, &token, op, metrics).await
+                self.try_claim(&key, &token, op, deadline, metrics).await
             };
             match seen {
                 Ok(None) if late => return Admission::TimedOut,
@@ -249,8 +249,13 @@ impl SharedMemory {
     }
 
     /// The key's value, without claiming it.
-    async fn peek(&self, key: &str, metrics: &Metrics) -> Result<Option<String>, ()> {
-        self.run("wait", metrics, |mut c| {
+    async fn peek(
+        &self,
+        key: &str,
+        deadline: Instant,
+        metrics: &Metrics,
+    ) -> Result<Option<String>, ()> {
+        self.run("wait", deadline, metrics, |mut c| {
             let key = key.to_owned();
             async move {
                 redis::cmd("GET")
@@ -270,11 +275,12 @@ impl SharedMemory {
         key: &str,
         token: &str,
         op: &'static str,
+        deadline: Instant,
         metrics: &Metrics,
     ) -> Result<Option<String>, ()> {
-        let ttl_ms = u64::try_from(CLAIM_TTL.as_millis()).unwrap_or(u64::MAX);
+        let ttl_ms = ms(CLAIM_TTL);
         let result = self
-            .run(op, metrics, |mut c| {
+            .run(op, deadline, metrics, |mut c| {
                 let mut invocation = self.claim.key(key);
                 invocation.arg(token).arg(ttl_ms);
                 async move { invocation.invoke_async::<Option<String>>(&mut c).await }
@@ -285,13 +291,23 @@ impl SharedMemory {
 
     /// Records how a delivery under `claim` ended: `delivered` for the TTL, or
     /// the claim removed so that a retry, here or on another replica, goes through.
-    pub async fn settle(&self, claim: Claim, outcome: &Outcome, metrics: &Metrics) {
+    /// It runs before Feishu is answered, so that a decision answered 200 is
+    /// already remembered by every replica; `deadline` is the delivery's, and
+    /// the record may take [`SETTLE_GRACE`] past it, inside Feishu's 10 s.
+    pub async fn settle(
+        &self,
+        claim: Claim,
+        outcome: &Outcome,
+        deadline: Instant,
+        metrics: &Metrics,
+    ) {
+        let by = deadline.max(Instant::now()) + SETTLE_GRACE;
         if *outcome == Outcome::Delivered {
             let ttl = self.ttl_secs;
             // Written whatever the key holds now: `delivered` is the final word,
             // even over a claim taken after this one's expired.
             let _ = self
-                .run("remember", metrics, |mut c| {
+                .run("remember", by, metrics, |mut c| {
                     let key = claim.key.clone();
                     async move {
                         redis::cmd("SET")
@@ -306,7 +322,7 @@ impl SharedMemory {
                 .await;
         } else {
             let _ = self
-                .run("release", metrics, |mut c| {
+                .run("release", by, metrics, |mut c| {
                     let mut invocation = self.release.key(&claim.key);
                     invocation.arg(&claim.token);
                     async move { invocation.invoke_async::<i64>(&mut c).await }
@@ -315,11 +331,12 @@ impl SharedMemory {
         }
     }
 
-    /// One operation within [`OP_BUDGET`], counted, timed, and folded into the
-    /// failing/recovered state.
+    /// One operation, ended by [`OP_BUDGET`] or `by` if sooner, counted,
+    /// timed, and folded into the failing/recovered state.
     async fn run<T, F, Fut>(
         &self,
         op: &'static str,
+        by: Instant,
         metrics: &Metrics,
         call: F,
     ) -> Result<T, Failed>
@@ -331,9 +348,10 @@ impl SharedMemory {
             return Err(Failed::Skipped);
         }
         let started = Instant::now();
+        let budget_end = started + OP_BUDGET;
         let result = match self.connection() {
             Err(e) => Err(Failed::Error(e)),
-            Ok(c) => match tokio::time::timeout(OP_BUDGET, call(c)).await {
+            Ok(c) => match tokio::time::timeout_at(budget_end.min(by), call(c)).await {
                 Err(_) => Err(Failed::Timeout),
                 Ok(Err(e)) if e.is_timeout() => Err(Failed::Timeout),
                 Ok(Err(e)) => Err(Failed::Error(e)),
@@ -348,7 +366,11 @@ impl SharedMemory {
             }
             Err(Failed::Timeout) => {
                 metrics.count_redis(op, "timeout", seconds);
-                self.failed(op, "no answer within the budget".to_owned(), metrics);
+                // Cut short by the callback's own deadline, it says nothing
+                // about Redis.
+                if by >= budget_end {
+                    self.failed(op, "no answer within the budget".to_owned(), metrics);
+                }
             }
             Err(Failed::Error(e)) => {
                 metrics.count_redis(op, "error", seconds);
@@ -386,11 +408,11 @@ impl SharedMemory {
                 op,
                 error = %error,
                 failure_mode = self.failure.label(),
-                "shared duplicate memory unreachable; until it returns, {}",
-                match self.failure {
+                until_it_returns = match self.failure {
                     FailureMode::Open => "duplicates are suppressed per replica only",
                     FailureMode::Closed => "callbacks are answered 503",
-                }
+                },
+                "shared duplicate memory unreachable"
             );
         }
     }
@@ -421,3 +443,61 @@ fn ms_since(epoch: Instant) -> u64 {
 
 /// Shared so the detached delivery can settle its claim after the request is gone.
 pub type Shared = Arc<SharedMemory>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, REDIS_PREFIX, REDIS_URL, TOKEN, UPSTREAM_URL};
+
+    fn memory(prefix: &str) -> SharedMemory {
+        let config = Config::from_vars([
+            (UPSTREAM_URL, "http://u/"),
+            (TOKEN, "t"),
+            (REDIS_URL, "redis://:pw@127.0.0.1:1/"),
+            (REDIS_PREFIX, prefix),
+        ])
+        .unwrap()
+        .config;
+        SharedMemory::new(config.redis.as_ref().unwrap(), Duration::from_secs(60)).unwrap()
+    }
+
+    #[test]
+    fn keys_are_the_prefix_and_the_idempotency_key() {
+        let m = memory("gw-a:");
+        let key = m.key(&[0xab; 32]);
+        assert_eq!(key, format!("gw-a:{}", "ab".repeat(32)));
+        assert!(!format!("{m:?}").contains("pw"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn while_failing_one_caller_per_interval_probes() {
+        let m = memory("p:");
+        let metrics = Metrics::new();
+        m.failed("claim", "refused".to_owned(), &metrics);
+        assert_eq!(metrics.redis_fallback.get(), 1);
+        assert!(!m.probe_now(), "the failure itself was the last try");
+        tokio::time::advance(PROBE_EVERY).await;
+        assert!(m.probe_now());
+        assert!(!m.probe_now(), "only one caller probes");
+        m.recovered(&metrics);
+        assert_eq!(metrics.redis_fallback.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_fails_within_the_budget_per_mode() {
+        // Port 1 on loopback refuses at once; the answer is the mode's.
+        let m = memory("p:");
+        let metrics = Metrics::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let started = Instant::now();
+        let admission = m.admit(&[1; 32], deadline, &metrics).await;
+        assert!(matches!(admission, Admission::Deliver(None)), "{admission:?}");
+        assert!(started.elapsed() <= OP_BUDGET + Duration::from_millis(200));
+        assert_eq!(metrics.redis_fallback.get(), 1);
+        // The next callback inside the probe interval does not try again.
+        let started = Instant::now();
+        let admission = m.admit(&[2; 32], deadline, &metrics).await;
+        assert!(matches!(admission, Admission::Deliver(None)));
+        assert!(started.elapsed() < Duration::from_millis(50));
+    }
+}
