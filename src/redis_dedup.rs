@@ -491,7 +491,10 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         let started = Instant::now();
         let admission = m.admit(&[1; 32], deadline, &metrics).await;
-        assert!(matches!(admission, Admission::Deliver(None)), "{admission:?}");
+        assert!(
+            matches!(admission, Admission::Deliver(None)),
+            "{admission:?}"
+        );
         assert!(started.elapsed() <= OP_BUDGET + Duration::from_millis(200));
         assert_eq!(metrics.redis_fallback.get(), 1);
         // The next callback inside the probe interval does not try again.
