@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::callback::{Callback, Decision, Summary};
 use crate::config::Config;
-use crate::dedup::{Admission, Dedup};
+use crate::dedup::{Admission, Dedup, Ticket};
 use crate::limit::Limits;
 use crate::metrics::Metrics;
 use crate::redis_dedup::{self, SharedMemory};
@@ -337,34 +337,9 @@ impl Gateway {
         // The shared memory is asked inside the delivery too: a claim, once
         // taken, is always settled, even if Feishu hangs up while it is taken.
         let delivery = Detachable::new(&self.deliveries, async move {
-            let claim = match &shared {
-                None => None,
-                Some(shared) => match shared.admit(&decision, deadline, &metrics).await {
-                    redis_dedup::Admission::Deliver(claim) => claim,
-                    redis_dedup::Admission::Delivered { waited } => {
-                        if !waited {
-                            metrics.count_duplicate("remembered", "shared");
-                        }
-                        // Remembered here too, so this replica's next copy needs no round trip.
-                        if let Some(ticket) = ticket {
-                            ticket.finish(&Outcome::Delivered);
-                        }
-                        return Err(Outcome::Duplicate);
-                    }
-                    redis_dedup::Admission::TimedOut => {
-                        if let Some(ticket) = ticket {
-                            ticket.finish(&Outcome::TimedOut);
-                        }
-                        return Err(Outcome::TimedOut);
-                    }
-                    redis_dedup::Admission::Unavailable => {
-                        let outcome = Outcome::Rejected(Rejection::MemoryUnavailable);
-                        if let Some(ticket) = ticket {
-                            ticket.finish(&outcome);
-                        }
-                        return Err(outcome);
-                    }
-                },
+            let (claim, ticket) = match &shared {
+                None => (None, ticket),
+                Some(shared) => ask_shared(shared, &decision, deadline, &metrics, ticket).await?,
             };
             let exchange = upstream
                 .deliver(upstream_body, &request_id, &decision, verified_at, deadline)
@@ -382,7 +357,10 @@ impl Gateway {
         let exchange: Exchange = match delivery.await {
             Some(Ok(exchange)) => exchange,
             // Answered from the shared memory, without a delivery of its own.
-            Some(Err(outcome)) => return outcome,
+            Some(Err((outcome, why))) => {
+                record.detail = Some(why.to_owned());
+                return outcome;
+            }
             // Only a panic in the delivery gets here; its decision's fate is unknown.
             None => return Outcome::Unreachable(UpstreamError::Dropped),
         };
@@ -410,6 +388,46 @@ impl Gateway {
             m.count_upstream_error(kind);
         }
     }
+}
+
+/// Asks the memory shared with the other replicas whether this replica may
+/// deliver `decision`: `Ok` with its claim (none when Redis could not be asked and
+/// `REDIS_FAILURE=open`), or the answer to give without delivering, with the
+/// reason for the log line. The local `ticket` learns the same outcome.
+async fn ask_shared(
+    shared: &SharedMemory,
+    decision: &Decision,
+    deadline: Instant,
+    metrics: &Metrics,
+    ticket: Option<Ticket>,
+) -> Result<(Option<redis_dedup::Claim>, Option<Ticket>), (Outcome, &'static str)> {
+    let (outcome, why) = match shared.admit(decision, deadline, metrics).await {
+        redis_dedup::Admission::Deliver(claim) => return Ok((claim, ticket)),
+        redis_dedup::Admission::Delivered { waited } => {
+            if !waited {
+                metrics.count_duplicate("remembered", "shared");
+            }
+            (Outcome::Duplicate, "delivered by another replica")
+        }
+        redis_dedup::Admission::TimedOut => (
+            Outcome::TimedOut,
+            "another replica was still delivering it at the deadline",
+        ),
+        redis_dedup::Admission::Unavailable => (
+            Outcome::Rejected(Rejection::MemoryUnavailable),
+            "the shared duplicate memory is unreachable",
+        ),
+    };
+    if let Some(ticket) = ticket {
+        // Delivered elsewhere is remembered by this replica's own memory too, so
+        // its next copy needs no round trip.
+        let local = match outcome {
+            Outcome::Duplicate => Outcome::Delivered,
+            ref other => other.clone(),
+        };
+        ticket.finish(&local);
+    }
+    Err((outcome, why))
 }
 
 /// A delivery, run inside the request that started it. Should that request be
