@@ -286,7 +286,26 @@ impl SharedMemory {
                 async move { invocation.invoke_async::<Option<String>>(&mut c).await }
             })
             .await;
+        if matches!(result, Err(Failed::Timeout)) {
+            self.abandon(key, token);
+        }
         result.map_err(|_| ())
+    }
+
+    /// Withdraws a claim this replica gave up waiting for. A server that was
+    /// stopped, not gone, still runs the claim when it resumes, and that claim
+    /// would hold the decision for [`CLAIM_TTL`] with nobody delivering it:
+    /// copies on other replicas would wait and time out. The release goes down
+    /// the same connection, so it runs right after the claim, whenever that is.
+    fn abandon(&self, key: &str, token: &str) {
+        let Ok(mut c) = self.connection() else {
+            return;
+        };
+        let mut release = redis::cmd("EVAL");
+        release.arg(RELEASE_SCRIPT).arg(1).arg(key).arg(token);
+        tokio::spawn(async move {
+            let _ = release.query_async::<i64>(&mut c).await;
+        });
     }
 
     /// Records how a delivery under `claim` ended: `delivered` for the TTL, or

@@ -326,6 +326,144 @@ async fn redis_stopped_open_answers_in_time() {
     redis.signal("CONT");
 }
 
+/// Copies of fresh decisions sent to both replicas at once, without pause, while
+/// Redis is stopped, resumed, killed and started again (empty). Every answer
+/// with its time; the replicas, the upstream and Redis for a look afterwards.
+async fn load_through_an_outage(failure: &str) -> (Vec<(u16, Duration)>, Upstream, [Binary; 2]) {
+    let mut redis = Redis::start();
+    let up = Upstream::start(Reply::ok().slow(Duration::from_millis(20))).await;
+    let extra = [
+        ("FEISHU_GATE_REDIS_FAILURE", failure),
+        ("FEISHU_GATE_UPSTREAM_TIMEOUT_MS", "1500"),
+        // The load is faster than approvers; the limit is not what is tested.
+        ("FEISHU_GATE_RATE_LIMIT_RPS", "0"),
+    ];
+    let a = replica(&up, &redis, &extra).await;
+    let b = replica(&up, &redis, &extra).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (a, b, stop) = (a.addr, b.addr, stop.clone());
+        workers.spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let body = decision(fresh());
+                let timed = |addr| {
+                    let body = body.clone();
+                    async move {
+                        let started = Instant::now();
+                        let answer = post(addr, "/", body, &[]).await;
+                        (answer.status, started.elapsed())
+                    }
+                };
+                let (x, y) = tokio::join!(timed(a), timed(b));
+                seen.extend([x, y]);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            seen
+        });
+    }
+    let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
+    pause(500).await;
+    redis.signal("STOP");
+    pause(1500).await;
+    redis.signal("CONT");
+    pause(500).await;
+    redis.kill();
+    pause(1000).await;
+    redis.restart();
+    pause(1500).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut seen = Vec::new();
+    while let Some(w) = workers.join_next().await {
+        seen.extend(w.unwrap());
+    }
+    // Redis is dropped (killed) here only after the replicas have been looked at.
+    let after = [a, b];
+    for gate in &after {
+        let m = gate.metrics().await;
+        let failed: f64 = ["claim", "wait", "remember", "release"]
+            .iter()
+            .flat_map(|op| {
+                ["error", "timeout"].map(|result| {
+                    series(
+                        &m,
+                        &format!(
+                            r#"feishu_gate_redis_operations_total{{op="{op}",result="{result}"}}"#
+                        ),
+                    )
+                })
+            })
+            .sum();
+        assert!(failed >= 1.0, "the outage was noticed: {m}");
+    }
+    // Suppression resumes: each replica finds out on its next probe.
+    for gate in &after {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while series(&gate.metrics().await, "feishu_gate_redis_fallback") != 0.0 {
+            assert!(Instant::now() < deadline, "no recovery");
+            let _ = send(gate, &decision(fresh())).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let body = decision(fresh());
+    assert_eq!(send(&after[0], &body).await.status, 200);
+    let before = up.count();
+    assert_eq!(send(&after[1], &body).await.status, 200);
+    assert_eq!(up.count(), before, "suppressed across replicas again");
+    drop(redis);
+    (seen, up, after)
+}
+
+/// Deliveries per Idempotency-Key, more than one.
+fn delivered_twice(up: &Upstream) -> Vec<(String, usize)> {
+    let mut by_key = std::collections::HashMap::<String, usize>::new();
+    for r in up.received() {
+        *by_key
+            .entry(r.header("idempotency-key").unwrap())
+            .or_default() += 1;
+    }
+    by_key.into_iter().filter(|(_, n)| *n > 1).collect()
+}
+
+/// Answers by status, and the longest wait.
+fn summary(seen: &[(u16, Duration)]) -> (std::collections::BTreeMap<u16, usize>, Duration) {
+    let mut by_status = std::collections::BTreeMap::new();
+    for (status, _) in seen {
+        *by_status.entry(*status).or_default() += 1;
+    }
+    let longest = seen.iter().map(|(_, t)| *t).max().unwrap_or_default();
+    (by_status, longest)
+}
+
+#[tokio::test]
+async fn redis_stopped_and_killed_mid_load_open_keeps_answering_200_in_time() {
+    let (seen, _, _) = load_through_an_outage("open").await;
+    let (by_status, longest) = summary(&seen);
+    assert!(seen.len() > 50, "{by_status:?}");
+    assert_eq!(
+        by_status.keys().collect::<Vec<_>>(),
+        [&200],
+        "{by_status:?}"
+    );
+    // The deadline is 1.5 s (UPSTREAM_TIMEOUT_MS); Feishu's is 10 s.
+    assert!(longest < Duration::from_millis(2500), "{longest:?}");
+}
+
+#[tokio::test]
+async fn redis_stopped_and_killed_mid_load_closed_never_delivers_twice() {
+    let (seen, up, _) = load_through_an_outage("closed").await;
+    let (by_status, longest) = summary(&seen);
+    assert!(seen.len() > 50, "{by_status:?}");
+    assert!(
+        by_status.keys().all(|s| [200, 503].contains(s)),
+        "{by_status:?}"
+    );
+    assert!(by_status.contains_key(&503) && by_status.contains_key(&200));
+    assert!(longest < Duration::from_millis(2500), "{longest:?}");
+    assert_eq!(delivered_twice(&up), vec![]);
+}
+
 #[tokio::test]
 async fn a_stopped_replica_does_not_hold_the_decision_past_its_claim() {
     // A replica killed mid-delivery leaves its claim behind; a copy within
