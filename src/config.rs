@@ -81,6 +81,9 @@ pub const WORKERS: &str = "FEISHU_GATE_WORKERS";
 pub const REDIS_URL: &str = "FEISHU_GATE_REDIS_URL";
 /// Key prefix, so several gateways can share one Redis.
 pub const REDIS_PREFIX: &str = "FEISHU_GATE_REDIS_PREFIX";
+/// PEM trust anchors for a `rediss://` Redis, instead of the system's: a Redis
+/// inside the cluster usually has a certificate from a private CA.
+pub const REDIS_CA_FILE: &str = "FEISHU_GATE_REDIS_CA_FILE";
 /// While Redis is unreachable: `open` keeps answering on local memory,
 /// `closed` answers 503.
 pub const REDIS_FAILURE: &str = "FEISHU_GATE_REDIS_FAILURE";
@@ -116,6 +119,7 @@ pub const VARIABLES: &[&str] = &[
     WORKERS,
     REDIS_URL,
     REDIS_PREFIX,
+    REDIS_CA_FILE,
     REDIS_FAILURE,
 ];
 
@@ -333,6 +337,10 @@ impl RedisUrl {
     pub(crate) fn secrets(&self) -> &[String] {
         &self.secrets
     }
+
+    pub fn is_tls(&self) -> bool {
+        self.url.starts_with("rediss://")
+    }
 }
 
 impl fmt::Debug for RedisUrl {
@@ -345,6 +353,8 @@ impl fmt::Debug for RedisUrl {
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
     pub url: RedisUrl,
+    /// `None`: the system's trust roots.
+    pub ca_file: Option<PathBuf>,
     pub prefix: String,
     pub failure: FailureMode,
 }
@@ -577,6 +587,17 @@ impl Config {
                 self.redis
                     .as_ref()
                     .map_or_else(|| "-".to_owned(), |r| r.prefix.clone()),
+            ),
+            (
+                REDIS_CA_FILE,
+                match &self.redis {
+                    None => "-".to_owned(),
+                    Some(r) if !r.url.is_tls() => "-".to_owned(),
+                    Some(r) => r
+                        .ca_file
+                        .as_ref()
+                        .map_or_else(|| "system roots".to_owned(), |p| p.display().to_string()),
+                },
             ),
             (
                 REDIS_FAILURE,
@@ -888,6 +909,7 @@ impl Parser<'_> {
     fn redis(&mut self, dedup_on: bool) -> Option<RedisSettings> {
         let url = self.secret(REDIS_URL);
         let prefix = self.raw(REDIS_PREFIX);
+        let ca_file = self.path(REDIS_CA_FILE);
         let failure = match self.raw(REDIS_FAILURE).as_deref() {
             None | Some("open") => FailureMode::Open,
             Some("closed") => FailureMode::Closed,
@@ -905,7 +927,7 @@ impl Parser<'_> {
             );
         }
         let Some(text) = url else {
-            for name in [REDIS_PREFIX, REDIS_FAILURE] {
+            for name in [REDIS_PREFIX, REDIS_CA_FILE, REDIS_FAILURE] {
                 if self.raw(name).is_some() {
                     self.warnings
                         .push(format!("{name} has no effect without {REDIS_URL}"));
@@ -920,6 +942,9 @@ impl Parser<'_> {
                 return None;
             }
         };
+        if ca_file.is_some() && !url.is_tls() {
+            self.fail(REDIS_CA_FILE, format!("needs a rediss:// {REDIS_URL}"));
+        }
         if !dedup_on {
             self.warnings.push(format!(
                 "{REDIS_URL} has no effect while {DEDUP_TTL_SECS} is 0 (duplicate suppression off)"
@@ -927,6 +952,7 @@ impl Parser<'_> {
         }
         Some(RedisSettings {
             url,
+            ca_file,
             prefix: prefix.unwrap_or_else(|| "feishu-gate:".to_owned()),
             failure,
         })
@@ -1364,6 +1390,19 @@ mod tests {
         .unwrap();
         assert_eq!(r.url.shown(), "rediss://redis.internal");
         assert_eq!(r.prefix, "approvals:");
+        assert!(r.ca_file.is_none());
+        let described = with(&[(REDIS_URL, "rediss://r")])
+            .unwrap()
+            .config
+            .describe();
+        assert!(described.contains(&(REDIS_CA_FILE, "system roots".to_owned())));
+        let e = errors(&[(REDIS_URL, "rediss://r"), (REDIS_CA_FILE, "/no/ca.pem")]);
+        assert_eq!(
+            e,
+            vec![format!(
+                "{REDIS_CA_FILE}: cannot read /no/ca.pem: entity not found"
+            )]
+        );
     }
 
     #[test]

@@ -123,10 +123,10 @@ impl Gateway {
             secrets.extend_from_slice(redis.url.secrets());
             match SharedMemory::new(redis, ttl) {
                 Ok(memory) => shared = Some(Arc::new(memory)),
-                Err(problem) => {
+                Err((variable, problem)) => {
                     return Err(crate::config::ConfigErrors(vec![
                         crate::config::ConfigError {
-                            variable: crate::config::REDIS_URL.to_owned(),
+                            variable: variable.to_owned(),
                             problem,
                         },
                     ]));

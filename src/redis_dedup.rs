@@ -145,9 +145,40 @@ enum Failed {
 impl SharedMemory {
     /// Prepares the client; no connection is made until the first callback, so
     /// the gateway starts (and `/readyz` passes) whether or not Redis is up.
-    pub fn new(settings: &RedisSettings, ttl: Duration) -> Result<Self, String> {
-        let client = redis::Client::open(settings.url.expose())
-            .map_err(|e| settings.url.scrub(&e.to_string()))?;
+    ///
+    /// A problem is returned with the variable it is about.
+    pub fn new(settings: &RedisSettings, ttl: Duration) -> Result<Self, (&'static str, String)> {
+        let scrub = |e: redis::RedisError| settings.url.scrub(&e.to_string());
+        let client = match &settings.ca_file {
+            None => redis::Client::open(settings.url.expose())
+                .map_err(|e| (crate::config::REDIS_URL, scrub(e)))?,
+            Some(path) => {
+                let shown = path.display();
+                // redis-rs would take a file with no certificate in it as an empty
+                // trust store, and every connection would then fail.
+                crate::tls::load_certs(path)
+                    .map_err(|e| (crate::config::REDIS_CA_FILE, e.to_string()))?;
+                let pem = std::fs::read(path).map_err(|e| {
+                    (
+                        crate::config::REDIS_CA_FILE,
+                        format!("cannot read {shown}: {}", e.kind()),
+                    )
+                })?;
+                redis::Client::build_with_tls(
+                    settings.url.expose(),
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+                .map_err(|e| {
+                    (
+                        crate::config::REDIS_CA_FILE,
+                        format!("{shown} is not usable: {}", scrub(e)),
+                    )
+                })?
+            }
+        };
         Ok(Self {
             client,
             connection: Mutex::new(None),

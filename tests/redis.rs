@@ -569,3 +569,104 @@ fn fresh() -> u32 {
     static NEXT: AtomicU32 = AtomicU32::new(1000);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
+
+/// A private CA and a certificate it signed for `localhost`, as PEM files in `dir`:
+/// (CA file, certificate chain file, key file).
+fn private_ca(dir: &std::path::Path) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "redis test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    (
+        write("ca.pem", ca_cert.pem()),
+        write("redis.pem", leaf_cert.pem()),
+        write("redis.key", leaf_key.serialize_pem()),
+    )
+}
+
+#[tokio::test]
+async fn rediss_with_a_private_ca_shares_the_memory_and_refuses_other_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = private_ca(dir.path());
+    let redis = Redis::with_tls(&cert, &key);
+    let up = Upstream::start(Reply::ok()).await;
+    let trusted = [("FEISHU_GATE_REDIS_CA_FILE", ca.as_str())];
+    let a = replica(&up, &redis, &trusted).await;
+    let b = replica(&up, &redis, &trusted).await;
+    let body = decision(1);
+    assert_eq!(send(&a, &body).await.status, 200);
+    assert_eq!(send(&b, &body).await.status, 200);
+    assert_eq!(up.count(), 1, "shared over TLS");
+    assert_eq!(
+        series(
+            &b.metrics().await,
+            r#"feishu_gate_duplicates_suppressed_total{how="remembered",store="shared"}"#
+        ),
+        1.0
+    );
+
+    // Trusting another CA, or only the system's roots, the server's certificate is
+    // refused: no memory is shared, and REDIS_FAILURE=closed says so.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (other_ca, _, _) = private_ca(elsewhere.path());
+    for extra in [
+        vec![("FEISHU_GATE_REDIS_CA_FILE", other_ca.as_str())],
+        vec![],
+    ] {
+        let mut extra = extra;
+        extra.push(("FEISHU_GATE_REDIS_FAILURE", "closed"));
+        let untrusted = replica(&up, &redis, &extra).await;
+        untrusted_answer(&untrusted).await;
+        let log = untrusted.log_tail().join("\n");
+        assert!(log.contains("shared duplicate memory unreachable"), "{log}");
+    }
+    assert_eq!(up.count(), 1);
+}
+
+async fn untrusted_answer(gate: &Binary) {
+    let answer = send(gate, &decision(2)).await;
+    answer.feishu_error(503);
+}
+
+#[test]
+fn a_ca_file_needs_rediss_and_must_be_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let junk = junk.to_str().unwrap();
+    let check = |url: &str| {
+        std::process::Command::new(harness::BIN)
+            .arg("check-config")
+            .env_clear()
+            .env("FEISHU_GATE_UPSTREAM_URL", "http://127.0.0.1:1/")
+            .env("FEISHU_GATE_TOKEN", TOKEN)
+            .env("FEISHU_GATE_REDIS_URL", url)
+            .env("FEISHU_GATE_REDIS_CA_FILE", junk)
+            .output()
+            .unwrap()
+    };
+    let out = check("redis://:pw-123@127.0.0.1:1/");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("FEISHU_GATE_REDIS_CA_FILE: needs a rediss:// FEISHU_GATE_REDIS_URL"),
+        "{err}"
+    );
+    let out = check("rediss://:pw-123@127.0.0.1:1/");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.starts_with("FEISHU_GATE_REDIS_CA_FILE: "), "{err}");
+    assert!(!err.contains("pw-123"), "{err}");
+}

@@ -13,6 +13,8 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     password: Option<String>,
+    /// Certificate chain and key files: the port then speaks TLS only.
+    tls: Option<(String, String)>,
 }
 
 impl Redis {
@@ -26,17 +28,30 @@ impl Redis {
         Self::start_with(Some(password.to_owned()))
     }
 
-    fn start_with(password: Option<String>) -> Self {
+    /// Starts a server that speaks only TLS, with this certificate chain and key.
+    pub fn with_tls(cert_file: &str, key_file: &str) -> Self {
+        let mut redis = Self::unstarted(None);
+        redis.tls = Some((cert_file.to_owned(), key_file.to_owned()));
+        redis.restart();
+        redis
+    }
+
+    fn unstarted(password: Option<String>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let mut redis = Redis {
+        Redis {
             child: None,
             port,
             password,
-        };
+            tls: None,
+        }
+    }
+
+    fn start_with(password: Option<String>) -> Self {
+        let mut redis = Self::unstarted(password);
         redis.restart();
         redis
     }
@@ -45,8 +60,14 @@ impl Redis {
     pub fn restart(&mut self) {
         self.kill();
         let mut cmd = Command::new(REDIS_SERVER);
-        cmd.args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
+        match &self.tls {
+            None => cmd.args(["--port", &self.port.to_string()]),
+            Some((cert, key)) => cmd
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .args(["--tls-cert-file", cert, "--tls-key-file", key])
+                .args(["--tls-auth-clients", "no"]),
+        };
+        cmd.args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"]);
         if let Some(password) = &self.password {
@@ -64,7 +85,12 @@ impl Redis {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if self.answers() {
+            let up = match self.tls {
+                // The test's client speaks no TLS: an accepted connection will do.
+                Some(_) => std::net::TcpStream::connect(self.addr()).is_ok(),
+                None => self.answers(),
+            };
+            if up {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -74,6 +100,9 @@ impl Redis {
 
     /// `redis://` URL of this server, with the password when it has one.
     pub fn url(&self) -> String {
+        if self.tls.is_some() {
+            return format!("rediss://localhost:{}/", self.port);
+        }
         match &self.password {
             Some(p) => format!("redis://:{p}@127.0.0.1:{}/", self.port),
             None => format!("redis://127.0.0.1:{}/", self.port),
