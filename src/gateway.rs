@@ -72,7 +72,8 @@ pub struct Gateway {
     translator: Translator,
     limits: Limits,
     dedup: Option<Dedup>,
-    /// The memory shared with the other replicas, consulted after `dedup`.
+    /// The memory shared with the other replicas, consulted after `dedup`;
+    /// shared with the detached deliveries, which settle their claims.
     shared: Option<Arc<SharedMemory>>,
     request_ids: RequestIds,
     /// Callback connections served at once (`FEISHU_GATE_MAX_CONNECTIONS`).

@@ -15,7 +15,7 @@
 //! `REDIS_FAILURE` decides.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -490,9 +490,6 @@ fn ms(d: Duration) -> u64 {
 fn ms_since(epoch: Instant) -> u64 {
     ms(epoch.elapsed())
 }
-
-/// Shared so the detached delivery can settle its claim after the request is gone.
-pub type Shared = Arc<SharedMemory>;
 
 #[cfg(test)]
 mod tests {
