@@ -255,3 +255,36 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_redis_series_are_exported_from_the_start_at_zero() {
+        let m = Metrics::new();
+        let text = m.render();
+        for name in [
+            "feishu_gate_redis_operations",
+            "feishu_gate_redis_operation_duration_seconds",
+            "feishu_gate_redis_fallback",
+            "feishu_gate_duplicates_suppressed",
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name}:\n{text}");
+            let listed = NAMES.contains(&name) || NAMES.contains(&format!("{name}_total").as_str());
+            assert!(listed, "{name} is not in NAMES");
+        }
+        for op in REDIS_OPS {
+            for result in REDIS_RESULTS {
+                let series = format!(
+                    "feishu_gate_redis_operations_total{{op=\"{op}\",result=\"{result}\"}} 0"
+                );
+                assert!(text.contains(&series), "{series}");
+            }
+        }
+        assert!(text.contains("feishu_gate_redis_fallback 0"));
+        assert!(text.contains(
+            "feishu_gate_duplicates_suppressed_total{how=\"remembered\",store=\"shared\"} 0"
+        ));
+    }
+}
