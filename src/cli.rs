@@ -356,6 +356,10 @@ fn log_start(settings: &[(&'static str, String)]) {
         log_format,
         shutdown_grace_ms,
         max_connections,
+        redis_url,
+        redis_prefix,
+        redis_ca_file,
+        redis_failure,
         workers,
     );
 }

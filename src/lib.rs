@@ -6,7 +6,7 @@
 //! A callback's path, one module per step: [`server`] listens (over TLS from
 //! [`server_tls`] when configured), [`gateway`] routes and reads, [`verify`]
 //! opens the [`envelope`] and checks the token, [`callback`] validates,
-//! [`dedup`] and [`limit`] guard, [`upstream`] forwards, and [`respond`]
+//! [`dedup`] (with [`redis_dedup`] across replicas) and [`limit`] guard, [`upstream`] forwards, and [`respond`]
 //! decides what Feishu receives.
 
 pub mod admin;
@@ -20,6 +20,7 @@ pub mod gateway;
 pub mod limit;
 pub mod logging;
 pub mod metrics;
+pub mod redis_dedup;
 pub mod respond;
 pub mod secret;
 pub mod send;
