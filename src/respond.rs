@@ -15,6 +15,10 @@ use crate::envelope::EnvelopeError;
 /// Longest message Feishu is given, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 200;
 
+/// The shortest run of a secret's bytes that counts as giving it away. Shorter runs turn up
+/// in ordinary text by chance; a token or key of 32 characters has 25 runs of this length.
+pub const SECRET_FRAGMENT_BYTES: usize = 8;
+
 /// Longest detail a callback's log line carries, in characters.
 pub const MAX_LOG_DETAIL_CHARS: usize = 400;
 
@@ -343,6 +347,11 @@ impl Translator {
                 text = text.replace(secret.as_str(), "<redacted>");
             }
         }
+        if self.holds_part_of_a_secret(&text) {
+            // Where a fragment sits cannot be told from ordinary text around it: the whole
+            // detail goes, and the operator learns why.
+            text = "<withheld: it holds part of a configured secret>".to_owned();
+        }
         if text.chars().count() > MAX_LOG_DETAIL_CHARS {
             text = text.chars().take(MAX_LOG_DETAIL_CHARS - 1).collect();
             text.push('…');
@@ -354,6 +363,21 @@ impl Translator {
         self.secrets
             .iter()
             .any(|s| !s.is_empty() && message.contains(s.as_str()))
+            || self.holds_part_of_a_secret(message)
+    }
+
+    /// Whether `text` holds [`SECRET_FRAGMENT_BYTES`] consecutive bytes of a secret: a legacy
+    /// system that echoes the first half of its credential gives away as much as half.
+    fn holds_part_of_a_secret(&self, text: &str) -> bool {
+        self.secrets
+            .iter()
+            .filter(|s| s.len() > SECRET_FRAGMENT_BYTES)
+            .any(|secret| {
+                secret
+                    .as_bytes()
+                    .windows(SECRET_FRAGMENT_BYTES)
+                    .any(|fragment| memchr::memmem::find(text.as_bytes(), fragment).is_some())
+            })
     }
 }
 
@@ -656,6 +680,34 @@ mod tests {
             upstream_message(ct("text/plain; charset=x-klingon").as_ref(), b"nope").as_deref(),
             Some("nope")
         );
+    }
+
+    #[test]
+    fn part_of_a_secret_is_not_passed_on_either() {
+        let t = t(Lang::En);
+        let refused = |message: &str| {
+            Outcome::Refused(Refusal {
+                upstream_status: StatusCode::FORBIDDEN,
+                message: Some(message.to_owned()),
+                business_rule: false,
+            })
+        };
+        // The first 8 bytes of "s3cret-token", echoed as a legacy system cut it.
+        for echoed in ["token s3cret-t… is not valid", "bad: cret-tok"] {
+            let o = refused(echoed);
+            assert_eq!(
+                t.message(&o).unwrap(),
+                "The approval system refused this action (HTTP 403).",
+                "{echoed}"
+            );
+            assert_eq!(
+                t.log_detail(None, &o).unwrap(),
+                "<withheld: it holds part of a configured secret>"
+            );
+        }
+        // Seven bytes in a row are ordinary text.
+        let o = refused("s3cret- is fine");
+        assert_eq!(t.message(&o).unwrap(), "s3cret- is fine");
     }
 
     #[test]
