@@ -27,6 +27,9 @@ pub const CALLBACK_PATH: &str = "FEISHU_GATE_CALLBACK_PATH";
 pub const UPSTREAM_URL: &str = "FEISHU_GATE_UPSTREAM_URL";
 /// Bound on the whole upstream exchange, in milliseconds.
 pub const UPSTREAM_TIMEOUT_MS: &str = "FEISHU_GATE_UPSTREAM_TIMEOUT_MS";
+/// The latest moment after a callback arrived by which its caller is
+/// answered: Feishu's page waits 10 s, Lark's 5 s.
+pub const ANSWER_WITHIN_MS: &str = "FEISHU_GATE_ANSWER_WITHIN_MS";
 /// Extra request headers for the legacy system, `name=value,name=value`
 /// (values percent-encoded). Secret: they usually carry credentials.
 pub const UPSTREAM_HEADERS: &str = "FEISHU_GATE_UPSTREAM_HEADERS";
@@ -84,6 +87,7 @@ pub const VARIABLES: &[&str] = &[
     CALLBACK_PATH,
     UPSTREAM_URL,
     UPSTREAM_TIMEOUT_MS,
+    ANSWER_WITHIN_MS,
     UPSTREAM_HEADERS,
     UPSTREAM_CA_FILE,
     UPSTREAM_CLIENT_CERT,
@@ -116,6 +120,23 @@ pub const FEISHU_DEADLINE: Duration = Duration::from_secs(10);
 /// The longest upstream timeout that still leaves the request read and the
 /// answer inside [`FEISHU_DEADLINE`].
 pub const MAX_UPSTREAM_TIMEOUT_MS: u64 = 9_000;
+/// Feishu gives up after 10 s; answering by 9.5 s leaves room for the
+/// network. Also the most `ANSWER_WITHIN_MS` may be.
+pub const MAX_ANSWER_WITHIN_MS: u64 = 9_500;
+/// Below this the gateway could not read, verify and forward a callback.
+pub const MIN_ANSWER_WITHIN_MS: u64 = 500;
+/// What the default upstream timeout leaves, out of `ANSWER_WITHIN_MS`, for
+/// reading the request, a retry's backoff and writing the answer.
+const ANSWER_MARGIN_MS: u64 = 1_500;
+
+/// The upstream timeout when `UPSTREAM_TIMEOUT_MS` is unset: 8 s under the
+/// default 9.5 s bound, 3 s under Lark's 4.5 s, never under half the bound.
+pub fn default_upstream_timeout_ms(answer_within_ms: u64) -> u64 {
+    answer_within_ms
+        .saturating_sub(ANSWER_MARGIN_MS)
+        .max(answer_within_ms / 2)
+        .min(MAX_UPSTREAM_TIMEOUT_MS)
+}
 
 /// More worker threads than this is a typo, not a machine.
 pub const MAX_WORKERS: u64 = 1_024;
@@ -248,6 +269,8 @@ pub struct Config {
     pub callback_path: String,
     pub upstream_url: Uri,
     pub upstream_timeout: Duration,
+    /// By when after its arrival every callback is answered.
+    pub answer_within: Duration,
     pub upstream_headers: UpstreamHeaders,
     pub upstream_ca_file: Option<PathBuf>,
     pub upstream_client: Option<ClientIdentity>,
@@ -361,6 +384,7 @@ impl Config {
                 UPSTREAM_TIMEOUT_MS,
                 self.upstream_timeout.as_millis().to_string(),
             ),
+            (ANSWER_WITHIN_MS, self.answer_within.as_millis().to_string()),
             (
                 UPSTREAM_HEADERS,
                 if self.upstream_headers.0.is_empty() {
@@ -647,12 +671,30 @@ impl Parser<'_> {
             );
         }
         let upstream_url = self.upstream_url();
-        let upstream_timeout = Duration::from_millis(self.number(
+        let answer_within_ms = self.number(
+            ANSWER_WITHIN_MS,
+            MAX_ANSWER_WITHIN_MS,
+            MIN_ANSWER_WITHIN_MS,
+            MAX_ANSWER_WITHIN_MS,
+        );
+        let upstream_timeout_ms = self.number(
             UPSTREAM_TIMEOUT_MS,
-            8_000,
+            default_upstream_timeout_ms(answer_within_ms),
             1,
             MAX_UPSTREAM_TIMEOUT_MS,
-        ));
+        );
+        // Only an explicit timeout can exceed the bound: the default follows it.
+        if upstream_timeout_ms > answer_within_ms {
+            self.fail(
+                UPSTREAM_TIMEOUT_MS,
+                format!(
+                    "{upstream_timeout_ms} is above {ANSWER_WITHIN_MS} ({answer_within_ms}): \
+                     the caller would be answered before the legacy system's time is up"
+                ),
+            );
+        }
+        let upstream_timeout = Duration::from_millis(upstream_timeout_ms);
+        let answer_within = Duration::from_millis(answer_within_ms);
         let upstream_headers = self.upstream_headers();
         let upstream_ca_file = self.path(UPSTREAM_CA_FILE);
         let upstream_client = self
@@ -712,6 +754,7 @@ impl Parser<'_> {
             callback_path,
             upstream_url: upstream_url?,
             upstream_timeout,
+            answer_within,
             upstream_headers,
             upstream_ca_file,
             upstream_client,
@@ -898,6 +941,7 @@ mod tests {
         assert_eq!(c.admin_listen.to_string(), "0.0.0.0:9901");
         assert_eq!(c.callback_path, "/");
         assert_eq!(c.upstream_timeout, Duration::from_millis(8000));
+        assert_eq!(c.answer_within, Duration::from_millis(9500));
         assert_eq!(c.max_body_bytes, 65536);
         assert_eq!(
             c.rate_limit,
@@ -949,6 +993,31 @@ mod tests {
         assert!(with(&[(UPSTREAM_TIMEOUT_MS, "9000")]).is_ok());
         assert!(errors(&[(UPSTREAM_TIMEOUT_MS, "9001")])[0].starts_with(UPSTREAM_TIMEOUT_MS));
         assert!(errors(&[(UPSTREAM_TIMEOUT_MS, "0")])[0].starts_with(UPSTREAM_TIMEOUT_MS));
+    }
+
+    #[test]
+    fn the_answer_bound_alone_is_enough_for_lark() {
+        let c = with(&[(ANSWER_WITHIN_MS, "4500")]).unwrap().config;
+        assert_eq!(c.answer_within, Duration::from_millis(4500));
+        assert_eq!(c.upstream_timeout, Duration::from_millis(3000));
+        let c = with(&[(ANSWER_WITHIN_MS, "4500"), (UPSTREAM_TIMEOUT_MS, "4500")])
+            .unwrap()
+            .config;
+        assert_eq!(c.upstream_timeout, Duration::from_millis(4500));
+        let e = errors(&[(ANSWER_WITHIN_MS, "4500"), (UPSTREAM_TIMEOUT_MS, "4501")]);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with(UPSTREAM_TIMEOUT_MS), "{e:?}");
+        assert!(e[0].contains(ANSWER_WITHIN_MS), "{e:?}");
+        assert!(errors(&[(ANSWER_WITHIN_MS, "9501")])[0].starts_with(ANSWER_WITHIN_MS));
+        assert!(errors(&[(ANSWER_WITHIN_MS, "499")])[0].starts_with(ANSWER_WITHIN_MS));
+        let c = with(&[(ANSWER_WITHIN_MS, "500")]).unwrap().config;
+        assert_eq!(c.upstream_timeout, Duration::from_millis(250));
+        assert_eq!(default_upstream_timeout_ms(MAX_ANSWER_WITHIN_MS), 8000);
+        let shown = c.describe();
+        assert!(
+            shown.contains(&(ANSWER_WITHIN_MS, "500".to_owned())),
+            "{shown:?}"
+        );
     }
 
     #[test]

@@ -28,9 +28,6 @@ use crate::respond::{Outcome, Rejection, Translator, UpstreamError};
 use crate::upstream::{Exchange, REQUEST_ID, Upstream};
 use crate::verify::Verifier;
 
-/// Feishu gives up after 10 s; answering by 9.5 s leaves room for the network.
-pub const ANSWER_WITHIN: Duration = Duration::from_millis(9_500);
-
 /// A callback body is a few KiB; a client slower than this is not Feishu.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -65,6 +62,9 @@ pub struct Gateway {
     path: String,
     max_body: usize,
     upstream_timeout: Duration,
+    /// `ANSWER_WITHIN_MS`: the upstream's answer must come by then for
+    /// Feishu's (or Lark's) to be in time.
+    answer_within: Duration,
     verifier: Verifier,
     /// Each worker thread delivers through its own copy (see [`Upstream::for_worker`]).
     upstream: Upstream,
@@ -119,6 +119,7 @@ impl Gateway {
             path: config.callback_path.clone(),
             max_body: config.max_body_bytes,
             upstream_timeout: config.upstream_timeout,
+            answer_within: config.answer_within,
             verifier: Verifier::from_config(config),
             upstream: Upstream::new(config)?,
             translator: Translator::new(config.lang, secrets),
@@ -241,7 +242,7 @@ impl Gateway {
             body: upstream_body,
             decision,
             verified_at: now,
-            deadline: (now + self.upstream_timeout).min(started + ANSWER_WITHIN),
+            deadline: (now + self.upstream_timeout).min(started + self.answer_within),
         };
         self.forward(upstream, outbound, request_id, record).await
     }
