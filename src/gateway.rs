@@ -99,6 +99,8 @@ struct Record {
     summary: Option<Summary>,
     upstream_status: Option<StatusCode>,
     upstream_elapsed: Option<Duration>,
+    /// Requests sent or tried to the legacy system, when one was.
+    attempts: Option<u32>,
     detail: Option<String>,
     /// The request's body was read to its end, so its connection can carry another.
     body_read: bool,
@@ -330,10 +332,18 @@ impl Gateway {
         };
         record.upstream_status = exchange.status;
         record.upstream_elapsed = Some(exchange.elapsed);
-        record.detail = exchange.detail;
+        record.attempts = Some(exchange.attempts());
         self.metrics
             .upstream_duration
             .observe(exchange.elapsed.as_secs_f64());
+        if exchange.retries.total() > 0 {
+            self.metrics
+                .count_retries("unsent", exchange.retries.unsent);
+            self.metrics
+                .count_retries("unavailable", exchange.retries.unavailable);
+            self.metrics.count_retried(exchange.outcome.label());
+        }
+        record.detail = exchange.detail;
         exchange.outcome
     }
 
@@ -492,6 +502,7 @@ macro_rules! callback_line {
             upstream_status = $r.upstream_status.map(|s| s.as_u16()),
             duration_ms = $elapsed.as_secs_f64() * 1000.0,
             upstream_ms = $r.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
+            attempts = $r.attempts,
             detail = $r.detail.as_deref(),
             "callback"
         )

@@ -93,3 +93,255 @@ async fn at_larks_setting_a_silent_legacy_system_is_answered_504_before_5_s() {
         "{bound_took:?}"
     );
 }
+
+/// A raw HTTP/1.1 legacy system that acts out `script` for its n-th request
+/// (from 0), recording each request's head and body.
+#[derive(Clone)]
+struct Scripted {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+#[derive(Clone, Copy)]
+enum Act {
+    Answer(&'static str),
+    /// Reads the request, then resets the connection without answering.
+    Reset,
+}
+
+impl Scripted {
+    async fn start(script: fn(usize) -> Act) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = Scripted {
+            addr: listener.local_addr().unwrap(),
+            requests: Arc::default(),
+        };
+        let server = up.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let server = server.clone();
+                tokio::spawn(async move {
+                    while let Some(request) = read_request(&mut stream).await {
+                        let n = {
+                            let mut requests = server.requests.lock().unwrap();
+                            requests.push(request);
+                            requests.len() - 1
+                        };
+                        match script(n) {
+                            Act::Answer(raw) => {
+                                use tokio::io::AsyncWriteExt;
+                                if stream.write_all(raw.as_bytes()).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Act::Reset => {
+                                reset(stream);
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        up
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/legacy/approve", self.addr)
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+const OK: &str =
+    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 10\r\n\r\n{\"code\":0}";
+
+/// Closes with RST instead of FIN.
+// A zero linger never blocks on drop, which is what the deprecation is about.
+#[allow(deprecated)]
+fn reset(stream: TcpStream) {
+    let _ = stream.set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+/// One request with a `content-length` body, head and body as text; `None` at EOF.
+async fn read_request(stream: &mut TcpStream) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let header_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < header_end + length {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some(String::from_utf8_lossy(&buf[..header_end + length]).into_owned())
+}
+
+/// The binary's callback log lines, parsed.
+fn callback_lines(gate: &harness::Binary) -> Vec<serde_json::Value> {
+    gate.log_tail()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "callback" || v["message"] == "callback")
+        .collect()
+}
+
+/// Waits for the log line of the callback whose `task_id` is `task`.
+async fn callback_line(gate: &harness::Binary, task: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let found = callback_lines(gate)
+            .into_iter()
+            .find(|v| field(v, "task_id") == Some(task.into()));
+        if let Some(line) = found {
+            return line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no callback line for {task}: {:?}",
+            gate.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A field of a log line, wherever the JSON layout puts it.
+fn field(line: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
+    line.get(name)
+        .or_else(|| line["fields"].get(name))
+        .filter(|v| !v.is_null())
+        .cloned()
+}
+
+const INFO: (&str, &str) = ("RUST_LOG", "info");
+
+/// A legacy container restarting: connections are refused until it listens,
+/// 1.5 s after the callback arrived. The callback is delivered once, when it
+/// does, and Feishu gets 200; the log line and the metrics say it took retries.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_legacy_system_listening_only_after_1_5_s_gets_the_callback_once() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gate = harness::Binary::start(&format!("http://{addr}/legacy/approve"), &[INFO]).await;
+    let posted = tokio::spawn(timed_sealed_post(gate.addr, "while-restarting"));
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let up = Upstream::on(TcpListener::bind(addr).await.unwrap(), Reply::ok());
+    let (answer, took) = posted.await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert!(took >= Duration::from_millis(1_500), "{took:?}");
+    assert!(took < Duration::from_millis(2_500), "{took:?}");
+    let received = up.received();
+    assert_eq!(received.len(), 1, "delivered once");
+    assert!(received[0].text().contains("while-restarting"));
+
+    let line = callback_line(&gate, "while-restarting").await;
+    let attempts = field(&line, "attempts").and_then(|v| v.as_u64()).unwrap();
+    assert!(attempts > 2, "{line}");
+    assert_eq!(field(&line, "outcome"), Some("delivered".into()), "{line}");
+    let scrape = gate.metrics().await;
+    assert_eq!(
+        metric(
+            &scrape,
+            r#"feishu_gate_upstream_retries_total{reason="unsent"}"#
+        ),
+        (attempts - 1) as f64
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            r#"feishu_gate_retried_deliveries_total{outcome="delivered"}"#
+        ),
+        1.0
+    );
+}
+
+/// A legacy system that read the request and reset the connection may have
+/// recorded the decision: the request is not sent again, and Feishu is told
+/// the legacy system is unreachable.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_legacy_system_that_received_the_request_and_reset_is_not_retried() {
+    let up = Scripted::start(|_| Act::Reset).await;
+    let gate = harness::Binary::start(&up.url(), &[INFO]).await;
+    let (answer, _) = timed_sealed_post(gate.addr, "reset-after-reading").await;
+    answer.feishu_error(502);
+    // Long enough for a retry's pause to have passed, had there been one.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(up.requests().len(), 1, "sent exactly once");
+    let line = callback_line(&gate, "reset-after-reading").await;
+    assert_eq!(field(&line, "attempts"), Some(1.into()), "{line}");
+    let scrape = gate.metrics().await;
+    assert_eq!(
+        metric(
+            &scrape,
+            r#"feishu_gate_upstream_retries_total{reason="unsent"}"#
+        ),
+        0.0
+    );
+}
+
+/// A `503` whose `Retry-After` fits in the time left is tried again, with the
+/// same `Idempotency-Key`; one that does not fit is passed on at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_503_with_a_retry_after_that_fits_is_tried_again() {
+    const UNAVAILABLE_1S: &str = "HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-type: application/json\r\ncontent-length: 22\r\n\r\n{\"message\":\"starting\"}";
+    const UNAVAILABLE_60S: &str = "HTTP/1.1 503 Service Unavailable\r\nretry-after: 60\r\ncontent-type: application/json\r\ncontent-length: 22\r\n\r\n{\"message\":\"starting\"}";
+    let fits = Scripted::start(|n| {
+        if n == 0 {
+            Act::Answer(UNAVAILABLE_1S)
+        } else {
+            Act::Answer(OK)
+        }
+    })
+    .await;
+    let too_long = Scripted::start(|_| Act::Answer(UNAVAILABLE_60S)).await;
+    let gate = harness::Binary::start(&fits.url(), &[INFO]).await;
+    let other = harness::Binary::start(&too_long.url(), &[]).await;
+
+    let (answer, took) = timed_sealed_post(gate.addr, "unavailable-then-ok").await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    let requests = fits.requests();
+    assert_eq!(requests.len(), 2);
+    let key = |r: &str| {
+        r.lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("idempotency-key:"))
+            .map(str::to_owned)
+            .unwrap()
+    };
+    assert_eq!(key(&requests[0]), key(&requests[1]));
+    let line = callback_line(&gate, "unavailable-then-ok").await;
+    assert_eq!(field(&line, "attempts"), Some(2.into()), "{line}");
+    assert_eq!(
+        metric(
+            &gate.metrics().await,
+            r#"feishu_gate_upstream_retries_total{reason="unavailable"}"#
+        ),
+        1.0
+    );
+
+    let (answer, took) = timed_sealed_post(other.addr, "unavailable-for-long").await;
+    assert_eq!(answer.feishu_error(503), "starting");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert_eq!(too_long.requests().len(), 1);
+}
