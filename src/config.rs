@@ -259,6 +259,8 @@ const RESERVED_HEADERS: &[&str] = &[
     "user-agent",
     "x-request-id",
     "idempotency-key",
+    "traceparent",
+    "tracestate",
 ];
 
 /// The gateway's whole configuration.

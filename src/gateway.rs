@@ -25,6 +25,7 @@ use crate::dedup::{Admission, Dedup};
 use crate::limit::Limits;
 use crate::metrics::Metrics;
 use crate::respond::{Outcome, Rejection, Translator, UpstreamError};
+use crate::trace::Trace;
 use crate::upstream::{Exchange, REQUEST_ID, Upstream};
 use crate::verify::Verifier;
 
@@ -159,14 +160,14 @@ impl Gateway {
     {
         let started = Instant::now();
         let _in_flight = InFlight::new(&self.metrics);
-        let request_id = self.request_ids.for_request(request.headers());
+        let (request_id, trace) = self.request_ids.for_request(request.headers());
         let keeps_alive_by_header = request.version() <= Version::HTTP_11;
         let mut record = Record {
             body_read: request.body().is_end_stream(),
             ..Record::default()
         };
         let outcome = self
-            .process(upstream, request, started, &request_id, &mut record)
+            .process(upstream, request, started, &request_id, &trace, &mut record)
             .await;
 
         let mut response = self.translator.respond(&outcome);
@@ -183,7 +184,14 @@ impl Gateway {
         }
         let elapsed = started.elapsed();
         self.observe(&outcome, elapsed);
-        log(&outcome, response.status(), &request_id, elapsed, &record);
+        log(
+            &outcome,
+            response.status(),
+            &request_id,
+            &trace,
+            elapsed,
+            &record,
+        );
         response
     }
 
@@ -193,6 +201,7 @@ impl Gateway {
         request: Request<B>,
         started: Instant,
         request_id: &HeaderValue,
+        trace: &Trace,
         record: &mut Record,
     ) -> Outcome
     where
@@ -246,7 +255,8 @@ impl Gateway {
             verified_at: now,
             deadline: (now + self.upstream_timeout).min(started + self.answer_within),
         };
-        self.forward(upstream, outbound, request_id, record).await
+        self.forward(upstream, outbound, request_id, trace, record)
+            .await
     }
 
     /// Reads the whole body, by `BODY_READ_TIMEOUT` after the request `started`.
@@ -279,6 +289,7 @@ impl Gateway {
         upstream: &Arc<Upstream>,
         outbound: Outbound,
         request_id: &HeaderValue,
+        trace: &Trace,
         record: &mut Record,
     ) -> Outcome {
         let Outbound {
@@ -316,9 +327,17 @@ impl Gateway {
         };
         let upstream = Arc::clone(upstream);
         let request_id = request_id.clone();
+        let trace = trace.clone();
         let delivery = Detachable::new(&self.deliveries, async move {
             let exchange = upstream
-                .deliver(upstream_body, &request_id, &decision, verified_at, deadline)
+                .deliver(
+                    upstream_body,
+                    &request_id,
+                    &trace,
+                    &decision,
+                    verified_at,
+                    deadline,
+                )
                 .await;
             if let Some(ticket) = ticket {
                 ticket.finish(&exchange.outcome);
@@ -445,7 +464,7 @@ impl Drop for InFlight<'_> {
 }
 
 /// Request ids: the caller's `X-Request-Id` when it is a sane token,
-/// otherwise a new random UUID.
+/// otherwise a new random UUID; and the ids of a new trace or span.
 #[derive(Debug, Default)]
 struct RequestIds {
     /// SipHash keyed once from the operating system's randomness: each id
@@ -455,19 +474,22 @@ struct RequestIds {
 }
 
 impl RequestIds {
-    fn for_request(&self, headers: &HeaderMap) -> HeaderValue {
-        headers
+    fn for_request(&self, headers: &HeaderMap) -> (HeaderValue, Trace) {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let random = [2u8, 3, 4, 5].map(|i| self.keys.hash_one((n, i)));
+        let trace = Trace::from_headers(headers, random);
+        let request_id = headers
             .get(REQUEST_ID)
             .filter(|v| {
                 let b = v.as_bytes();
                 !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
             })
             .cloned()
-            .unwrap_or_else(|| self.fresh())
+            .unwrap_or_else(|| self.fresh(n));
+        (request_id, trace)
     }
 
-    fn fresh(&self) -> HeaderValue {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
+    fn fresh(&self, n: u64) -> HeaderValue {
         let high = u128::from(self.keys.hash_one((n, 0u8)));
         let low = u128::from(self.keys.hash_one((n, 1u8)));
         let uuid = uuid::Builder::from_random_bytes(((high << 64) | low).to_be_bytes()).into_uuid();
@@ -487,11 +509,12 @@ fn detail(rejection: &Rejection) -> String {
 }
 
 macro_rules! callback_line {
-    ($level:ident, $outcome:expr, $status:expr, $id:expr, $elapsed:expr, $r:expr) => {{
+    ($level:ident, $outcome:expr, $status:expr, $id:expr, $trace_id:expr, $elapsed:expr, $r:expr) => {{
         let s = $r.summary.as_ref();
         tracing::$level!(
             target: crate::logging::CALLBACK_TARGET,
             request_id = $id,
+            trace_id = $trace_id,
             approval_code = s.map(|s| s.approval_code.as_str()),
             instance_id = s.and_then(|s| s.instance_id.as_deref()),
             task_id = s.and_then(|s| s.task_id.as_deref()),
@@ -513,14 +536,17 @@ fn log(
     outcome: &Outcome,
     status: StatusCode,
     request_id: &HeaderValue,
+    trace: &Trace,
     elapsed: Duration,
     record: &Record,
 ) {
     let id = request_id.to_str().unwrap_or("-");
+    let trace_id = trace.trace_id_hex();
+    let trace_id = trace_id.as_str();
     match outcome {
         Outcome::Refused(_) | Outcome::Unreachable(_) | Outcome::TimedOut => {
-            callback_line!(warn, outcome, status, id, elapsed, record)
+            callback_line!(warn, outcome, status, id, trace_id, elapsed, record)
         }
-        _ => callback_line!(info, outcome, status, id, elapsed, record),
+        _ => callback_line!(info, outcome, status, id, trace_id, elapsed, record),
     }
 }

@@ -7,7 +7,8 @@
 //! [`server_tls`] when configured), [`gateway`] routes and reads, [`verify`]
 //! opens the [`envelope`] and checks the token, [`callback`] validates,
 //! [`dedup`] and [`limit`] guard, [`upstream`] forwards, and [`respond`]
-//! decides what Feishu receives.
+//! decides what Feishu receives. [`trace`] carries W3C trace context to the
+//! legacy system.
 
 pub mod admin;
 pub mod callback;
@@ -26,5 +27,6 @@ pub mod send;
 pub mod server;
 pub mod server_tls;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 pub mod verify;

@@ -22,6 +22,7 @@ use crate::callback::{self, Decision};
 use crate::config::{Config, OkRule, UpstreamHeaders};
 use crate::respond::{Outcome, Refusal, UpstreamError, upstream_message};
 use crate::tls;
+use crate::trace::{TRACEPARENT, TRACESTATE, Trace};
 
 /// The most of an upstream answer the gateway reads: enough for any error
 /// message, small enough that a runaway answer costs nothing.
@@ -255,6 +256,7 @@ impl Upstream {
         &self,
         body: Vec<u8>,
         request_id: &HeaderValue,
+        trace: &Trace,
         decision: &Decision,
         started: Instant,
         deadline: Instant,
@@ -264,7 +266,7 @@ impl Upstream {
         let mut backoff = FIRST_BACKOFF;
         loop {
             let (mut exchange, retry) = self
-                .attempt(body.clone(), request_id, decision, started, deadline)
+                .attempt(body.clone(), request_id, trace, decision, started, deadline)
                 .await;
             let pause = match retry {
                 None => None,
@@ -294,6 +296,7 @@ impl Upstream {
         &self,
         body: Bytes,
         request_id: &HeaderValue,
+        trace: &Trace,
         decision: &Decision,
         started: Instant,
         deadline: Instant,
@@ -306,7 +309,7 @@ impl Upstream {
             detail: Some(detail),
             retries: Retries::default(),
         };
-        let request = match self.request(body, request_id, decision) {
+        let request = match self.request(body, request_id, trace, decision) {
             Ok(r) => r,
             Err(e) => {
                 return (
@@ -443,12 +446,15 @@ impl Upstream {
         &self,
         body: Bytes,
         request_id: &HeaderValue,
+        trace: &Trace,
         decision: &Decision,
     ) -> Result<Request<Full<Bytes>>, http::Error> {
         // Names and fixed values are built once, not parsed for every callback.
         const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID);
         const IDEMPOTENCY_KEY_NAME: HeaderName = HeaderName::from_static(IDEMPOTENCY_KEY);
-        let mut headers = HeaderMap::with_capacity(4 + self.route.headers.0.len());
+        const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT);
+        const TRACESTATE_NAME: HeaderName = HeaderName::from_static(TRACESTATE);
+        let mut headers = HeaderMap::with_capacity(6 + self.route.headers.0.len());
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -459,6 +465,10 @@ impl Upstream {
             IDEMPOTENCY_KEY_NAME,
             HeaderValue::from_bytes(&callback::idempotency_key(decision))?,
         );
+        headers.insert(TRACEPARENT_NAME, trace.traceparent());
+        if let Some(state) = &trace.tracestate {
+            headers.insert(TRACESTATE_NAME, state.clone());
+        }
         for (name, value) in &self.route.headers.0 {
             headers.append(name, value.clone());
         }

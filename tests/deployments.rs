@@ -345,3 +345,118 @@ async fn a_503_with_a_retry_after_that_fits_is_tried_again() {
     assert!(took < Duration::from_secs(1), "{took:?}");
     assert_eq!(too_long.requests().len(), 1);
 }
+
+/// `version-traceid-parentid-flags`, split.
+fn traceparent_parts(value: &str) -> (String, String, String, String) {
+    let parts: Vec<&str> = value.split('-').collect();
+    assert_eq!(parts.len(), 4, "{value}");
+    assert_eq!(value.len(), 55, "{value}");
+    for part in &parts {
+        assert!(
+            part.chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
+            "{value}"
+        );
+    }
+    (
+        parts[0].to_owned(),
+        parts[1].to_owned(),
+        parts[2].to_owned(),
+        parts[3].to_owned(),
+    )
+}
+
+const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+/// The caller's trace is continued to the legacy system: same trace, a span
+/// of the gateway's own as the parent, the sampled flag and `tracestate`
+/// kept; the callback's log line names the trace.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callers_traceparent_is_continued_to_the_legacy_system() {
+    let up = Upstream::start(Reply::ok()).await;
+    let gate = harness::Binary::start(&up.url(), &[INFO]).await;
+    for (task, flags) in [("traced-sampled", "01"), ("traced-unsampled", "00")] {
+        let body = seal(
+            KEY,
+            &callback_with(TOKEN, "task_id", &format!("\"{task}\"")),
+        );
+        let traceparent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-{flags}");
+        let answer = post(
+            gate.addr,
+            "/",
+            body,
+            &[
+                ("traceparent", &traceparent),
+                ("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"),
+            ],
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        let received = up.received().pop().unwrap();
+        assert!(received.text().contains(task));
+        let sent = received.header("traceparent").unwrap();
+        let (version, trace, span, sent_flags) = traceparent_parts(&sent);
+        assert_eq!(version, "00");
+        assert_eq!(trace, CALLER_TRACE);
+        assert_ne!(span, CALLER_SPAN, "a span of the gateway's own");
+        assert_ne!(span, "0000000000000000");
+        assert_eq!(sent_flags, flags);
+        assert_eq!(
+            received.header("tracestate").as_deref(),
+            Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
+        );
+        let line = callback_line(&gate, task).await;
+        assert_eq!(
+            field(&line, "trace_id"),
+            Some(CALLER_TRACE.into()),
+            "{line}"
+        );
+    }
+}
+
+/// Without a (valid) `traceparent` a trace is started: a new trace id for
+/// each callback, sent to the legacy system and written in the log line, and
+/// a `tracestate` without its `traceparent` is not passed on.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_traceparent_a_trace_is_started() {
+    let up = Upstream::start(Reply::ok()).await;
+    let gate = harness::Binary::start(&up.url(), &[INFO]).await;
+    let mut traces = Vec::new();
+    for (task, traceparent) in [
+        ("untraced-1", None),
+        ("untraced-2", None),
+        (
+            "badly-traced",
+            Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+        ),
+    ] {
+        let body = seal(
+            KEY,
+            &callback_with(TOKEN, "task_id", &format!("\"{task}\"")),
+        );
+        let mut headers = vec![("tracestate", "congo=t61rcWkgMzE")];
+        if let Some(traceparent) = traceparent {
+            headers.push(("traceparent", traceparent));
+        }
+        let answer = post(gate.addr, "/", body, &headers).await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        let received = up.received().pop().unwrap();
+        assert!(received.text().contains(task));
+        let (version, trace, span, _) = traceparent_parts(&received.header("traceparent").unwrap());
+        assert_eq!(version, "00");
+        assert_ne!(trace, "0".repeat(32));
+        assert_ne!(span, "0".repeat(16));
+        assert_eq!(received.header("tracestate"), None, "{task}");
+        let line = callback_line(&gate, task).await;
+        assert_eq!(
+            field(&line, "trace_id"),
+            Some(trace.clone().into()),
+            "{line}"
+        );
+        traces.push(trace);
+    }
+    traces.sort();
+    traces.dedup();
+    assert_eq!(traces.len(), 3, "each callback a trace of its own");
+}
