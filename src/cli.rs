@@ -18,6 +18,7 @@ use crate::logging::{self, Sink};
 use crate::send::{self, CallbackFields};
 use crate::server::{self, Listeners};
 use crate::server_tls::{RELOAD_POLL, ServerTls};
+use crate::telemetry::Telemetry;
 
 /// Exit status when a second signal cuts the drain short.
 const EXIT_FORCED: u8 = 130;
@@ -206,12 +207,32 @@ fn serve() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let gateway = match &config.traces {
+            None => gateway,
+            Some(traces) => match Telemetry::start(traces, &config.upstream_url) {
+                Ok(telemetry) => {
+                    tracing::info!(endpoint = %traces.endpoint, service = %traces.service_name, "exporting spans over OTLP/HTTP");
+                    gateway.with_telemetry(telemetry)
+                }
+                Err(message) => {
+                    tracing::error!("{message}");
+                    eprintln!("{message}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
+        let telemetry = gateway.telemetry().cloned();
         let shutdown = shutdown_signal();
         let acceptor = tls.as_ref().map(ServerTls::acceptor);
         let reload = tls.map(|tls| tokio::spawn(tls.watch(RELOAD_POLL, gateway.metrics.clone())));
         server::serve(Arc::new(gateway), listeners, acceptor, shutdown, config.shutdown_grace).await;
         if let Some(reload) = reload {
             reload.abort();
+        }
+        if let Some(telemetry) = telemetry {
+            // The exporter sends its last batch on this runtime while the
+            // flush blocks a thread of its own.
+            let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
         }
         logging::flush();
         ExitCode::SUCCESS

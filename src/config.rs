@@ -80,6 +80,23 @@ pub const MAX_CONNECTIONS: &str = "FEISHU_GATE_MAX_CONNECTIONS";
 /// unset, one per CPU the process may use (a cgroup CPU limit included).
 pub const WORKERS: &str = "FEISHU_GATE_WORKERS";
 
+/// OpenTelemetry's standard variables that turn span export on: the base URL
+/// (`/v1/traces` is appended) or the traces URL as it is. The exporter reads
+/// the rest of its standard variables itself (`OTEL_EXPORTER_OTLP_HEADERS`,
+/// `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`...).
+pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+pub const OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+/// Only `http/protobuf` is spoken; another protocol is a configuration error.
+pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+pub const OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+/// The exported service's name; `feishu-gate` unless set.
+pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+/// `true` turns export off whatever else is set.
+pub const OTEL_SDK_DISABLED: &str = "OTEL_SDK_DISABLED";
+/// Shown by `check-config`; the exporter reads it.
+pub const OTEL_TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";
+const OTEL_PREFIX: &str = "OTEL_";
+
 /// Every variable the gateway reads (secrets also have a `_FILE` form).
 pub const VARIABLES: &[&str] = &[
     LISTEN,
@@ -263,6 +280,16 @@ const RESERVED_HEADERS: &[&str] = &[
     "tracestate",
 ];
 
+/// Span export over OTLP/HTTP, when OpenTelemetry's variables ask for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Traces {
+    /// Where spans are POSTed, `/v1/traces` included.
+    pub endpoint: Uri,
+    pub service_name: String,
+    /// `OTEL_TRACES_SAMPLER` as set, for `check-config`.
+    pub sampler: String,
+}
+
 /// The gateway's whole configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -292,6 +319,8 @@ pub struct Config {
     pub max_connections: usize,
     /// `None`: one per available CPU, decided when serving starts.
     pub workers: Option<usize>,
+    /// `None`: no exporter, and tracing costs a callback only its `traceparent`.
+    pub traces: Option<Traces>,
 }
 
 /// One problem with one variable.
@@ -353,7 +382,7 @@ impl Config {
         let vars: HashMap<String, String> = vars
             .into_iter()
             .map(|(k, v)| (k.into(), v.into()))
-            .filter(|(k, _)| k.starts_with(PREFIX))
+            .filter(|(k, _)| k.starts_with(PREFIX) || k.starts_with(OTEL_PREFIX))
             .collect();
         let mut p = Parser {
             vars: &vars,
@@ -461,11 +490,39 @@ impl Config {
                 self.workers
                     .map_or_else(|| "auto".to_owned(), |n| n.to_string()),
             ),
+            (
+                OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+                self.traces
+                    .as_ref()
+                    .map_or_else(off, |t| shown_endpoint(&t.endpoint)),
+            ),
+            (
+                OTEL_SERVICE_NAME,
+                self.traces
+                    .as_ref()
+                    .map_or_else(off, |t| t.service_name.clone()),
+            ),
+            (
+                OTEL_TRACES_SAMPLER,
+                self.traces.as_ref().map_or_else(off, |t| t.sampler.clone()),
+            ),
         ]
     }
 }
 
 const NOT_UTF8: &str = "\u{0}not-utf8";
+
+/// An endpoint as shown: whatever precedes `@` in its authority is a credential.
+fn shown_endpoint(endpoint: &Uri) -> String {
+    let text = endpoint.to_string();
+    match endpoint.authority() {
+        Some(a) if a.as_str().contains('@') => {
+            let host = a.as_str().rsplit('@').next().unwrap_or_default();
+            text.replacen(a.as_str(), &format!("<redacted>@{host}"), 1)
+        }
+        _ => text,
+    }
+}
 
 /// `FEISHU_GATE_*` names that are not ours: likely typos, worth a warning.
 /// Kubernetes injects `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT` and
@@ -475,6 +532,7 @@ const NOT_UTF8: &str = "\u{0}not-utf8";
 fn unknown_variables(vars: &HashMap<String, String>) -> Vec<String> {
     let mut unknown: Vec<String> = vars
         .keys()
+        .filter(|k| k.starts_with(PREFIX))
         .filter(|k| {
             let known = VARIABLES.contains(&k.as_str())
                 || SECRET_VARIABLES
@@ -749,6 +807,7 @@ impl Parser<'_> {
             .raw(WORKERS)
             .is_some()
             .then(|| self.number(WORKERS, 1, 1, MAX_WORKERS));
+        let traces = self.traces();
 
         Some(Config {
             listen,
@@ -775,6 +834,63 @@ impl Parser<'_> {
             shutdown_grace,
             max_connections: usize::try_from(max_connections).ok()?,
             workers: workers.and_then(|n| usize::try_from(n).ok()),
+            traces,
+        })
+    }
+
+    /// Span export: on when an OTLP endpoint is set (and the SDK not disabled).
+    fn traces(&mut self) -> Option<Traces> {
+        if self
+            .raw(OTEL_SDK_DISABLED)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        {
+            return None;
+        }
+        let (variable, endpoint) = match (
+            self.raw(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT),
+            self.raw(OTEL_EXPORTER_OTLP_ENDPOINT),
+        ) {
+            (Some(url), _) => (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, url),
+            // The base URL: the signal's path goes after whatever path it has.
+            (None, Some(base)) => (
+                OTEL_EXPORTER_OTLP_ENDPOINT,
+                format!("{}/v1/traces", base.trim_end_matches('/')),
+            ),
+            (None, None) => return None,
+        };
+        for protocol in [
+            OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+            OTEL_EXPORTER_OTLP_PROTOCOL,
+        ] {
+            if let Some(p) = self.raw(protocol)
+                && p != "http/protobuf"
+            {
+                self.fail(
+                    protocol,
+                    format!("{p:?} is not supported: spans are exported as http/protobuf"),
+                );
+            }
+        }
+        let endpoint = match endpoint.parse::<Uri>() {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.host().is_some_and(|h| !h.is_empty()) =>
+            {
+                uri
+            }
+            _ => {
+                self.fail(variable, "is not an http:// or https:// URL");
+                return None;
+            }
+        };
+        Some(Traces {
+            endpoint,
+            service_name: self
+                .raw(OTEL_SERVICE_NAME)
+                .unwrap_or_else(|| "feishu-gate".to_owned()),
+            sampler: self
+                .raw(OTEL_TRACES_SAMPLER)
+                .unwrap_or_else(|| "parentbased_always_on".to_owned()),
         })
     }
 
@@ -1021,6 +1137,56 @@ mod tests {
             "{shown:?}"
         );
     }
+
+    #[test]
+    fn spans_are_exported_only_when_an_otlp_endpoint_is_set() {
+        assert_eq!(with(&[]).unwrap().config.traces, None);
+        let c = with(&[(OTEL_EXPORTER_OTLP_ENDPOINT, "http://collector:4318/")])
+            .unwrap()
+            .config;
+        let t = c.traces.unwrap();
+        assert_eq!(t.endpoint, "http://collector:4318/v1/traces");
+        assert_eq!(t.service_name, "feishu-gate");
+        let c = with(&[
+            (OTEL_EXPORTER_OTLP_ENDPOINT, "http://collector:4318"),
+            (
+                OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+                "https://traces.example/otlp",
+            ),
+            (OTEL_SERVICE_NAME, "approvals-gate"),
+        ])
+        .unwrap()
+        .config;
+        let t = c.traces.as_ref().unwrap();
+        assert_eq!(t.endpoint, "https://traces.example/otlp");
+        assert_eq!(t.service_name, "approvals-gate");
+        let shown = c.describe();
+        assert!(shown.contains(&(OTEL_SERVICE_NAME, "approvals-gate".to_owned())));
+        let disabled = with(&[
+            (OTEL_EXPORTER_OTLP_ENDPOINT, "http://collector:4318"),
+            (OTEL_SDK_DISABLED, "true"),
+        ]);
+        assert_eq!(disabled.unwrap().config.traces, None);
+        let e = errors(&[(OTEL_EXPORTER_OTLP_ENDPOINT, "collector:4318")]);
+        assert!(e[0].starts_with(OTEL_EXPORTER_OTLP_ENDPOINT), "{e:?}");
+        let e = errors(&[
+            (OTEL_EXPORTER_OTLP_ENDPOINT, "http://collector:4317"),
+            (OTEL_EXPORTER_OTLP_PROTOCOL, "grpc"),
+        ]);
+        assert!(e[0].starts_with(OTEL_EXPORTER_OTLP_PROTOCOL), "{e:?}");
+        // Not our prefix: never reported as an unknown setting.
+        let w = with(&[(OTEL_EXPORTER_OTLP_HEADERS_FOR_TEST, "x=1")])
+            .unwrap()
+            .warnings;
+        assert!(w.is_empty(), "{w:?}");
+        let c = with(&[(OTEL_EXPORTER_OTLP_ENDPOINT, "http://user:pw@collector:4318")])
+            .unwrap()
+            .config;
+        let shown = format!("{:?}", c.describe());
+        assert!(!shown.contains("pw"), "{shown}");
+    }
+
+    const OTEL_EXPORTER_OTLP_HEADERS_FOR_TEST: &str = "OTEL_EXPORTER_OTLP_HEADERS";
 
     #[test]
     fn upstream_url_must_be_http_or_https_without_credentials() {

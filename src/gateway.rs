@@ -25,6 +25,7 @@ use crate::dedup::{Admission, Dedup};
 use crate::limit::Limits;
 use crate::metrics::Metrics;
 use crate::respond::{Outcome, Rejection, Translator, UpstreamError};
+use crate::telemetry::{CallbackSpan, Telemetry};
 use crate::trace::Trace;
 use crate::upstream::{Exchange, REQUEST_ID, Upstream};
 use crate::verify::Verifier;
@@ -82,7 +83,12 @@ pub struct Gateway {
     /// Deliveries run as their own tasks so a client hanging up cannot cancel
     /// one half-way; shutdown waits for them here.
     pub deliveries: TaskTracker,
+    /// The span exporter, when OpenTelemetry's variables configure one.
+    telemetry: Option<Arc<Telemetry>>,
 }
+
+/// Who a callback is: its request id, its trace, and its span when spans are exported.
+type Ids<'a> = (&'a HeaderValue, &'a Trace, Option<&'a CallbackSpan>);
 
 /// What a verified callback sends to the legacy system, and when.
 struct Outbound {
@@ -134,7 +140,19 @@ impl Gateway {
             health: Arc::default(),
             metrics: Arc::default(),
             deliveries: TaskTracker::new(),
+            telemetry: None,
         })
+    }
+
+    /// Exports a span for every callback through `telemetry`.
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = Some(Arc::new(telemetry));
+        self
+    }
+
+    /// The span exporter, to flush at shutdown.
+    pub fn telemetry(&self) -> Option<&Arc<Telemetry>> {
+        self.telemetry.as_ref()
     }
 
     /// Periodic upkeep: forget idle approvers' rate-limit state.
@@ -160,14 +178,21 @@ impl Gateway {
     {
         let started = Instant::now();
         let _in_flight = InFlight::new(&self.metrics);
-        let (request_id, trace) = self.request_ids.for_request(request.headers());
+        let (request_id, mut trace) = self.request_ids.for_request(request.headers());
+        let span = self.telemetry.as_ref().map(|t| t.callback(&mut trace));
         let keeps_alive_by_header = request.version() <= Version::HTTP_11;
         let mut record = Record {
             body_read: request.body().is_end_stream(),
             ..Record::default()
         };
         let outcome = self
-            .process(upstream, request, started, &request_id, &trace, &mut record)
+            .process(
+                upstream,
+                request,
+                started,
+                (&request_id, &trace, span.as_ref()),
+                &mut record,
+            )
             .await;
 
         let mut response = self.translator.respond(&outcome);
@@ -184,6 +209,15 @@ impl Gateway {
         }
         let elapsed = started.elapsed();
         self.observe(&outcome, elapsed);
+        if let Some(span) = span {
+            span.finish(
+                &outcome,
+                response.status(),
+                request_id.to_str().unwrap_or("-"),
+                record.summary.as_ref(),
+                record.upstream_status,
+            );
+        }
         log(
             &outcome,
             response.status(),
@@ -200,8 +234,7 @@ impl Gateway {
         upstream: &Arc<Upstream>,
         request: Request<B>,
         started: Instant,
-        request_id: &HeaderValue,
-        trace: &Trace,
+        ids: Ids<'_>,
         record: &mut Record,
     ) -> Outcome
     where
@@ -255,8 +288,7 @@ impl Gateway {
             verified_at: now,
             deadline: (now + self.upstream_timeout).min(started + self.answer_within),
         };
-        self.forward(upstream, outbound, request_id, trace, record)
-            .await
+        self.forward(upstream, outbound, ids, record).await
     }
 
     /// Reads the whole body, by `BODY_READ_TIMEOUT` after the request `started`.
@@ -288,8 +320,7 @@ impl Gateway {
         &self,
         upstream: &Arc<Upstream>,
         outbound: Outbound,
-        request_id: &HeaderValue,
-        trace: &Trace,
+        (request_id, trace, span): Ids<'_>,
         record: &mut Record,
     ) -> Outcome {
         let Outbound {
@@ -327,7 +358,12 @@ impl Gateway {
         };
         let upstream = Arc::clone(upstream);
         let request_id = request_id.clone();
-        let trace = trace.clone();
+        let mut trace = trace.clone();
+        let exchange_span = self
+            .telemetry
+            .as_ref()
+            .zip(span)
+            .map(|(t, span)| t.exchange(span, &mut trace));
         let delivery = Detachable::new(&self.deliveries, async move {
             let exchange = upstream
                 .deliver(
@@ -339,6 +375,9 @@ impl Gateway {
                     deadline,
                 )
                 .await;
+            if let Some(span) = exchange_span {
+                span.finish(&exchange);
+            }
             if let Some(ticket) = ticket {
                 ticket.finish(&exchange.outcome);
             }

@@ -8,7 +8,7 @@
 //! opens the [`envelope`] and checks the token, [`callback`] validates,
 //! [`dedup`] and [`limit`] guard, [`upstream`] forwards, and [`respond`]
 //! decides what Feishu receives. [`trace`] carries W3C trace context to the
-//! legacy system.
+//! legacy system, and [`telemetry`] exports spans when asked to.
 
 pub mod admin;
 pub mod callback;
@@ -26,6 +26,7 @@ pub mod secret;
 pub mod send;
 pub mod server;
 pub mod server_tls;
+pub mod telemetry;
 pub mod tls;
 pub mod trace;
 pub mod upstream;

@@ -460,3 +460,221 @@ async fn without_a_traceparent_a_trace_is_started() {
     traces.dedup();
     assert_eq!(traces.len(), 3, "each callback a trace of its own");
 }
+
+/// `tests/otlp_receiver.py`: a real OTLP/HTTP receiver, decoding with the
+/// `opentelemetry-proto` package. Python or the package missing fails the
+/// test: `.ci/run` installs the package.
+struct OtlpReceiver {
+    child: std::process::Child,
+    port: u16,
+    spans: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl OtlpReceiver {
+    fn start() -> Self {
+        use std::io::BufRead;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otlp_receiver.py");
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("python3 runs (the OTLP receiver needs it)");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let port = match lines.next() {
+            Some(Ok(line)) => line.trim().parse().unwrap(),
+            _ => panic!(
+                "the OTLP receiver did not start: {:?} (is opentelemetry-proto installed? \
+                 pip install -r tests/requirements.txt)",
+                child.wait()
+            ),
+        };
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let sink = spans.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock()
+                    .unwrap()
+                    .push(serde_json::from_str(&line).unwrap());
+            }
+        });
+        OtlpReceiver { child, port, spans }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn spans_of(&self, service: &str) -> Vec<serde_json::Value> {
+        self.spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s["service_name"] == service)
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const SPAN_KIND_SERVER: u64 = 2;
+const SPAN_KIND_CLIENT: u64 = 3;
+const STATUS_ERROR: u64 = 2;
+
+/// With OpenTelemetry's variables set, each callback is exported over
+/// OTLP/HTTP as a server span with the exchange with the legacy system as its
+/// child, the ids matching what the legacy system and the log line saw. The
+/// batch is only due after a minute: what arrives was flushed at SIGTERM.
+/// `OTEL_TRACES_SAMPLER` is respected.
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_are_exported_to_a_real_otlp_receiver_and_flushed_at_shutdown() {
+    let receiver = OtlpReceiver::start();
+    let up = Upstream::start(Reply::ok()).await;
+    let refusing = Upstream::start(Reply::json(409, r#"{"message":"already done"}"#)).await;
+    let endpoint = receiver.endpoint();
+    let traced = [
+        INFO,
+        (config::OTEL_EXPORTER_OTLP_ENDPOINT, endpoint.as_str()),
+        (config::OTEL_SERVICE_NAME, "gate-under-test"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
+    ];
+    let mut gate = harness::Binary::start(&up.url(), &traced).await;
+    let mut refused_gate = harness::Binary::start(
+        &refusing.url(),
+        &[
+            (config::OTEL_EXPORTER_OTLP_ENDPOINT, endpoint.as_str()),
+            (config::OTEL_SERVICE_NAME, "gate-refused"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+    let mut unsampled_gate = harness::Binary::start(
+        &up.url(),
+        &[
+            (config::OTEL_EXPORTER_OTLP_ENDPOINT, endpoint.as_str()),
+            (config::OTEL_SERVICE_NAME, "gate-unsampled"),
+            (config::OTEL_TRACES_SAMPLER, "always_off"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+
+    let caller = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+    let body = |task: &str| {
+        seal(
+            KEY,
+            &callback_with(TOKEN, "task_id", &format!("\"{task}\"")),
+        )
+    };
+    let answer = post(
+        gate.addr,
+        "/",
+        body("span-continued"),
+        &[("traceparent", &caller)],
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let continued_sent = up.received().pop().unwrap().header("traceparent").unwrap();
+    let answer = post(gate.addr, "/", body("span-started"), &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let started_sent = up.received().pop().unwrap().header("traceparent").unwrap();
+    let started_line = callback_line(&gate, "span-started").await;
+    let answer = post(refused_gate.addr, "/", body("span-refused"), &[]).await;
+    answer.feishu_error(409);
+    let answer = post(unsampled_gate.addr, "/", body("span-unsampled"), &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let unsampled_sent = up.received().pop().unwrap().header("traceparent").unwrap();
+    assert!(unsampled_sent.ends_with("-00"), "{unsampled_sent}");
+
+    // Not due for a minute: nothing yet, until SIGTERM flushes it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(receiver.spans_of("gate-under-test").is_empty());
+    gate.signal("TERM");
+    assert_eq!(gate.wait_exit(Duration::from_secs(15)).await, Some(0));
+    for other in [&mut refused_gate, &mut unsampled_gate] {
+        other.signal("TERM");
+        assert_eq!(other.wait_exit(Duration::from_secs(15)).await, Some(0));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receiver.spans_of("gate-under-test").len() < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let spans = receiver.spans_of("gate-under-test");
+    println!("spans received: {spans:#?}");
+    assert_eq!(
+        spans.len(),
+        4,
+        "two callbacks, a server and a client span each"
+    );
+    let everything = serde_json::to_string(&*receiver.spans.lock().unwrap()).unwrap();
+    assert!(
+        !everything.contains(TOKEN) && !everything.contains(KEY),
+        "a secret in a span"
+    );
+
+    let check = |task: &str, sent: &str| {
+        let (_, trace, sent_parent, flags) = traceparent_parts(sent);
+        assert_eq!(flags, "01", "{task}: recorded, so sampled");
+        let server = spans
+            .iter()
+            .find(|s| s["kind"] == SPAN_KIND_SERVER && s["attributes"]["feishu.task_id"] == task)
+            .unwrap_or_else(|| panic!("no server span for {task}"));
+        let client = spans
+            .iter()
+            .find(|s| s["kind"] == SPAN_KIND_CLIENT && s["parent_span_id"] == server["span_id"])
+            .unwrap_or_else(|| panic!("no client span under {task}'s"));
+        assert_eq!(server["trace_id"], trace.as_str(), "{task}");
+        assert_eq!(client["trace_id"], trace.as_str(), "{task}");
+        assert_eq!(
+            client["span_id"],
+            sent_parent.as_str(),
+            "{task}: the legacy system's parent"
+        );
+        let a = &server["attributes"];
+        assert_eq!(a["feishu.approval_code"], "CODE-1");
+        assert_eq!(a["feishu.action"], "APPROVE");
+        assert_eq!(a["feishu.instance_id"], "inst-1");
+        assert_eq!(a["feishu_gate.outcome"], "delivered");
+        assert_eq!(a["http.response.status_code"], 200);
+        assert_eq!(a["feishu_gate.upstream_status"], 200);
+        let a = &client["attributes"];
+        assert_eq!(a["http.request.method"], "POST");
+        assert_eq!(a["http.response.status_code"], 200);
+        assert_eq!(a["feishu_gate.attempts"], 1);
+        assert_eq!(a["server.address"], "127.0.0.1");
+        assert!(server["start_ns"].as_u64() <= client["start_ns"].as_u64());
+        assert!(client["end_ns"].as_u64() <= server["end_ns"].as_u64());
+        server.clone()
+    };
+    let continued = check("span-continued", &continued_sent);
+    assert_eq!(continued["trace_id"], CALLER_TRACE);
+    assert_eq!(
+        continued["parent_span_id"], CALLER_SPAN,
+        "the caller's span is the parent"
+    );
+    let started = check("span-started", &started_sent);
+    assert_eq!(started["parent_span_id"], "", "a new trace's root");
+    assert_eq!(
+        field(&started_line, "trace_id"),
+        Some(started["trace_id"].clone())
+    );
+
+    let refused = receiver.spans_of("gate-refused");
+    let server = refused
+        .iter()
+        .find(|s| s["kind"] == SPAN_KIND_SERVER)
+        .expect("the refused callback's span");
+    assert_eq!(
+        server["attributes"]["feishu_gate.outcome"],
+        "upstream_refused"
+    );
+    assert_eq!(server["attributes"]["http.response.status_code"], 409);
+    assert_eq!(server["status_code"], STATUS_ERROR);
+    assert!(receiver.spans_of("gate-unsampled").is_empty());
+}
