@@ -515,8 +515,12 @@ struct RequestIds {
 impl RequestIds {
     fn for_request(&self, headers: &HeaderMap) -> (HeaderValue, Trace) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let random = [2u8, 3, 4, 5].map(|i| self.keys.hash_one((n, i)));
-        let trace = Trace::from_headers(headers, random);
+        // Words 0 and 1 are the request id's.
+        let mut word = 1u8;
+        let trace = Trace::from_headers(headers, || {
+            word += 1;
+            self.keys.hash_one((n, word))
+        });
         let request_id = headers
             .get(REQUEST_ID)
             .filter(|v| {

@@ -122,7 +122,6 @@ impl Telemetry {
             .start_with_context(&self.tracer, &parent);
         let context = span.span_context().clone();
         trace.trace_id = context.trace_id().to_bytes();
-        trace.span = context.span_id().to_bytes();
         trace.sampled = context.is_sampled();
         CallbackSpan { span, context }
     }

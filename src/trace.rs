@@ -22,8 +22,6 @@ pub struct Trace {
     pub trace_id: [u8; 16],
     /// The caller's span, when it sent a valid `traceparent`.
     pub parent: Option<[u8; 8]>,
-    /// The callback's own span, as the gateway serves it.
-    pub span: [u8; 8],
     /// The span of the exchange with the legacy system: the parent it sees.
     pub exchange_span: [u8; 8],
     /// Whether the trace is being recorded: the caller's flag, or the
@@ -35,12 +33,10 @@ pub struct Trace {
 
 impl Trace {
     /// Continues the trace in `headers` when they carry a valid
-    /// `traceparent`, otherwise starts one; new ids come from `random`,
-    /// which must give four independent random words.
-    pub fn from_headers(headers: &HeaderMap, random: [u64; 4]) -> Self {
-        let [a, b, c, d] = random;
-        let span = nonzero(c).to_be_bytes();
-        let exchange_span = nonzero(d).to_be_bytes();
+    /// `traceparent`, otherwise starts one; new ids come from `random`, each
+    /// call an independent random word, called only for the ids needed.
+    pub fn from_headers(headers: &HeaderMap, mut random: impl FnMut() -> u64) -> Self {
+        let exchange_span = nonzero(random()).to_be_bytes();
         let caller = headers
             .get(TRACEPARENT)
             .and_then(|v| parse_traceparent(v.as_bytes()));
@@ -48,19 +44,17 @@ impl Trace {
             Some((trace_id, parent, flags)) => Self {
                 trace_id,
                 parent: Some(parent),
-                span,
                 exchange_span,
                 sampled: flags & 1 == 1,
                 tracestate: tracestate(headers),
             },
             None => {
                 let mut trace_id = [0u8; 16];
-                trace_id[..8].copy_from_slice(&nonzero(a).to_be_bytes());
-                trace_id[8..].copy_from_slice(&b.to_be_bytes());
+                trace_id[..8].copy_from_slice(&nonzero(random()).to_be_bytes());
+                trace_id[8..].copy_from_slice(&random().to_be_bytes());
                 Self {
                     trace_id,
                     parent: None,
-                    span,
                     exchange_span,
                     // Without an exporter nothing records it; with one, the
                     // sampler decides (see `telemetry`).
@@ -191,14 +185,17 @@ mod tests {
     use super::*;
 
     const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    const RANDOM: [u64; 4] = [0x1111, 0x2222, 0x3333, 0x4444];
+    fn counting() -> impl FnMut() -> u64 {
+        let mut words = [0x4444u64, 0x1111, 0x2222].into_iter();
+        move || words.next().expect("at most three words")
+    }
 
     fn with(pairs: &[(&'static str, &str)]) -> Trace {
         let mut headers = HeaderMap::new();
         for (name, value) in pairs {
             headers.append(*name, HeaderValue::from_str(value).unwrap());
         }
-        Trace::from_headers(&headers, RANDOM)
+        Trace::from_headers(&headers, counting())
     }
 
     #[test]
@@ -280,9 +277,8 @@ mod tests {
 
     #[test]
     fn ids_are_never_zero() {
-        let t = Trace::from_headers(&HeaderMap::new(), [0, 0, 0, 0]);
+        let t = Trace::from_headers(&HeaderMap::new(), || 0);
         assert_ne!(t.trace_id, [0; 16]);
-        assert_ne!(t.span, [0; 8]);
         assert_ne!(t.exchange_span, [0; 8]);
     }
 }
