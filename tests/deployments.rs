@@ -678,3 +678,45 @@ async fn spans_are_exported_to_a_real_otlp_receiver_and_flushed_at_shutdown() {
     assert_eq!(server["status_code"], STATUS_ERROR);
     assert!(receiver.spans_of("gate-unsampled").is_empty());
 }
+
+/// A collector that cannot be reached costs the callbacks nothing: they are
+/// answered as usual, shutdown still ends promptly, and the log says spans
+/// were lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_collector_does_not_hold_up_callbacks_or_shutdown() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let up = Upstream::start(Reply::ok()).await;
+    let endpoint = format!("http://{closed}");
+    let mut gate = harness::Binary::start(
+        &up.url(),
+        &[
+            (config::OTEL_EXPORTER_OTLP_ENDPOINT, endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    )
+    .await;
+    for i in 0..5 {
+        let (answer, took) = timed_sealed_post(gate.addr, &format!("no-collector-{i}")).await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert_eq!(up.count(), 5);
+    let stopping = Instant::now();
+    gate.signal("TERM");
+    assert_eq!(gate.wait_exit(Duration::from_secs(15)).await, Some(0));
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stopping.elapsed()
+    );
+    // The operator is told the spans are being lost.
+    let log = gate.log_tail();
+    assert!(
+        log.iter().any(|l| l.contains("ExportError")),
+        "no export failure logged: {log:#?}"
+    );
+}
