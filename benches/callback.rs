@@ -103,5 +103,55 @@ fn verify(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, verify);
+/// Refusals of sealed bodies of one size, by why they are refused. Without the token a
+/// caller must learn nothing from how long a refusal takes: a bad padding and a good one
+/// around bytes that are not JSON cost the same (the padding oracle), and neither costs
+/// less than a wrong token.
+fn refuse(c: &mut Criterion) {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use feishu_gate::envelope::CallbackKey;
+
+    let key = CallbackKey::new(KEY);
+    let plaintext = common::plaintext(1, Size::Typical);
+    let seal = |bytes: &[u8]| format!(r#"{{"encrypt":"{}"}}"#, key.encrypt_with_iv(bytes, [7; 16]));
+    // The last ciphertext block's predecessor altered until the padding is bad.
+    let bad_padding = {
+        let sealed = key.encrypt_with_iv(plaintext.as_bytes(), [7; 16]);
+        let mut raw = STANDARD.decode(sealed).unwrap();
+        let at = raw.len() - 17;
+        for flip in 1..=255u8 {
+            raw[at] ^= flip;
+            if !key.open(&STANDARD.encode(&raw)).unwrap().1 {
+                break;
+            }
+            raw[at] ^= flip;
+        }
+        format!(r#"{{"encrypt":"{}"}}"#, STANDARD.encode(&raw))
+    };
+    let not_json: Vec<u8> = plaintext.bytes().map(|b| b ^ 0x80).collect();
+    let cases = [
+        ("bad_padding", bad_padding),
+        ("good_padding_not_json", seal(&not_json)),
+        (
+            "wrong_token",
+            seal(
+                plaintext
+                    .replace(TOKEN, &"x".repeat(TOKEN.len()))
+                    .as_bytes(),
+            ),
+        ),
+    ];
+    let verifier = verifier(true);
+    let mut group = c.benchmark_group("refuse_1k");
+    for (name, body) in &cases {
+        let body = body.as_bytes();
+        assert!(verifier.verify(body).is_err(), "{name} is refused");
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function(*name, |b| b.iter(|| verifier.verify(black_box(body))));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, verify, refuse);
 criterion_main!(benches);

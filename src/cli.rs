@@ -2,13 +2,13 @@
 //! `encrypt`, `decrypt`. The process edge: environment, signals, exit codes.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use http::Uri;
+use http::{Uri, header};
 use tokio::net::TcpListener;
 
 use crate::config::{self, Config, ConfigErrors, EXIT_CONFIG, Loaded};
@@ -19,6 +19,7 @@ use crate::send::{self, CallbackFields};
 use crate::server::{self, Listeners};
 use crate::server_tls::{RELOAD_POLL, ServerTls};
 use crate::telemetry::Telemetry;
+use crate::upstream::REQUEST_ID;
 
 /// Exit status when a second signal cuts the drain short.
 const EXIT_FORCED: u8 = 130;
@@ -51,14 +52,24 @@ pub enum Command {
     /// Seal stdin into Feishu's `{"encrypt": ...}` envelope.
     Encrypt(EncryptArgs),
     /// Open Feishu's envelope (a `{"encrypt": ...}` body or the bare base64) from stdin.
-    Decrypt(KeyArgs),
+    Decrypt(DecryptArgs),
 }
 
+/// A secret for a debugging command: from its flag or variable, or from a file, so that it
+/// need not appear in the process list or the shell's history.
 #[derive(Debug, Args)]
 pub struct KeyArgs {
     /// Feishu's action_callback_key (a comma-separated list: tried in order).
-    #[arg(long, env = "FEISHU_GATE_KEY", hide_env_values = true)]
-    pub key: String,
+    #[arg(
+        long,
+        env = "FEISHU_GATE_KEY",
+        hide_env_values = true,
+        conflicts_with = "key_file"
+    )]
+    pub key: Option<String>,
+    /// A file holding the key, as a mounted Secret does.
+    #[arg(long, env = "FEISHU_GATE_KEY_FILE", value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -68,6 +79,18 @@ pub struct EncryptArgs {
     /// Print only the base64 value, not the JSON body.
     #[arg(long)]
     pub raw: bool,
+    /// Seal stdin even when it is empty or not a JSON object (a callback is one).
+    #[arg(long)]
+    pub any_input: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DecryptArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Print the callback's token instead of `<redacted>`.
+    #[arg(long)]
+    pub show_token: bool,
 }
 
 #[derive(Debug, Args)]
@@ -76,11 +99,19 @@ pub struct SendArgs {
     #[arg(long, default_value = "http://127.0.0.1:8443/")]
     pub url: Uri,
     /// Feishu's action_callback_token (the first of a comma-separated list is used).
-    #[arg(long, env = "FEISHU_GATE_TOKEN", hide_env_values = true)]
-    pub token: String,
+    #[arg(
+        long,
+        env = "FEISHU_GATE_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// A file holding the token, as a mounted Secret does.
+    #[arg(long, env = "FEISHU_GATE_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
     /// Feishu's action_callback_key; when given, the callback is encrypted.
-    #[arg(long, env = "FEISHU_GATE_KEY", hide_env_values = true)]
-    pub key: Option<String>,
+    #[command(flatten)]
+    pub key: KeyArgs,
     /// APPROVE, REJECT, or a custom action key.
     #[arg(long, default_value = "APPROVE")]
     pub action: String,
@@ -98,12 +129,56 @@ pub struct SendArgs {
     pub reason: Option<String>,
     #[arg(long)]
     pub action_context: Option<String>,
+    /// Sent as `X-Request-Id`, to find this callback in the gateway's and the legacy
+    /// system's logs.
+    #[arg(long)]
+    pub request_id: Option<String>,
     /// PEM file of a CA to trust for an https:// URL (besides the system's roots).
     #[arg(long)]
     pub ca_file: Option<PathBuf>,
     /// Give up after this long (Feishu waits 10 s).
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
+}
+
+impl KeyArgs {
+    fn get(&self) -> Result<Option<String>, ExitCode> {
+        secret(self.key.as_deref(), self.key_file.as_deref(), "key")
+    }
+
+    fn required(&self) -> Result<String, ExitCode> {
+        self.get()?.ok_or_else(|| {
+            eprintln!(
+                "feishu-gate: give the key with --key-file PATH, FEISHU_GATE_KEY_FILE, \
+                 FEISHU_GATE_KEY or --key"
+            );
+            ExitCode::from(EXIT_CONFIG as u8)
+        })
+    }
+}
+
+/// The secret given directly, or read from `file` (its trailing newline dropped).
+fn secret(
+    direct: Option<&str>,
+    file: Option<&Path>,
+    what: &str,
+) -> Result<Option<String>, ExitCode> {
+    if let Some(value) = direct {
+        return Ok(Some(value.to_owned()));
+    }
+    let Some(path) = file else {
+        return Ok(None);
+    };
+    let fail = |problem: String| {
+        eprintln!(
+            "feishu-gate: cannot read the {what} from {}: {problem}",
+            path.display()
+        );
+        ExitCode::from(EXIT_CONFIG as u8)
+    };
+    let bytes = config::read_secret_file(&path.to_string_lossy()).map_err(fail)?;
+    let text = String::from_utf8(bytes).map_err(|_| fail("not valid UTF-8".to_owned()))?;
+    Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()))
 }
 
 /// Runs the command line and returns the process's exit status.
@@ -197,8 +272,7 @@ fn serve() -> ExitCode {
         for warning in &loaded.warnings {
             tracing::warn!("{warning}");
         }
-        let settings: Vec<String> = config.describe().into_iter().map(|(k, v)| format!("{k}={v}")).collect();
-        tracing::info!(version = env!("CARGO_PKG_VERSION"), settings = %settings.join(" "), "starting");
+        log_start(&config.describe());
         let listeners = match bind(&config).await {
             Ok(l) => l,
             Err(message) => {
@@ -225,7 +299,14 @@ fn serve() -> ExitCode {
         let shutdown = shutdown_signal();
         let acceptor = tls.as_ref().map(ServerTls::acceptor);
         let reload = tls.map(|tls| tokio::spawn(tls.watch(RELOAD_POLL, gateway.metrics.clone())));
-        server::serve(Arc::new(gateway), listeners, acceptor, shutdown, config.shutdown_grace).await;
+        server::serve(
+            Arc::new(gateway),
+            listeners,
+            acceptor,
+            shutdown,
+            config.shutdown_grace,
+        )
+        .await;
         if let Some(reload) = reload {
             reload.abort();
         }
@@ -237,6 +318,71 @@ fn serve() -> ExitCode {
         logging::flush();
         ExitCode::SUCCESS
     })
+}
+
+/// The start-up line: each effective setting a field of its own, named as its variable
+/// without the prefix, in lower case (`upstream_timeout_ms`), secrets redacted.
+fn log_start(settings: &[(&'static str, String)]) {
+    macro_rules! starting {
+        ($($field:ident),* $(,)?) => {{
+            let value = |field: &str| {
+                settings
+                    .iter()
+                    .find(|(name, _)| name_of(name) == field)
+                    .map(|(_, value)| value.as_str())
+            };
+            // A setting this list does not name yet is still logged, not dropped.
+            let named = [$(stringify!($field)),*];
+            let rest: Vec<String> = settings
+                .iter()
+                .filter(|(name, _)| !named.contains(&name_of(name).as_str()))
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect();
+            tracing::info!(
+                version = env!("CARGO_PKG_VERSION"),
+                $($field = value(stringify!($field)),)*
+                other_settings = (!rest.is_empty()).then(|| rest.join(" ")),
+                "starting"
+            );
+        }};
+    }
+    fn name_of(variable: &str) -> String {
+        variable
+            .strip_prefix(config::PREFIX)
+            .unwrap_or(variable)
+            .to_ascii_lowercase()
+    }
+    starting!(
+        listen,
+        admin_listen,
+        callback_path,
+        upstream_url,
+        upstream_timeout_ms,
+        answer_within_ms,
+        upstream_headers,
+        upstream_ca_file,
+        upstream_client_cert,
+        upstream_client_key,
+        upstream_ok,
+        token,
+        key,
+        allow_plaintext,
+        tls_cert,
+        tls_key,
+        max_body_bytes,
+        rate_limit_rps,
+        user_rate_limit_rps,
+        dedup_ttl_secs,
+        message_id_as_string,
+        lang,
+        log_format,
+        shutdown_grace_ms,
+        max_connections,
+        workers,
+        otel_exporter_otlp_traces_endpoint,
+        otel_service_name,
+        otel_traces_sampler,
+    );
 }
 
 async fn bind(config: &Config) -> Result<Listeners, String> {
@@ -301,13 +447,32 @@ fn first_key(list: &str) -> &str {
 }
 
 fn encrypt(args: &EncryptArgs) -> ExitCode {
+    let key = match args.key.required() {
+        Ok(k) => k,
+        Err(code) => return code,
+    };
     let input = match read_stdin() {
         Ok(i) => i,
         Err(code) => return code,
     };
     // A shell's trailing newline is no part of the callback.
     let plaintext = input.strip_suffix(b"\n").unwrap_or(&input);
-    let sealed = match CallbackKey::new(first_key(&args.key.key)).encrypt(plaintext) {
+    if !args.any_input {
+        let problem = if plaintext.iter().all(u8::is_ascii_whitespace) {
+            Some("stdin is empty")
+        } else if !serde_json::from_slice::<serde_json::Value>(plaintext)
+            .is_ok_and(|v| v.is_object())
+        {
+            Some("stdin is not a JSON object, as a callback is")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            eprintln!("feishu-gate: {problem}; --any-input seals it anyway");
+            return ExitCode::FAILURE;
+        }
+    }
+    let sealed = match CallbackKey::new(first_key(&key)).encrypt(plaintext) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("feishu-gate: no randomness for the IV: {e}");
@@ -323,7 +488,11 @@ fn encrypt(args: &EncryptArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn decrypt(args: &KeyArgs) -> ExitCode {
+fn decrypt(args: &DecryptArgs) -> ExitCode {
+    let keys = match args.key.required() {
+        Ok(k) => k,
+        Err(code) => return code,
+    };
     let input = match read_stdin() {
         Ok(i) => i,
         Err(code) => return code,
@@ -345,11 +514,16 @@ fn decrypt(args: &KeyArgs) -> ExitCode {
         text.to_owned()
     };
     let mut last_error = None;
-    for key in args.key.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+    for key in keys.split(',').map(str::trim).filter(|k| !k.is_empty()) {
         match CallbackKey::new(key).decrypt(&encrypt) {
             Ok(plain) if serde_json::from_slice::<serde_json::Value>(&plain).is_ok() => {
+                let shown = if args.show_token {
+                    plain
+                } else {
+                    without_token(plain)
+                };
                 let mut out = std::io::stdout();
-                let _ = out.write_all(&plain);
+                let _ = out.write_all(&shown);
                 let _ = out.write_all(b"\n");
                 return ExitCode::SUCCESS;
             }
@@ -366,8 +540,47 @@ fn decrypt(args: &KeyArgs) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// The opened callback with its token's value replaced by `<redacted>`, byte for byte
+/// otherwise: what is pasted into a ticket or a chat should not carry the secret.
+fn without_token(plain: Vec<u8>) -> Vec<u8> {
+    let token = serde_json::from_slice::<serde_json::Value>(&plain)
+        .ok()
+        .and_then(|v| v.get("token").and_then(|t| t.as_str()).map(str::to_owned));
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return plain;
+    };
+    let Ok(text) = String::from_utf8(plain) else {
+        return Vec::new();
+    };
+    // The token appears written as JSON writes it (Feishu's are plain letters and digits);
+    // any other spelling of it is caught by writing the object out again.
+    let quoted = serde_json::Value::String(token.clone()).to_string();
+    if text.matches(quoted.as_str()).count() == 1 {
+        return text.replacen(&quoted, r#""<redacted>""#, 1).into_bytes();
+    }
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    if let Some(t) = v.get_mut("token") {
+        *t = serde_json::Value::String("<redacted>".to_owned());
+    }
+    v.to_string().into_bytes()
+}
+
 async fn send_command(args: SendArgs) -> ExitCode {
-    let token = first_key(&args.token);
+    let token = match secret(args.token.as_deref(), args.token_file.as_deref(), "token") {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            eprintln!(
+                "feishu-gate: give the token with --token-file PATH, FEISHU_GATE_TOKEN_FILE, \
+                 FEISHU_GATE_TOKEN or --token"
+            );
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+        Err(code) => return code,
+    };
+    let key = match args.key.get() {
+        Ok(k) => k,
+        Err(code) => return code,
+    };
     let fields = CallbackFields {
         action_type: args.action,
         user_id: args.user_id,
@@ -378,8 +591,8 @@ async fn send_command(args: SendArgs) -> ExitCode {
         reason: args.reason,
         action_context: args.action_context,
     };
-    let plaintext = fields.to_json(token);
-    let body = match args.key.as_deref().map(first_key) {
+    let plaintext = fields.to_json(first_key(&token));
+    let body = match key.as_deref().map(first_key) {
         None => plaintext,
         Some(key) => match send::seal(key, &plaintext) {
             Ok(b) => b,
@@ -390,10 +603,34 @@ async fn send_command(args: SendArgs) -> ExitCode {
         },
     };
     let timeout = Duration::from_millis(args.timeout_ms);
-    match send::post(&args.url, body, args.ca_file.as_deref(), timeout).await {
-        Ok((status, body)) => {
-            println!("{} {}", status.as_u16(), String::from_utf8_lossy(&body));
-            if status.is_success() {
+    let request_id = args.request_id.as_deref();
+    match send::post(
+        &args.url,
+        body,
+        request_id,
+        args.ca_file.as_deref(),
+        timeout,
+    )
+    .await
+    {
+        Ok(answer) => {
+            println!(
+                "{} {}",
+                answer.status.as_u16(),
+                String::from_utf8_lossy(&answer.body)
+            );
+            // What the operator needs next: the id to find the log lines by, and when
+            // to try again.
+            for name in [REQUEST_ID, header::RETRY_AFTER.as_str()] {
+                if let Some(value) = answer.headers.get(name) {
+                    println!(
+                        "{}: {}",
+                        title_case(name),
+                        String::from_utf8_lossy(value.as_bytes())
+                    );
+                }
+            }
+            if answer.status.is_success() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -404,4 +641,17 @@ async fn send_command(args: SendArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `x-request-id` as `X-Request-Id`.
+fn title_case(name: &str) -> String {
+    name.split('-')
+        .map(|part| {
+            let mut chars = part.chars();
+            chars.next().map_or_else(String::new, |first| {
+                first.to_ascii_uppercase().to_string() + chars.as_str()
+            })
+        })
+        .collect::<Vec<_>>()
+        .join("-")
 }

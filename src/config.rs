@@ -222,23 +222,61 @@ impl OkRule {
         })
     }
 
-    /// Whether an upstream body satisfies the rule. Numbers compare by value,
-    /// so `0`, `0.0` and `-0` are all zero.
+    /// Whether an upstream body satisfies the rule.
     pub fn holds(&self, body: &[u8]) -> bool {
+        self.check(body).is_ok()
+    }
+
+    /// Whether an upstream body satisfies the rule; if not, what was found instead, for the
+    /// operator's log. Numbers compare by value, so `0`, `0.0` and `-0` are all zero, and a
+    /// numeric rule also holds for a string that is that number written out (`"0"`), as
+    /// PHP and Java systems often answer.
+    pub fn check(&self, body: &[u8]) -> Result<(), String> {
         let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) else {
-            return false;
+            return Err("the answer is not JSON".to_owned());
         };
-        match (doc.pointer(&self.pointer), &self.expected) {
-            (Some(serde_json::Value::Number(a)), serde_json::Value::Number(b)) => {
-                match (a.as_i64(), b.as_i64(), a.as_u64(), b.as_u64()) {
-                    (Some(x), Some(y), _, _) => x == y,
-                    (_, _, Some(x), Some(y)) => x == y,
-                    _ => a.as_f64() == b.as_f64(),
-                }
-            }
-            (Some(found), expected) => found == expected,
-            (None, _) => false,
+        let Some(found) = doc.pointer(&self.pointer) else {
+            return Err(format!("{} is absent", self.pointer_shown()));
+        };
+        let holds = match (found, &self.expected) {
+            (serde_json::Value::Number(a), serde_json::Value::Number(b)) => same_number(a, b),
+            (serde_json::Value::String(a), serde_json::Value::Number(b)) => a
+                .parse::<serde_json::Number>()
+                .is_ok_and(|a| same_number(&a, b)),
+            (found, expected) => found == expected,
+        };
+        if holds {
+            return Ok(());
         }
+        let what = match found {
+            serde_json::Value::Null => "null".to_owned(),
+            serde_json::Value::Bool(b) => format!("the boolean {b}"),
+            serde_json::Value::Number(n) => format!("the number {n}"),
+            serde_json::Value::String(s) => {
+                let shown: String = s.chars().take(64).collect();
+                let more = if shown.len() < s.len() { "…" } else { "" };
+                format!("the string {shown:?}{more}")
+            }
+            serde_json::Value::Array(_) => "an array".to_owned(),
+            serde_json::Value::Object(_) => "an object".to_owned(),
+        };
+        Err(format!("{} is {what}", self.pointer_shown()))
+    }
+
+    fn pointer_shown(&self) -> &str {
+        if self.pointer.is_empty() {
+            "the whole answer"
+        } else {
+            &self.pointer
+        }
+    }
+}
+
+fn same_number(a: &serde_json::Number, b: &serde_json::Number) -> bool {
+    match (a.as_i64(), b.as_i64(), a.as_u64(), b.as_u64()) {
+        (Some(x), Some(y), _, _) => x == y,
+        (_, _, Some(x), Some(y)) => x == y,
+        _ => a.as_f64() == b.as_f64(),
     }
 }
 
@@ -389,9 +427,12 @@ impl Config {
             errors: Vec::new(),
         };
         let config = p.config();
-        let warnings = unknown_variables(&vars);
+        let mut warnings = unknown_variables(&vars);
         match config {
-            Some(config) if p.errors.is_empty() => Ok(Loaded { config, warnings }),
+            Some(config) if p.errors.is_empty() => {
+                warnings.extend(advice(&config));
+                Ok(Loaded { config, warnings })
+            }
             _ => Err(ConfigErrors(p.errors)),
         }
     }
@@ -544,6 +585,53 @@ fn unknown_variables(vars: &HashMap<String, String>) -> Vec<String> {
         .collect();
     unknown.sort();
     unknown
+}
+
+/// Settings that work but are probably not what the operator meant.
+fn advice(config: &Config) -> Vec<String> {
+    let mut advice = Vec::new();
+    if config.allow_plaintext && config.keys.is_empty() {
+        advice.push(format!(
+            "{ALLOW_PLAINTEXT} has no effect without {KEY}: with no key every callback is plaintext"
+        ));
+    }
+    if config.upstream_ok.is_none() {
+        advice.push(format!(
+            "{UPSTREAM_OK} is not set: any 2xx answer counts as acceptance, whatever its body \
+             (a login page included); set it to the legacy system's success field, e.g. /code==0"
+        ));
+    }
+    if config.upstream_timeout > config.shutdown_grace {
+        advice.push(format!(
+            "{UPSTREAM_TIMEOUT_MS} ({} ms) is longer than {SHUTDOWN_GRACE_MS} ({} ms): \
+             a delivery still waiting when the drain ends is cut off with its outcome unknown",
+            config.upstream_timeout.as_millis(),
+            config.shutdown_grace.as_millis()
+        ));
+    }
+    if config.tls.is_none() && config.keys.is_empty() {
+        advice.push(format!(
+            "neither {TLS_CERT} nor {KEY} is set: the token and the decision cross the network \
+             in the clear unless TLS ends in front of the gateway"
+        ));
+    }
+    if config.upstream_url.scheme_str() == Some("http")
+        && !config.upstream_url.host().is_some_and(is_loopback)
+    {
+        advice.push(format!(
+            "{UPSTREAM_URL} is http:// to a host other than this pod's loopback: \
+             decisions and {UPSTREAM_HEADERS} travel unencrypted; use https:// across machines"
+        ));
+    }
+    advice
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn is_service_link(name: &str) -> bool {
@@ -779,22 +867,31 @@ impl Parser<'_> {
         let user_rate_limit = self.rate(USER_RATE_LIMIT_RPS, USER_RATE_LIMIT_BURST, 0);
         let dedup_secs = self.number(DEDUP_TTL_SECS, 600, 0, 7 * 24 * 3600);
         let message_id_as_string = self.boolean(MESSAGE_ID_AS_STRING);
-        let lang = match self.raw(LANG).as_deref() {
-            None | Some("zh") => Lang::Zh,
-            Some("en") => Lang::En,
-            Some(other) => {
-                self.fail(LANG, format!("{other:?} is not zh or en"));
-                Lang::Zh
+        let lang = self.raw(LANG).map_or(Lang::Zh, |v| {
+            // `zh_CN.UTF-8`, `zh-Hans`, `EN_us`: what a locale variable holds is accepted too.
+            let language = v.split(['_', '-', '.', '@']).next().unwrap_or_default();
+            match language.to_ascii_lowercase().as_str() {
+                "zh" => Lang::Zh,
+                "en" => Lang::En,
+                _ => {
+                    self.fail(
+                        LANG,
+                        format!("{v:?} is not zh or en (zh_CN and en_US also do)"),
+                    );
+                    Lang::Zh
+                }
             }
-        };
-        let log_format = match self.raw(LOG_FORMAT).as_deref() {
-            None | Some("json") => LogFormat::Json,
-            Some("text") => LogFormat::Text,
-            Some(other) => {
-                self.fail(LOG_FORMAT, format!("{other:?} is not json or text"));
-                LogFormat::Json
+        });
+        let log_format = self.raw(LOG_FORMAT).map_or(LogFormat::Json, |v| {
+            match v.to_ascii_lowercase().as_str() {
+                "json" => LogFormat::Json,
+                "text" => LogFormat::Text,
+                _ => {
+                    self.fail(LOG_FORMAT, format!("{v:?} is not json or text"));
+                    LogFormat::Json
+                }
             }
-        };
+        });
         let shutdown_grace =
             Duration::from_millis(self.number(SHUTDOWN_GRACE_MS, 8_000, 0, 3_600_000));
         let max_connections = self.number(
@@ -902,16 +999,30 @@ impl Parser<'_> {
             );
             return None;
         };
-        let problem = match text.parse::<Uri>() {
-            Err(_) => "is not a valid URL",
-            Ok(uri) => match (uri.scheme_str(), uri.authority()) {
-                (Some("http" | "https"), Some(a)) if a.as_str().contains('@') => {
-                    "must not carry credentials; send them with FEISHU_GATE_UPSTREAM_HEADERS"
-                }
-                (Some("http" | "https"), Some(a)) if !a.host().is_empty() => return Some(uri),
-                (Some("http" | "https"), _) => "has no host",
-                _ => "must start with http:// or https://",
-            },
+        // The URL itself is never echoed: one pasted with credentials in it would be.
+        let problem = if !text.contains("://") {
+            "has no scheme: write it in full, e.g. http://127.0.0.1:8080/approve"
+        } else {
+            match text.parse::<Uri>() {
+                Err(_) => "is not a valid URL",
+                Ok(uri) => match (uri.scheme_str(), uri.authority()) {
+                    (Some("http" | "https"), Some(a)) if a.as_str().contains('@') => {
+                        "must not carry credentials; send them with FEISHU_GATE_UPSTREAM_HEADERS"
+                    }
+                    (Some("http" | "https"), Some(a)) if a.host().is_empty() => "has no host",
+                    // `http` keeps a port it cannot read as a number from 1 to 65535 in the
+                    // authority's text but reports none, which would connect to the default.
+                    (Some("http" | "https"), Some(a))
+                        if a.port_u16() == Some(0)
+                            || (a.port_u16().is_none() && has_port_text(a.as_str())) =>
+                    {
+                        "has a port out of range: it must be from 1 to 65535"
+                    }
+                    (Some("http" | "https"), Some(_)) => return Some(uri),
+                    (Some("http" | "https"), None) => "has no host",
+                    _ => "must start with http:// or https://",
+                },
+            }
         };
         self.fail(UPSTREAM_URL, problem);
         None
@@ -921,23 +1032,23 @@ impl Parser<'_> {
         let Some(text) = self.secret(UPSTREAM_HEADERS) else {
             return UpstreamHeaders::default();
         };
-        let mut headers = Vec::new();
+        let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::new();
         let items = text.split(',').map(str::trim).filter(|s| !s.is_empty());
         for (position, item) in (1..).zip(items) {
             // Problems name the header, never its value: values are credentials. An
-            // entry that is not `name=value` is named by its position only, since
+            // entry whose name cannot be read is named by its position only, since
             // whatever it holds may be a pasted credential (`Bearer abc==`).
-            let Some((name, value)) = item.split_once('=') else {
+            let Some((name, value)) = split_header(item) else {
                 self.fail(
                     UPSTREAM_HEADERS,
-                    format!("entry {position} is not name=value"),
+                    format!("entry {position} is not name=value (or Name: value)"),
                 );
                 continue;
             };
-            let Ok(header) = HeaderName::from_bytes(name.trim().as_bytes()) else {
+            let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
                 self.fail(
                     UPSTREAM_HEADERS,
-                    format!("entry {position} does not start with a header name and ="),
+                    format!("entry {position} does not start with a header name"),
                 );
                 continue;
             };
@@ -948,15 +1059,42 @@ impl Parser<'_> {
                 );
                 continue;
             }
-            let value = percent_decode(value.trim());
-            match value.and_then(|v| HeaderValue::from_bytes(&v).ok()) {
-                Some(mut v) => {
+            if headers.iter().any(|(n, _)| *n == header) {
+                self.fail(UPSTREAM_HEADERS, format!("{header} is given twice"));
+                continue;
+            }
+            // `a=1;b=2` would otherwise go out as one header `a` with the value `1;b=2`.
+            if value.contains(';') {
+                self.fail(
+                    UPSTREAM_HEADERS,
+                    format!(
+                        "the value of {header} holds a ';': separate headers with ',', \
+                         and write a ';' that belongs to a value as %3B"
+                    ),
+                );
+                continue;
+            }
+            let Some(value) = percent_decode(value) else {
+                self.fail(
+                    UPSTREAM_HEADERS,
+                    format!(
+                        "the value of {header} has a % not followed by two hex digits \
+                         (write a literal % as %25)"
+                    ),
+                );
+                continue;
+            };
+            match HeaderValue::from_bytes(&value) {
+                Ok(mut v) => {
                     v.set_sensitive(true);
                     headers.push((header, v));
                 }
-                None => self.fail(
+                Err(_) => self.fail(
                     UPSTREAM_HEADERS,
-                    format!("the value of {header} is not a valid header value"),
+                    format!(
+                        "the value of {header} holds a character a header cannot carry \
+                         (a line break or other control character)"
+                    ),
                 ),
             }
         }
@@ -964,12 +1102,30 @@ impl Parser<'_> {
     }
 }
 
+/// One `UPSTREAM_HEADERS` entry as name and value: `name=value`, or `Name: value` as curl
+/// and HTTP write it. Whichever of `=` and `:` comes first separates them, so a value may
+/// hold the other (`X-Time=12:30`, `Authorization: Basic dXNlcg==`).
+fn split_header(item: &str) -> Option<(&str, &str)> {
+    let at = item.find(['=', ':'])?;
+    let (name, value) = (item[..at].trim(), item[at + 1..].trim());
+    (!name.is_empty()).then_some((name, value))
+}
+
+/// Whether an authority (`host[:port]`, the host possibly `[v6]`) has a `:port` part.
+fn has_port_text(authority: &str) -> bool {
+    let after_host = match authority.rfind(']') {
+        Some(end) => &authority[end..],
+        None => authority,
+    };
+    after_host.contains(':')
+}
+
 /// Secrets are a few dozen bytes; a file much larger is the wrong file.
 const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
 
 /// Reads a secret file, refusing anything but a regular file of sane size:
 /// `/dev/stdin` would block start-up and `/dev/zero` would never end.
-fn read_secret_file(path: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn read_secret_file(path: &str) -> Result<Vec<u8>, String> {
     use std::io::Read as _;
     let file = std::fs::File::open(path).map_err(|e| e.kind().to_string())?;
     let meta = file.metadata().map_err(|e| e.kind().to_string())?;
@@ -1178,7 +1334,7 @@ mod tests {
         let w = with(&[(OTEL_EXPORTER_OTLP_HEADERS_FOR_TEST, "x=1")])
             .unwrap()
             .warnings;
-        assert!(w.is_empty(), "{w:?}");
+        assert!(w.iter().all(|w| !w.contains("OTEL_")), "{w:?}");
         let c = with(&[(OTEL_EXPORTER_OTLP_ENDPOINT, "http://user:pw@collector:4318")])
             .unwrap()
             .config;
@@ -1308,25 +1464,182 @@ mod tests {
             !shown.contains("s3cr3t") && !shown.contains("tok\""),
             "{shown}"
         );
-        let e = errors(&[(
-            UPSTREAM_HEADERS,
-            "Host=x,bad header=1,Authorization:Bearer zz",
-        )]);
-        assert_eq!(e.len(), 3, "{e:?}");
+        let e = errors(&[(UPSTREAM_HEADERS, "Host=x,bad header=1,X-Ok=zz")]);
+        assert_eq!(e.len(), 2, "{e:?}");
         assert!(e.iter().all(|l| !l.contains("zz")), "{e:?}");
-        // A credential pasted without a name, or the HTTP way with `=` in it,
-        // is not echoed either.
-        let e = errors(&[(
-            UPSTREAM_HEADERS,
-            "X-Ok=1,s3cr3t-t0ken,Authorization: Bearer c2VjcmV0==",
-        )]);
+        // A credential pasted without a name is not echoed either.
+        let e = errors(&[(UPSTREAM_HEADERS, "X-Ok=1,s3cr3t-t0ken,Bearer c2VjcmV0==")]);
         assert_eq!(
             e,
             vec![
-                format!("{UPSTREAM_HEADERS}: entry 2 is not name=value"),
-                format!("{UPSTREAM_HEADERS}: entry 3 does not start with a header name and ="),
+                format!("{UPSTREAM_HEADERS}: entry 2 is not name=value (or Name: value)"),
+                format!("{UPSTREAM_HEADERS}: entry 3 does not start with a header name"),
             ]
         );
+    }
+
+    #[test]
+    fn upstream_headers_may_be_written_as_curl_writes_them() {
+        let c = with(&[(
+            UPSTREAM_HEADERS,
+            "Authorization: Basic dXNlcjpwYXNz==, X-Time=12:30, X-Tenant:acme",
+        )])
+        .unwrap()
+        .config;
+        let h: Vec<(&str, &[u8])> = c
+            .upstream_headers
+            .0
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect();
+        assert_eq!(
+            h,
+            vec![
+                ("authorization", &b"Basic dXNlcjpwYXNz=="[..]),
+                ("x-time", b"12:30"),
+                ("x-tenant", b"acme"),
+            ]
+        );
+    }
+
+    #[test]
+    fn upstream_header_mistakes_are_named_without_their_values() {
+        for (value, problem) in [
+            (
+                "X-A=s3cr3t;X-B=2",
+                "the value of x-a holds a ';': separate headers with ',', and write a ';' \
+                 that belongs to a value as %3B",
+            ),
+            ("X-A=1,x-a=s3cr3t", "x-a is given twice"),
+            (
+                "X-A=s3cr3t%zz",
+                "the value of x-a has a % not followed by two hex digits (write a literal % as %25)",
+            ),
+            (
+                "X-A=s3cr3t%0A",
+                "the value of x-a holds a character a header cannot carry \
+                 (a line break or other control character)",
+            ),
+        ] {
+            assert_eq!(
+                errors(&[(UPSTREAM_HEADERS, value)]),
+                vec![format!("{UPSTREAM_HEADERS}: {problem}")],
+                "{value}"
+            );
+        }
+        let c = with(&[(UPSTREAM_HEADERS, "Cookie=a=1%3B b=2,X-Pct=100%25")])
+            .unwrap()
+            .config;
+        assert_eq!(c.upstream_headers.0[0].1, "a=1; b=2");
+        assert_eq!(c.upstream_headers.0[1].1, "100%");
+    }
+
+    #[test]
+    fn upstream_url_mistakes_get_their_own_message() {
+        for (url, problem) in [
+            (
+                "http://127.0.0.1:80800/",
+                "has a port out of range: it must be from 1 to 65535",
+            ),
+            (
+                "http://[::1]:65536/",
+                "has a port out of range: it must be from 1 to 65535",
+            ),
+            (
+                "http://127.0.0.1:0/",
+                "has a port out of range: it must be from 1 to 65535",
+            ),
+            (
+                "127.0.0.1:8080/approve",
+                "has no scheme: write it in full, e.g. http://127.0.0.1:8080/approve",
+            ),
+            (
+                "legacy.internal/approve",
+                "has no scheme: write it in full, e.g. http://127.0.0.1:8080/approve",
+            ),
+            (
+                "ftp://legacy/approve",
+                "must start with http:// or https://",
+            ),
+        ] {
+            assert_eq!(
+                errors(&[(UPSTREAM_URL, url)]),
+                vec![format!("{UPSTREAM_URL}: {problem}")],
+                "{url}"
+            );
+        }
+        assert!(with(&[(UPSTREAM_URL, "http://[::1]:65535/")]).is_ok());
+    }
+
+    #[test]
+    fn enumerations_ignore_case_and_take_locale_names() {
+        for (value, lang) in [
+            ("ZH", Lang::Zh),
+            ("zh_CN", Lang::Zh),
+            ("zh-Hans", Lang::Zh),
+            ("zh_CN.UTF-8", Lang::Zh),
+            ("En", Lang::En),
+            ("en_US.UTF-8", Lang::En),
+            ("en-GB", Lang::En),
+        ] {
+            assert_eq!(with(&[(LANG, value)]).unwrap().config.lang, lang, "{value}");
+        }
+        assert_eq!(
+            errors(&[(LANG, "fr_FR")]),
+            vec![format!(
+                "{LANG}: \"fr_FR\" is not zh or en (zh_CN and en_US also do)"
+            )]
+        );
+        assert_eq!(
+            with(&[(LOG_FORMAT, "TEXT")]).unwrap().config.log_format,
+            LogFormat::Text
+        );
+        assert_eq!(
+            with(&[(LOG_FORMAT, "Json")]).unwrap().config.log_format,
+            LogFormat::Json
+        );
+    }
+
+    #[test]
+    fn settings_that_work_but_mislead_are_warned_about() {
+        let warned = |extra: &[(&str, &str)], about: &str| {
+            with(extra)
+                .unwrap()
+                .warnings
+                .iter()
+                .any(|w| w.starts_with(about))
+        };
+        let secure = [
+            (UPSTREAM_OK, "/code==0"),
+            (KEY, "k"),
+            (UPSTREAM_URL, "http://127.0.0.1:8080/"),
+        ];
+        assert!(with(&secure).unwrap().warnings.is_empty());
+        assert!(warned(&[(ALLOW_PLAINTEXT, "true")], ALLOW_PLAINTEXT));
+        assert!(!warned(
+            &[(ALLOW_PLAINTEXT, "true"), (KEY, "k")],
+            ALLOW_PLAINTEXT
+        ));
+        assert!(warned(&[], UPSTREAM_OK));
+        assert!(warned(
+            &[(UPSTREAM_TIMEOUT_MS, "9000"), (SHUTDOWN_GRACE_MS, "5000")],
+            UPSTREAM_TIMEOUT_MS
+        ));
+        assert!(!warned(
+            &[(UPSTREAM_TIMEOUT_MS, "5000")],
+            UPSTREAM_TIMEOUT_MS
+        ));
+        assert!(warned(&[], "neither"));
+        assert!(!warned(&[(KEY, "k")], "neither"));
+        for (url, warns) in [
+            ("http://legacy.internal/", true),
+            ("http://10.0.0.5:8080/", true),
+            ("https://legacy.internal/", false),
+            ("http://localhost:8080/", false),
+            ("http://[::1]:8080/", false),
+        ] {
+            assert_eq!(warned(&[(UPSTREAM_URL, url)], UPSTREAM_URL), warns, "{url}");
+        }
     }
 
     #[test]
@@ -1334,12 +1647,39 @@ mod tests {
         let r = OkRule::parse("/code==0").unwrap();
         assert!(r.holds(br#"{"code":0}"#));
         assert!(r.holds(br#"{"code":0.0}"#));
-        assert!(!r.holds(br#"{"code":"0"}"#));
+        assert!(r.holds(br#"{"code":"0"}"#));
+        assert!(!r.holds(br#"{"code":"1"}"#));
+        assert!(!r.holds(br#"{"code":" 0"}"#));
         assert!(!r.holds(br#"{"code":1}"#));
         assert!(!r.holds(br#"{}"#));
         assert!(!r.holds(b"<html>"));
+        assert_eq!(
+            r.check(br#"{"code":"1","msg":"no"}"#),
+            Err(r#"/code is the string "1""#.to_owned())
+        );
+        assert_eq!(
+            r.check(br#"{"code":2}"#),
+            Err("/code is the number 2".to_owned())
+        );
+        assert_eq!(
+            r.check(br#"{"ok":true}"#),
+            Err("/code is absent".to_owned())
+        );
+        assert_eq!(r.check(b"<html>"), Err("the answer is not JSON".to_owned()));
+        assert_eq!(
+            r.check(format!(r#"{{"code":"{}"}}"#, "x".repeat(100)).as_bytes()),
+            Err(format!("/code is the string {:?}…", "x".repeat(64)))
+        );
         let r = OkRule::parse("/data/status==ok").unwrap();
         assert!(r.holds(br#"{"data":{"status":"ok"}}"#));
+        assert_eq!(
+            r.check(br#"{"data":{"status":null}}"#),
+            Err("/data/status is null".to_owned())
+        );
+        // A string rule stays a string rule.
+        let r = OkRule::parse(r#"/code=="0""#).unwrap();
+        assert!(r.holds(br#"{"code":"0"}"#));
+        assert!(!r.holds(br#"{"code":0}"#));
         let r = OkRule::parse("/success==true").unwrap();
         assert!(r.holds(br#"{"success":true}"#));
         assert!(OkRule::parse("code==0").is_err());
@@ -1364,7 +1704,8 @@ mod tests {
             "FEISHU_GATE_METRICS_PORT_9901_TCP_ADDR".into(),
             "10.0.0.2".into(),
         ));
-        let w = Config::from_vars(vars).unwrap().warnings;
+        let mut w = Config::from_vars(vars).unwrap().warnings;
+        w.retain(|w| w.contains("is not a feishu-gate setting"));
         assert_eq!(
             w,
             vec!["FEISHU_GATE_UPSTREM_URL is not a feishu-gate setting and is ignored"]

@@ -193,7 +193,11 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     println!("   {body}");
     println!("   (sealed with the key; inside: {plaintext})");
     println!();
-    let (status, answer) = send::post(&url, body, ca_file, Duration::from_secs(10)).await?;
+    let send::Answer {
+        status,
+        body: answer,
+        ..
+    } = send::post(&url, body, None, ca_file, Duration::from_secs(10)).await?;
     println!(
         "④ feishu-gate → Feishu: {} {}",
         status.as_u16(),

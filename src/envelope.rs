@@ -3,10 +3,12 @@
 //! Pure functions with no I/O, so they can be unit tested against the vectors
 //! checked with Feishu's SDKs and fuzzed.
 
-use aes::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit, block_padding::Pkcs7};
+use aes::cipher::block_padding::{NoPadding, Pkcs7};
+use aes::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use sha2::{Digest, Sha256};
+use subtle::{Choice, ConstantTimeEq, ConstantTimeGreater, ConstantTimeLess};
 
 type Aes256CbcDec = cbc::Decryptor<aes::Aes256>;
 type Aes256CbcEnc = cbc::Encryptor<aes::Aes256>;
@@ -39,7 +41,7 @@ pub enum EnvelopeError {
     TooShort,
     #[error("encrypt decodes to a length that is not a multiple of 16")]
     NotBlockAligned,
-    #[error("encrypt does not decrypt to valid PKCS#7 padding")]
+    #[error("encrypt does not decrypt to valid PKCS#7 padding (wrong key?)")]
     BadPadding,
 }
 
@@ -70,7 +72,28 @@ impl CallbackKey {
 
     /// Decrypts in the buffer the bytes arrived in: one allocation per
     /// callback instead of two.
-    fn decrypt_in_place(&self, mut decoded: Vec<u8>) -> Result<Vec<u8>, EnvelopeError> {
+    fn decrypt_in_place(&self, decoded: Vec<u8>) -> Result<Vec<u8>, EnvelopeError> {
+        let (plain, padded) = self.open_in_place(decoded)?;
+        if padded {
+            Ok(plain)
+        } else {
+            Err(EnvelopeError::BadPadding)
+        }
+    }
+
+    /// Opens an `encrypt` value as [`Self::decrypt`] does, but on bad padding returns the
+    /// whole decrypted buffer with `false` instead of an error, having spent the same work
+    /// as on good padding: a caller can then treat both alike, so that the time a refusal
+    /// takes does not tell a guesser whether its padding was right (the padding oracle of
+    /// unauthenticated CBC). Refusals of the encoding or the length depend on no secret.
+    pub fn open(&self, encrypt: &str) -> Result<(Vec<u8>, bool), EnvelopeError> {
+        let decoded = STANDARD
+            .decode(encrypt)
+            .map_err(|_| EnvelopeError::NotBase64)?;
+        self.open_in_place(decoded)
+    }
+
+    fn open_in_place(&self, mut decoded: Vec<u8>) -> Result<(Vec<u8>, bool), EnvelopeError> {
         if decoded.len() < 2 * BLOCK {
             return Err(EnvelopeError::TooShort);
         }
@@ -78,14 +101,17 @@ impl CallbackKey {
             return Err(EnvelopeError::NotBlockAligned);
         }
         let (iv, ciphertext) = decoded.split_at_mut(BLOCK);
-        let len = Aes256CbcDec::new_from_slices(&self.aes, iv)
+        let total = Aes256CbcDec::new_from_slices(&self.aes, iv)
             .map_err(|_| EnvelopeError::BadPadding)?
-            .decrypt_padded::<Pkcs7>(ciphertext)
+            .decrypt_padded::<NoPadding>(ciphertext)
             .map_err(|_| EnvelopeError::BadPadding)?
             .len();
+        let (pad, valid) = pkcs7_padding(&ciphertext[total - BLOCK..total]);
+        // Both ways the same copy: only its length differs, by at most a block.
+        let len = total - (pad & usize::from(valid.unwrap_u8()).wrapping_neg());
         decoded.copy_within(BLOCK..BLOCK + len, 0);
         decoded.truncate(len);
-        Ok(decoded)
+        Ok((decoded, valid.into()))
     }
 
     /// Seals `plaintext` under the given IV, in Feishu's format.
@@ -104,6 +130,22 @@ impl CallbackKey {
         getrandom::fill(&mut iv)?;
         Ok(self.encrypt_with_iv(plaintext, iv))
     }
+}
+
+/// The PKCS#7 padding length of a final block, and whether the padding is valid, found
+/// in time that does not depend on the block's bytes.
+fn pkcs7_padding(last: &[u8]) -> (usize, Choice) {
+    let n = last[BLOCK - 1];
+    let mut valid = n.ct_gt(&0) & n.ct_lt(&(BLOCK as u8 + 1));
+    for (i, byte) in last.iter().enumerate() {
+        // The byte `BLOCK - i` from the end is padding when that distance is at most `n`.
+        let is_padding = !((BLOCK - i) as u8).ct_gt(&n);
+        valid &= !is_padding | byte.ct_eq(&n);
+    }
+    (
+        usize::from(n) & usize::from(valid.unwrap_u8()).wrapping_neg(),
+        valid,
+    )
 }
 
 #[cfg(test)]
@@ -236,6 +278,40 @@ mod tests {
             Ok(p) => assert_ne!(p, b"{\"token\":\"t\"}"),
             Err(e) => panic!("unexpected {e:?}"),
         }
+    }
+
+    #[test]
+    fn the_padding_check_agrees_with_pkcs7_on_every_last_byte() {
+        for n in 0..=255u8 {
+            for filled in [0usize, 1, 8, 15, 16] {
+                let mut block = [0xA5u8; BLOCK];
+                // The last `filled` bytes hold `n`; with `filled < n` the padding is short.
+                for b in &mut block[BLOCK - filled..] {
+                    *b = n;
+                }
+                let expected = (1..=16).contains(&n) && filled >= usize::from(n);
+                let (len, valid) = pkcs7_padding(&block);
+                assert_eq!(bool::from(valid), expected, "n={n} filled={filled}");
+                assert_eq!(len, if expected { usize::from(n) } else { 0 });
+            }
+        }
+    }
+
+    #[test]
+    fn open_returns_what_decrypt_does_and_the_whole_buffer_on_bad_padding() {
+        let key = CallbackKey::new("right");
+        for len in [0usize, 1, 15, 16, 17, 100] {
+            let plaintext = vec![b'x'; len];
+            let sealed = key.encrypt(&plaintext).unwrap();
+            assert_eq!(key.open(&sealed).unwrap(), (plaintext, true));
+        }
+        let sealed = key.encrypt(b"{\"token\":\"t\"}").unwrap();
+        let mut raw = STANDARD.decode(&sealed).unwrap();
+        let n = raw.len();
+        raw[n - 17] ^= 0x01;
+        let (plain, padded) = key.open(&STANDARD.encode(&raw)).unwrap();
+        assert!(!padded);
+        assert_eq!(plain.len(), n - BLOCK);
     }
 
     #[test]

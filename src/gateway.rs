@@ -30,6 +30,10 @@ use crate::trace::Trace;
 use crate::upstream::{Exchange, REQUEST_ID, Upstream};
 use crate::verify::Verifier;
 
+/// `UPSTREAM_HEADERS` values shorter than this (`X-Tenant=42`) are not looked for in the
+/// legacy system's messages: no credential is that short, and ordinary text holds them.
+const MIN_HEADER_SECRET_LEN: usize = 6;
+
 /// A callback body is a few KiB; a client slower than this is not Feishu.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -117,13 +121,18 @@ impl Gateway {
     pub fn new(config: &Config) -> Result<Self, crate::config::ConfigErrors> {
         let mut secrets: Vec<String> = config.tokens.plain().to_vec();
         secrets.extend_from_slice(config.keys.plain());
-        secrets.extend(
-            config
-                .upstream_headers
-                .0
-                .iter()
-                .map(|(_, v)| String::from_utf8_lossy(v.as_bytes()).into_owned()),
-        );
+        secrets.extend(config.upstream_headers.0.iter().flat_map(|(_, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            // `Bearer abc…`: an echo of the credentials alone gives away as much.
+            let credentials = value
+                .split_once(' ')
+                .map(|(_, c)| c.trim().to_owned())
+                .filter(|c| c.len() >= MIN_HEADER_SECRET_LEN);
+            [Some(value), credentials]
+                .into_iter()
+                .flatten()
+                .filter(|s| s.len() >= MIN_HEADER_SECRET_LEN)
+        }));
         Ok(Self {
             path: config.callback_path.clone(),
             max_body: config.max_body_bytes,
@@ -391,6 +400,9 @@ impl Gateway {
         record.upstream_status = exchange.status;
         record.upstream_elapsed = Some(exchange.elapsed);
         record.attempts = Some(exchange.attempts());
+        record.detail = self
+            .translator
+            .log_detail(exchange.detail, &exchange.outcome);
         self.metrics
             .upstream_duration
             .observe(exchange.elapsed.as_secs_f64());
@@ -401,7 +413,6 @@ impl Gateway {
                 .count_retries("unavailable", exchange.retries.unavailable);
             self.metrics.count_retried(exchange.outcome.label());
         }
-        record.detail = exchange.detail;
         exchange.outcome
     }
 
@@ -551,6 +562,13 @@ fn detail(rejection: &Rejection) -> String {
     }
 }
 
+/// Milliseconds to the microsecond: `2.226`, not the `2.2260079999999998` that
+/// `as_secs_f64() * 1000.0` prints.
+fn millis(d: Duration) -> f64 {
+    // Microseconds fit an f64 exactly for 285 years; the division rounds once.
+    d.as_micros() as f64 / 1000.0
+}
+
 macro_rules! callback_line {
     ($level:ident, $outcome:expr, $status:expr, $id:expr, $trace_id:expr, $elapsed:expr, $r:expr) => {{
         let s = $r.summary.as_ref();
@@ -566,8 +584,8 @@ macro_rules! callback_line {
             outcome = $outcome.label(),
             status = $status.as_u16(),
             upstream_status = $r.upstream_status.map(|s| s.as_u16()),
-            duration_ms = $elapsed.as_secs_f64() * 1000.0,
-            upstream_ms = $r.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
+            duration_ms = millis($elapsed),
+            upstream_ms = $r.upstream_elapsed.map(millis),
             attempts = $r.attempts,
             detail = $r.detail.as_deref(),
             "callback"
@@ -591,5 +609,24 @@ fn log(
             callback_line!(warn, outcome, status, id, trace_id, elapsed, record)
         }
         _ => callback_line!(info, outcome, status, id, trace_id, elapsed, record),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_logged_to_the_microsecond() {
+        let shown = |nanos| serde_json::to_string(&millis(Duration::from_nanos(nanos))).unwrap();
+        assert_eq!(shown(2_226_008), "2.226");
+        assert_eq!(shown(9_500_000_000), "9500.0");
+        assert_eq!(shown(999), "0.0");
+        assert_eq!(shown(1_001), "0.001");
+        for micros in [1_u64, 7, 333, 12_345, 2_226, 9_499_999] {
+            let text = shown(micros * 1_000);
+            let decimals = text.split_once('.').map_or(0, |(_, d)| d.len());
+            assert!(decimals <= 3, "{micros} µs shown as {text}");
+        }
     }
 }

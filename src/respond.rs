@@ -15,6 +15,9 @@ use crate::envelope::EnvelopeError;
 /// Longest message Feishu is given, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 200;
 
+/// Longest detail a callback's log line carries, in characters.
+pub const MAX_LOG_DETAIL_CHARS: usize = 400;
+
 /// How one callback ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -249,10 +252,16 @@ impl Translator {
                     }
                 });
             }
-            Outcome::Unreachable(_) => pick(
+            Outcome::Unreachable(UpstreamError::Connect) => pick(
                 zh,
                 "审批系统暂时无法访问，请稍后重试",
                 "The approval system is unavailable, please try again later.",
+            ),
+            // The request may have been received: only a refresh tells whether it took effect.
+            Outcome::Unreachable(UpstreamError::Dropped) => pick(
+                zh,
+                "与审批系统的连接中断，请稍后刷新确认审批结果",
+                "The connection to the approval system broke off; refresh to check whether the action took effect.",
             ),
             Outcome::TimedOut => pick(
                 zh,
@@ -295,6 +304,34 @@ impl Translator {
         response
     }
 
+    /// The detail of an exchange for the operator's log, with the legacy system's own message
+    /// when it refused: every secret replaced by `<redacted>` before it is cut to length, so
+    /// no part of one is left at the cut.
+    pub fn log_detail(&self, detail: Option<String>, outcome: &Outcome) -> Option<String> {
+        let message = match outcome {
+            Outcome::Refused(Refusal {
+                message: Some(m), ..
+            }) => Some(format!("message {m:?}")),
+            _ => None,
+        };
+        let mut text = match (detail, message) {
+            (None, None) => return None,
+            (Some(d), None) => d,
+            (None, Some(m)) => m,
+            (Some(d), Some(m)) => format!("{d}; {m}"),
+        };
+        for secret in self.secrets.iter().filter(|s| !s.is_empty()) {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), "<redacted>");
+            }
+        }
+        if text.chars().count() > MAX_LOG_DETAIL_CHARS {
+            text = text.chars().take(MAX_LOG_DETAIL_CHARS - 1).collect();
+            text.push('…');
+        }
+        Some(text)
+    }
+
     fn leaks_secret(&self, message: &str) -> bool {
         self.secrets
             .iter()
@@ -333,23 +370,51 @@ pub fn error_body(message: &str) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
-/// Finds the legacy system's own message in its JSON body: `message`, `msg`,
-/// `error` (a string), `errmsg`, or `error.message`, in that order.
-pub fn upstream_message(body: &[u8]) -> Option<String> {
-    let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let obj = doc.as_object()?;
-    let candidates = [
-        obj.get("message"),
-        obj.get("msg"),
-        obj.get("error"),
-        obj.get("errmsg"),
-        obj.get("error").and_then(|e| e.get("message")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .filter_map(serde_json::Value::as_str)
-        .find_map(fold)
+/// Finds the legacy system's own message in its answer. In a JSON object (whatever the
+/// `Content-Type` says: PHP sends JSON as `text/html` by default) it is `message`, `msg`,
+/// `error` (a string), `errmsg`, or `error.message`, in that order; a `text/plain` answer
+/// is the message itself. The text is decoded from the charset the `Content-Type` names
+/// (GBK, GB18030, Big5, ...; UTF-8 when it names none), and a byte-order mark wins.
+pub fn upstream_message(content_type: Option<&HeaderValue>, body: &[u8]) -> Option<String> {
+    let (plain_text, encoding) = media_type(content_type);
+    let (text, _, _) = encoding.decode(body);
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Object(obj)) => {
+            let candidates = [
+                obj.get("message"),
+                obj.get("msg"),
+                obj.get("error"),
+                obj.get("errmsg"),
+                obj.get("error").and_then(|e| e.get("message")),
+            ];
+            candidates
+                .into_iter()
+                .flatten()
+                .filter_map(serde_json::Value::as_str)
+                .find_map(fold)
+        }
+        _ if plain_text => fold(&text),
+        _ => None,
+    }
+}
+
+/// Whether a `Content-Type` is `text/plain`, and the encoding its `charset` names.
+fn media_type(content_type: Option<&HeaderValue>) -> (bool, &'static encoding_rs::Encoding) {
+    let Some(value) = content_type.and_then(|v| v.to_str().ok()) else {
+        return (false, encoding_rs::UTF_8);
+    };
+    let mut parts = value.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    let charset = parts.find_map(|p| {
+        let (name, value) = p.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("charset")
+            .then(|| value.trim().trim_matches('"'))
+    });
+    let encoding = charset
+        .and_then(|label| encoding_rs::Encoding::for_label(label.as_bytes()))
+        .unwrap_or(encoding_rs::UTF_8);
+    (essence.eq_ignore_ascii_case("text/plain"), encoding)
 }
 
 /// Makes text fit for Feishu's card: markup removed, control characters and
@@ -488,31 +553,34 @@ mod tests {
     #[test]
     fn upstream_messages_are_found_and_cleaned() {
         assert_eq!(
-            upstream_message(br#"{"message":"no such task"}"#).as_deref(),
+            upstream_message(None, br#"{"message":"no such task"}"#).as_deref(),
             Some("no such task")
         );
         assert_eq!(
-            upstream_message(br#"{"code":7,"msg":"already approved"}"#).as_deref(),
+            upstream_message(None, br#"{"code":7,"msg":"already approved"}"#).as_deref(),
             Some("already approved")
         );
         assert_eq!(
-            upstream_message(br#"{"error":{"message":"nested"}}"#).as_deref(),
+            upstream_message(None, br#"{"error":{"message":"nested"}}"#).as_deref(),
             Some("nested")
         );
         assert_eq!(
-            upstream_message(br#"{"error":"flat","errmsg":"x"}"#).as_deref(),
+            upstream_message(None, br#"{"error":"flat","errmsg":"x"}"#).as_deref(),
             Some("flat")
         );
         assert_eq!(
-            upstream_message(br#"{"errmsg":"wx style"}"#).as_deref(),
+            upstream_message(None, br#"{"errmsg":"wx style"}"#).as_deref(),
             Some("wx style")
         );
         assert_eq!(
-            upstream_message(br#"{"message":"  ","msg":"second"}"#).as_deref(),
+            upstream_message(None, br#"{"message":"  ","msg":"second"}"#).as_deref(),
             Some("second")
         );
-        assert_eq!(upstream_message(br#"{"message":5}"#), None);
-        assert_eq!(upstream_message(b"<html><body>500</body></html>"), None);
+        assert_eq!(upstream_message(None, br#"{"message":5}"#), None);
+        assert_eq!(
+            upstream_message(None, b"<html><body>500</body></html>"),
+            None
+        );
         assert_eq!(
             clean("<b>Task</b>\n\tlocked\u{7}  by <i>admin</i>").as_deref(),
             Some("Task locked by admin")
@@ -523,9 +591,59 @@ mod tests {
     }
 
     #[test]
+    fn plain_text_and_legacy_charsets_are_read() {
+        let ct = |v: &'static str| Some(HeaderValue::from_static(v));
+        let refusal = "参数错误：缺少审批意见";
+        assert_eq!(
+            upstream_message(ct("text/plain; charset=utf-8").as_ref(), refusal.as_bytes())
+                .as_deref(),
+            Some(refusal)
+        );
+        // Without a text/plain type, text that is not JSON is no message: an HTML page is
+        // not one.
+        assert_eq!(upstream_message(None, refusal.as_bytes()), None);
+        assert_eq!(
+            upstream_message(ct("text/html").as_ref(), b"<h1>Bad Gateway</h1>"),
+            None
+        );
+        let (gbk, _, _) = encoding_rs::GBK.encode(r#"{"code":1,"msg":"审批单已被撤回"}"#);
+        for label in [
+            "application/json;charset=GBK",
+            "application/json; charset=\"gb2312\"",
+        ] {
+            assert_eq!(
+                upstream_message(ct(label).as_ref(), &gbk).as_deref(),
+                Some("审批单已被撤回"),
+                "{label}"
+            );
+        }
+        let (gb18030, _, _) = encoding_rs::GB18030.encode("任务不存在");
+        assert_eq!(
+            upstream_message(ct("TEXT/PLAIN; Charset=GB18030").as_ref(), &gb18030).as_deref(),
+            Some("任务不存在")
+        );
+        let (big5, _, _) = encoding_rs::BIG5.encode(r#"{"message":"審批已完成"}"#);
+        assert_eq!(
+            upstream_message(ct("application/json; charset=big5").as_ref(), &big5).as_deref(),
+            Some("審批已完成")
+        );
+        // A byte-order mark, as .NET writes one, says UTF-8 whatever the header claims.
+        let bom = [&b"\xEF\xBB\xBF"[..], br#"{"message":"locked"}"#].concat();
+        assert_eq!(
+            upstream_message(ct("application/json; charset=gbk").as_ref(), &bom).as_deref(),
+            Some("locked")
+        );
+        // An unknown charset is read as UTF-8.
+        assert_eq!(
+            upstream_message(ct("text/plain; charset=x-klingon").as_ref(), b"nope").as_deref(),
+            Some("nope")
+        );
+    }
+
+    #[test]
     fn a_stray_closing_bracket_is_not_passed_on() {
         assert_eq!(
-            upstream_message(br#"{"message":"amount > 1000"}"#).as_deref(),
+            upstream_message(None, br#"{"message":"amount > 1000"}"#).as_deref(),
             Some("amount 1000")
         );
         assert_eq!(clean(">>").as_deref(), None);
@@ -577,14 +695,17 @@ mod tests {
         );
         let o = Outcome::Refused(Refusal {
             upstream_status: StatusCode::FORBIDDEN,
-            message: upstream_message(body.as_bytes()),
+            message: upstream_message(None, body.as_bytes()),
             business_rule: false,
         });
         let m = t(Lang::En).message(&o).unwrap();
         assert_eq!(m, "The approval system refused this action (HTTP 403).");
         let long = Outcome::Refused(Refusal {
             upstream_status: StatusCode::FORBIDDEN,
-            message: upstream_message(format!(r#"{{"msg":"{}"}}"#, "审".repeat(500)).as_bytes()),
+            message: upstream_message(
+                None,
+                format!(r#"{{"msg":"{}"}}"#, "审".repeat(500)).as_bytes(),
+            ),
             business_rule: false,
         });
         assert_eq!(

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode, Uri, header};
+use http::{HeaderMap, Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -73,13 +73,22 @@ pub enum SendError {
     Timeout(Duration),
 }
 
-/// POSTs `body` to `url` as Feishu would; returns the status and body.
+/// What the gateway answered.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// POSTs `body` to `url` as Feishu would, with `request_id` as `X-Request-Id` when given.
 pub async fn post(
     url: &Uri,
     body: String,
+    request_id: Option<&str>,
     ca_file: Option<&Path>,
     timeout: Duration,
-) -> Result<(StatusCode, Bytes), SendError> {
+) -> Result<Answer, SendError> {
     let tls = crate::tls::client_config(
         url.scheme() == Some(&http::uri::Scheme::HTTPS),
         ca_file,
@@ -94,25 +103,34 @@ pub async fn post(
         .enable_all_versions()
         .wrap_connector(http);
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(Method::POST)
         .uri(url.clone())
-        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(id) = request_id {
+        request = request.header(crate::upstream::REQUEST_ID, id);
+    }
+    let request = request
         .body(Full::new(Bytes::from(body)))
-        .map_err(|e| SendError::Setup(e.to_string()))?;
+        .map_err(|e| SendError::Setup(format!("--request-id: {e}")))?;
     let exchange = async {
         let response = client
             .request(request)
             .await
             .map_err(|e| SendError::Transport(crate::upstream::error_chain(&e)))?;
         let status = response.status();
+        let headers = response.headers().clone();
         let body = response
             .into_body()
             .collect()
             .await
             .map_err(|e| SendError::Transport(e.to_string()))?
             .to_bytes();
-        Ok((status, body))
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
     };
     tokio::time::timeout(timeout, exchange)
         .await

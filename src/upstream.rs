@@ -28,6 +28,9 @@ use crate::trace::{TRACEPARENT, TRACESTATE, Trace};
 /// message, small enough that a runaway answer costs nothing.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
+/// The most of a value from the answer (a `Location`) a log detail holds.
+const MAX_DETAIL_CHARS: usize = 512;
+
 /// Idle pooled connections are dropped before common servers drop them
 /// (Node.js closes after 5 s), so a reused connection is rarely found dead
 /// mid-request, which would leave the decision's fate unknown.
@@ -361,6 +364,11 @@ impl Upstream {
             .then(|| retry_after(response.headers()))
             .flatten()
             .map(Retry::After);
+        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+        let location = status
+            .is_redirection()
+            .then(|| response.headers().get(header::LOCATION).cloned())
+            .flatten();
         let answer = timeout_at(
             deadline,
             Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect(),
@@ -378,7 +386,17 @@ impl Upstream {
             Ok(Err(e)) => Err(Unread::Broken(format!("reading the answer: {e}"))),
             Err(_) => Err(Unread::Late),
         };
-        let (outcome, detail) = self.judge(status, answer);
+        let (outcome, mut detail) = self.judge(status, content_type.as_ref(), answer);
+        if let Some(location) = location {
+            // Where a login or maintenance page sent us: the quickest clue to why.
+            let location = String::from_utf8_lossy(location.as_bytes());
+            let location: String = location.chars().take(MAX_DETAIL_CHARS).collect();
+            let redirect = format!("redirected to {location}");
+            detail = Some(match detail {
+                Some(d) => format!("{redirect}; {d}"),
+                None => redirect,
+            });
+        }
         let exchange = Exchange {
             outcome,
             status: Some(status),
@@ -394,15 +412,27 @@ impl Upstream {
     fn judge(
         &self,
         status: StatusCode,
+        content_type: Option<&HeaderValue>,
         answer: Result<Bytes, Unread>,
     ) -> (Outcome, Option<String>) {
         if status.is_success() {
             let Some(rule) = &self.route.ok_rule else {
-                // The status is the acceptance; a body that then fails to arrive changes nothing.
-                return (Outcome::Delivered, answer.err().map(Unread::detail));
+                // The status is the acceptance, but only of an answer that arrived whole: a
+                // server that stalls or breaks off after its status line may have failed
+                // after writing it (RFC 9112 §8). One too long to read was sent whole as far
+                // as anyone can tell, and without a rule its body does not matter.
+                return match answer {
+                    Ok(_) => (Outcome::Delivered, None),
+                    Err(Unread::TooLong) => (Outcome::Delivered, Some(Unread::TooLong.detail())),
+                    Err(Unread::Late) => (Outcome::TimedOut, Some(Unread::Late.detail())),
+                    Err(Unread::Broken(detail)) => {
+                        (Outcome::Unreachable(UpstreamError::Dropped), Some(detail))
+                    }
+                };
             };
+            let verdict = answer.as_ref().ok().map(|body| rule.check(body));
             return match answer {
-                Ok(body) if rule.holds(&body) => (Outcome::Delivered, None),
+                Ok(_) if matches!(verdict, Some(Ok(()))) => (Outcome::Delivered, None),
                 // Without the body nobody knows whether the rule held: the decision's
                 // fate is as unknown as when no answer came at all.
                 Err(Unread::Late) => (Outcome::TimedOut, Some(Unread::Late.detail())),
@@ -412,10 +442,14 @@ impl Upstream {
                 Ok(body) => (
                     Outcome::Refused(Refusal {
                         upstream_status: status,
-                        message: upstream_message(&body),
+                        message: upstream_message(content_type, &body),
                         business_rule: true,
                     }),
-                    Some(format!("{} does not hold", crate::config::UPSTREAM_OK)),
+                    Some(format!(
+                        "{} {rule} does not hold: {}",
+                        crate::config::UPSTREAM_OK,
+                        verdict.and_then(Result::err).unwrap_or_default()
+                    )),
                 ),
                 // An answer too long to judge is not a confirmation.
                 Err(Unread::TooLong) => (
@@ -429,7 +463,7 @@ impl Upstream {
             };
         }
         let (message, detail) = match answer {
-            Ok(body) => (upstream_message(&body), None),
+            Ok(body) => (upstream_message(content_type, &body), None),
             Err(unread) => (None, Some(unread.detail())),
         };
         (

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use feishu_gate::config;
 
 const BIN: &str = env!("CARGO_BIN_EXE_feishu-gate");
 
@@ -73,7 +74,7 @@ fn every_bad_variable_is_reported_at_once() {
             ("FEISHU_GATE_MAX_BODY_BYTES", "lots"),
             (
                 "FEISHU_GATE_UPSTREAM_HEADERS",
-                "Authorization:Bearer hush-hush",
+                "Authorization: Bearer hush-hush%zz",
             ),
         ],
     );
@@ -94,6 +95,102 @@ fn every_bad_variable_is_reported_at_once() {
         );
     }
     assert!(!err.contains("hush-hush"), "{err}");
+}
+
+#[test]
+fn check_config_names_each_mistake_that_would_fail_at_run_time() {
+    let base = [("FEISHU_GATE_TOKEN", "t")];
+    let url = "FEISHU_GATE_UPSTREAM_URL";
+    let headers = "FEISHU_GATE_UPSTREAM_HEADERS";
+    for (variable, value, problem) in [
+        (
+            url,
+            "http://127.0.0.1:80800/",
+            "has a port out of range: it must be from 1 to 65535",
+        ),
+        (
+            url,
+            "127.0.0.1:8080/approve",
+            "has no scheme: write it in full, e.g. http://127.0.0.1:8080/approve",
+        ),
+        (
+            headers,
+            "X-Tenant=acme;X-Token=hush-hush",
+            "the value of x-tenant holds a ';': separate headers with ',', and write a ';' \
+             that belongs to a value as %3B",
+        ),
+        (
+            headers,
+            "X-Token=a,x-token=hush-hush",
+            "x-token is given twice",
+        ),
+        (
+            headers,
+            "X-Token=hush-hush%G1",
+            "the value of x-token has a % not followed by two hex digits \
+             (write a literal % as %25)",
+        ),
+        (
+            "FEISHU_GATE_LOG_FORMAT",
+            "yaml",
+            "\"yaml\" is not json or text",
+        ),
+    ] {
+        let mut env = base.to_vec();
+        if variable != url {
+            env.push((url, "http://127.0.0.1:8080/"));
+        }
+        env.push((variable, value));
+        let (code, out, err) = run(&["check-config"], &env);
+        assert_eq!(code, 64, "{value}: {out}{err}");
+        assert_eq!(err.trim_end(), format!("{variable}: {problem}"), "{value}");
+        assert!(!err.contains("hush-hush"), "{err}");
+    }
+}
+
+#[test]
+fn check_config_accepts_what_operators_paste_and_warns_about_what_misleads() {
+    let (code, out, err) = run(
+        &["check-config"],
+        &[
+            ("FEISHU_GATE_UPSTREAM_URL", "http://legacy.internal:8080/cb"),
+            ("FEISHU_GATE_TOKEN", "t"),
+            (
+                "FEISHU_GATE_UPSTREAM_HEADERS",
+                "Authorization: Bearer hush-hush, X-Tenant: acme",
+            ),
+            ("FEISHU_GATE_LANG", "zh_CN.UTF-8"),
+            ("FEISHU_GATE_LOG_FORMAT", "TEXT"),
+            ("FEISHU_GATE_ALLOW_PLAINTEXT", "true"),
+            ("FEISHU_GATE_UPSTREAM_TIMEOUT_MS", "9000"),
+            ("FEISHU_GATE_SHUTDOWN_GRACE_MS", "3000"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("FEISHU_GATE_UPSTREAM_HEADERS=authorization=<redacted>,x-tenant=<redacted>"),
+        "{out}"
+    );
+    assert!(out.contains("FEISHU_GATE_LANG=zh\n"), "{out}");
+    assert!(out.contains("FEISHU_GATE_LOG_FORMAT=text\n"), "{out}");
+    let warnings: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("warning: "))
+        .collect();
+    for about in [
+        "FEISHU_GATE_ALLOW_PLAINTEXT has no effect without FEISHU_GATE_KEY",
+        "FEISHU_GATE_UPSTREAM_OK is not set",
+        "FEISHU_GATE_UPSTREAM_TIMEOUT_MS (9000 ms) is longer than FEISHU_GATE_SHUTDOWN_GRACE_MS (3000 ms)",
+        "neither FEISHU_GATE_TLS_CERT nor FEISHU_GATE_KEY is set",
+        "FEISHU_GATE_UPSTREAM_URL is http:// to a host other than this pod's loopback",
+    ] {
+        assert!(
+            warnings.iter().any(|w| w.starts_with(about)),
+            "{about} not in {warnings:#?}"
+        );
+    }
+    assert_eq!(warnings.len(), 5, "{warnings:#?}");
+    assert!(!err.contains("hush-hush") && !out.contains("hush-hush"));
 }
 
 #[test]
@@ -153,12 +250,15 @@ fn encrypt_and_decrypt_commands_speak_feishus_envelope() {
         if !plaintext.starts_with('{') {
             continue;
         }
-        let out = pipe(&["decrypt", "--key", key], v["encrypt"].as_str().unwrap());
+        let out = pipe(
+            &["decrypt", "--show-token", "--key", key],
+            v["encrypt"].as_str().unwrap(),
+        );
         assert_eq!(out.trim_end(), plaintext, "{}", v["name"]);
         let sealed = pipe(&["encrypt", "--key", key], plaintext);
         assert!(sealed.starts_with("{\"encrypt\":"), "{sealed}");
         assert_eq!(
-            pipe(&["decrypt", "--key", key], &sealed).trim_end(),
+            pipe(&["decrypt", "--show-token", "--key", key], &sealed).trim_end(),
             plaintext
         );
     }
@@ -184,6 +284,97 @@ fn encrypt_and_decrypt_commands_speak_feishus_envelope() {
     };
     assert_eq!(code, 1);
     assert!(err.contains("cannot decrypt"), "{err}");
+}
+
+/// Runs a command with `input` on stdin: exit code, stdout, stderr.
+fn run_with_input(args: &[&str], env: &[(&str, &str)], input: &str) -> (i32, String, String) {
+    let mut child = gate_command(args, env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A command that refuses its arguments exits before reading stdin.
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn debugging_commands_take_secrets_from_files_and_keep_them_off_the_screen() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    let key_path = key_file.to_str().unwrap();
+    let plaintext = callback(TOKEN);
+
+    // Sealed with the key read from a file, by flag or by variable.
+    let (code, sealed, err) = run_with_input(&["encrypt", "--key-file", key_path], &[], &plaintext);
+    assert_eq!(code, 0, "{err}");
+    let (code, opened, err) =
+        run_with_input(&["decrypt"], &[("FEISHU_GATE_KEY_FILE", key_path)], &sealed);
+    assert_eq!(code, 0, "{err}");
+    // The token is not shown unless asked for; the rest is byte for byte.
+    assert_eq!(
+        opened.trim_end(),
+        plaintext.replace(&format!("\"{TOKEN}\""), "\"<redacted>\"")
+    );
+    assert!(!opened.contains(TOKEN));
+    let (_, shown, _) = run_with_input(
+        &["decrypt", "--show-token", "--key-file", key_path],
+        &[],
+        &sealed,
+    );
+    assert_eq!(shown.trim_end(), plaintext);
+
+    // A missing file is named; the key is never echoed.
+    let (code, _, err) = run_with_input(&["encrypt", "--key-file", "/no/such/key"], &[], "{}");
+    assert_eq!(code, 64);
+    assert_eq!(
+        err.trim_end(),
+        "feishu-gate: cannot read the key from /no/such/key: entity not found"
+    );
+    let (code, _, err) = run_with_input(&["decrypt"], &[], &sealed);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--key-file"), "{err}");
+}
+
+#[test]
+fn encrypt_refuses_what_is_not_a_callback_unless_asked() {
+    let key = [("FEISHU_GATE_KEY", KEY)];
+    for (input, problem) in [
+        ("", "stdin is empty"),
+        ("\n", "stdin is empty"),
+        (
+            "approve please",
+            "stdin is not a JSON object, as a callback is",
+        ),
+        ("[1,2]", "stdin is not a JSON object, as a callback is"),
+        (
+            "{\"token\":",
+            "stdin is not a JSON object, as a callback is",
+        ),
+    ] {
+        let (code, out, err) = run_with_input(&["encrypt"], &key, input);
+        assert_eq!(code, 1, "{input:?}");
+        assert!(out.is_empty(), "{out}");
+        assert_eq!(
+            err.trim_end(),
+            format!("feishu-gate: {problem}; --any-input seals it anyway"),
+            "{input:?}"
+        );
+    }
+    let (code, sealed, _) =
+        run_with_input(&["encrypt", "--any-input", "--raw"], &key, "approve please");
+    assert_eq!(code, 0);
+    let opened = feishu_gate::envelope::CallbackKey::new(KEY)
+        .decrypt(sealed.trim_end())
+        .unwrap();
+    assert_eq!(opened, b"approve please");
 }
 
 fn pipe(args: &[&str], input: &str) -> String {
@@ -360,20 +551,36 @@ async fn one_json_log_line_per_callback_without_secrets() {
     assert_eq!(ok["task_id"], "task-1");
     assert_eq!(ok["action"], "APPROVE");
     assert!(ok["request_id"].as_str().is_some_and(|s| !s.is_empty()));
-    assert!(ok["duration_ms"].as_f64().is_some() && ok["upstream_ms"].as_f64().is_some());
+    for field in ["duration_ms", "upstream_ms"] {
+        let ms = ok[field].to_string();
+        assert!(ok[field].as_f64().is_some(), "{field}: {ms}");
+        // To the microsecond, never float noise.
+        assert!(
+            ms.split_once('.')
+                .is_none_or(|(_, decimals)| decimals.len() <= 3),
+            "{field}: {ms}"
+        );
+    }
     assert_eq!(callbacks[1]["outcome"], "unauthorized");
     assert_eq!(callbacks[1]["status"], 401);
-    // Start-up logs the effective configuration, redacted.
+    // Start-up logs the effective configuration, redacted, each setting a field named as
+    // its variable.
     let start = lines
         .iter()
         .find(|l| l["message"] == "starting")
         .expect("a start-up line");
-    assert!(
-        start["settings"]
-            .as_str()
+    assert_eq!(start["token"], "<redacted: 1>", "{start}");
+    assert_eq!(start["key"], "<redacted: 1>", "{start}");
+    assert_eq!(start["upstream_timeout_ms"], "8000", "{start}");
+    assert!(start.get("other_settings").is_none(), "{start}");
+    let burst = [config::RATE_LIMIT_BURST, config::USER_RATE_LIMIT_BURST];
+    for variable in config::VARIABLES.iter().filter(|v| !burst.contains(v)) {
+        let field = variable
+            .strip_prefix(config::PREFIX)
             .unwrap()
-            .contains("FEISHU_GATE_TOKEN=<redacted: 1>")
-    );
+            .to_ascii_lowercase();
+        assert!(start[&field].is_string(), "{field} missing from {start}");
+    }
 }
 
 /// Starts the binary with `grace_ms` of shutdown grace and posts one
@@ -495,19 +702,76 @@ async fn send_command_smoke_tests_a_running_gateway() {
         );
         assert_eq!(code, 0, "{out}{err}");
         assert!(out.starts_with("200 "), "{out}");
+        assert!(
+            out.lines().any(|l| l.starts_with("X-Request-Id: ")),
+            "{out}"
+        );
         let (code, out, _) = run(&["send", "--url", &target, "--token", "wrong"], &[]);
         assert_eq!(code, 1);
         assert!(out.starts_with("401 "), "{out}");
+        // The token from a file, and a request id of the operator's choosing.
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+        let (code, out, err) = run(
+            &[
+                "send",
+                "--url",
+                &target,
+                "--token-file",
+                token_file.to_str().unwrap(),
+                "--request-id",
+                "smoke-test-42",
+                "--task-id",
+                "t-10",
+            ],
+            &[("FEISHU_GATE_KEY", KEY)],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(
+            out.lines().nth(1),
+            Some("X-Request-Id: smoke-test-42"),
+            "{out}"
+        );
     })
     .await
     .unwrap();
     let got = up.received();
-    assert_eq!(got.len(), 1);
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        got[1].header("x-request-id").as_deref(),
+        Some("smoke-test-42")
+    );
     let text = got[0].text();
     assert!(
         text.contains(r#""action_type":"REJECT""#) && text.contains("7250020197497765889"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_shows_when_to_try_again() {
+    let up = Upstream::start(Reply::ok()).await;
+    let url = up.url();
+    tokio::task::spawn_blocking(move || {
+        let served = Served::start(
+            &url,
+            &[
+                ("FEISHU_GATE_RATE_LIMIT_RPS", "1"),
+                ("FEISHU_GATE_RATE_LIMIT_BURST", "1"),
+            ],
+        );
+        let target = format!("http://127.0.0.1:{}/", served.port);
+        let secrets = [("FEISHU_GATE_TOKEN", TOKEN), ("FEISHU_GATE_KEY", KEY)];
+        let (code, out, _) = run(&["send", "--url", &target, "--task-id", "a"], &secrets);
+        assert_eq!(code, 0, "{out}");
+        let (code, out, _) = run(&["send", "--url", &target, "--task-id", "b"], &secrets);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.starts_with("429 "), "{out}");
+        assert!(out.lines().any(|l| l == "Retry-After: 1"), "{out}");
+    })
+    .await
+    .unwrap();
 }
 
 #[test]

@@ -143,8 +143,8 @@ fn check_config_reports_bad_secret_files_on_one_line_each_and_promptly() {
 
 /// Caught by the `config_from_vars` fuzz target: an `UPSTREAM_HEADERS` entry that was
 /// not `name=value` was quoted in the problem (up to its first `:`), so a
-/// credential pasted on its own, or written the HTTP way with base64 `=`
-/// padding in it, went to the operator's terminal and logs.
+/// credential pasted on its own, or with its scheme and base64 `=` padding,
+/// went to the operator's terminal and logs.
 #[test]
 fn check_config_never_echoes_a_header_entry_that_may_be_a_credential() {
     let out = Command::new(env!("CARGO_BIN_EXE_feishu-gate"))
@@ -154,7 +154,7 @@ fn check_config_never_echoes_a_header_entry_that_may_be_a_credential() {
         .env("FEISHU_GATE_TOKEN", "t")
         .env(
             "FEISHU_GATE_UPSTREAM_HEADERS",
-            "s3cr3t-t0ken,Authorization: Bearer c2VjcmV0==",
+            "s3cr3t-t0ken,Bearer c2VjcmV0==",
         )
         .stdin(Stdio::null())
         .output()
@@ -164,8 +164,8 @@ fn check_config_never_echoes_a_header_entry_that_may_be_a_credential() {
     assert_eq!(
         err.lines().collect::<Vec<_>>(),
         vec![
-            "FEISHU_GATE_UPSTREAM_HEADERS: entry 1 is not name=value",
-            "FEISHU_GATE_UPSTREAM_HEADERS: entry 2 does not start with a header name and =",
+            "FEISHU_GATE_UPSTREAM_HEADERS: entry 1 is not name=value (or Name: value)",
+            "FEISHU_GATE_UPSTREAM_HEADERS: entry 2 does not start with a header name",
         ]
     );
     assert!(

@@ -22,8 +22,22 @@ fn check_folded(message: &str) {
     assert_eq!(message.trim(), message);
 }
 
+/// The `Content-Type`s legacy systems answer with; the first byte picks one.
+const CONTENT_TYPES: [Option<&str>; 6] = [
+    None,
+    Some("application/json"),
+    Some("text/plain"),
+    Some("application/json; charset=GBK"),
+    Some("text/plain;charset=big5"),
+    Some("text/plain; charset=utf-16le"),
+];
+
 fuzz_target!(|data: &[u8]| {
-    let extracted = respond::upstream_message(data);
+    let content_type = data
+        .first()
+        .and_then(|b| CONTENT_TYPES[usize::from(*b) % CONTENT_TYPES.len()])
+        .map(http::HeaderValue::from_static);
+    let extracted = respond::upstream_message(content_type.as_ref(), data);
     if let Some(m) = &extracted {
         check_folded(m);
     }

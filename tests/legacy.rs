@@ -1,0 +1,274 @@
+//! What legacy systems really answer, through the real binary: string codes, plain
+//! text and GBK refusals, redirects to a login page; and what the approver and the
+//! operator's log then see.
+
+mod common;
+mod harness;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{KEY, TOKEN, callback, post, seal};
+use harness::Binary;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A legacy system that answers every request with the same bytes, written as given:
+/// whatever charset, whatever headers. Counts the requests it read.
+struct Legacy {
+    addr: SocketAddr,
+    /// Each request's head, as the bytes arrived.
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl Legacy {
+    async fn answering(status_line: &str, headers: &[&str], body: &[u8]) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut response = format!("HTTP/1.1 {status_line}\r\n").into_bytes();
+        for h in headers {
+            response.extend_from_slice(format!("{h}\r\n").as_bytes());
+        }
+        response.extend_from_slice(
+            format!(
+                "Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        response.extend_from_slice(body);
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let counter = heads.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let response = response.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    if let Some(head) = read_request(&mut sock).await {
+                        counter.lock().unwrap().push(head);
+                        let _ = sock.write_all(&response).await;
+                    }
+                });
+            }
+        });
+        Self { addr, heads }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/approve", self.addr)
+    }
+
+    fn requests(&self) -> usize {
+        self.heads.lock().unwrap().len()
+    }
+}
+
+/// Reads one request, head and `Content-Length` body, and returns its head; `None` if the
+/// peer went away first.
+async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let length: usize = head
+                .to_ascii_lowercase()
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return Some(head);
+            }
+        }
+        match sock.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+async fn gateway(legacy: &Legacy, extra: &[(&str, &str)]) -> Binary {
+    Binary::start(&legacy.url(), extra).await
+}
+
+async fn send(gate: &Binary) -> common::Answer {
+    post(gate.addr, "/", seal(KEY, &callback(TOKEN)), &[]).await
+}
+
+/// The `detail` of the callback log lines written so far, waiting briefly for the line.
+async fn details(gate: &Binary) -> Vec<String> {
+    for _ in 0..100 {
+        let found: Vec<String> = gate
+            .log_tail()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"] == "callback")
+            .filter_map(|v| v["detail"].as_str().map(str::to_owned))
+            .collect();
+        if !found.is_empty() {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no callback line with a detail in {:?}", gate.log_tail());
+}
+
+#[tokio::test]
+async fn a_numeric_ok_rule_holds_for_the_same_number_as_a_string() {
+    let ok = Legacy::answering(
+        "200 OK",
+        &["Content-Type: application/json"],
+        br#"{"code":"0","msg":"ok"}"#,
+    )
+    .await;
+    let gate = gateway(&ok, &[("FEISHU_GATE_UPSTREAM_OK", "/code==0")]).await;
+    let answer = send(&gate).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.json()["code"], 0);
+    assert_eq!(ok.requests(), 1);
+
+    let refused = Legacy::answering(
+        "200 OK",
+        &["Content-Type: application/json"],
+        r#"{"code":"1","msg":"审批单已锁定"}"#.as_bytes(),
+    )
+    .await;
+    let gate = gateway(&refused, &[("FEISHU_GATE_UPSTREAM_OK", "/code==0")]).await;
+    let answer = send(&gate).await;
+    assert_eq!(answer.feishu_error(502), "审批单已锁定");
+    let details = details(&gate).await;
+    assert!(
+        details.iter().any(|d| d.starts_with(
+            r#"FEISHU_GATE_UPSTREAM_OK /code==0 does not hold: /code is the string "1""#
+        ) && d.contains(r#"message "审批单已锁定""#)),
+        "{details:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_plain_text_refusal_reaches_feishu_as_written() {
+    let refusal = "参数错误：缺少审批意见";
+    let legacy = Legacy::answering(
+        "400 Bad Request",
+        &["Content-Type: text/plain; charset=utf-8"],
+        refusal.as_bytes(),
+    )
+    .await;
+    let gate = gateway(&legacy, &[]).await;
+    // Feishu shows a message only for statuses above 400, so a 400 goes on as 502.
+    assert_eq!(send(&gate).await.feishu_error(502), refusal);
+    let details = details(&gate).await;
+    assert!(
+        details.iter().any(|d| d == &format!("message {refusal:?}")),
+        "{details:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_gbk_json_refusal_reaches_feishu_as_written() {
+    let (gbk, _, _) =
+        encoding_rs::GBK.encode(r#"{"code":40901,"message":"该审批任务已被他人处理"}"#);
+    assert!(std::str::from_utf8(&gbk).is_err(), "the body is not UTF-8");
+    let legacy = Legacy::answering(
+        "409 Conflict",
+        &["Content-Type: application/json;charset=GBK"],
+        &gbk,
+    )
+    .await;
+    let gate = gateway(&legacy, &[]).await;
+    assert_eq!(
+        send(&gate).await.feishu_error(409),
+        "该审批任务已被他人处理"
+    );
+}
+
+#[tokio::test]
+async fn a_redirect_is_logged_with_where_it_pointed() {
+    let legacy = Legacy::answering(
+        "302 Found",
+        &["Location: https://sso.example.com/login?next=%2Fapprove"],
+        b"",
+    )
+    .await;
+    let gate = gateway(&legacy, &[]).await;
+    let message = send(&gate).await.feishu_error(502);
+    assert!(message.contains("HTTP 302"), "{message}");
+    assert_eq!(legacy.requests(), 1);
+    let details = details(&gate).await;
+    assert!(
+        details
+            .iter()
+            .any(|d| d == "redirected to https://sso.example.com/login?next=%2Fapprove"),
+        "{details:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_echoing_a_credential_is_logged_redacted() {
+    let credential = "Bearer hush-hush-4711";
+    let legacy = Legacy::answering(
+        "403 Forbidden",
+        &["Content-Type: application/json"],
+        format!(r#"{{"message":"token {credential} is not allowed here"}}"#).as_bytes(),
+    )
+    .await;
+    let gate = gateway(
+        &legacy,
+        &[(
+            "FEISHU_GATE_UPSTREAM_HEADERS",
+            "Authorization: Bearer hush-hush-4711",
+        )],
+    )
+    .await;
+    let message = send(&gate).await.feishu_error(403);
+    assert!(!message.contains("hush-hush"), "{message}");
+    let details = details(&gate).await;
+    assert!(
+        details
+            .iter()
+            .any(|d| d == r#"message "token <redacted> is not allowed here""#),
+        "{details:?}"
+    );
+    assert!(
+        gate.log_tail().iter().all(|l| !l.contains("hush-hush")),
+        "{:?}",
+        gate.log_tail()
+    );
+}
+
+#[tokio::test]
+async fn header_names_arrive_in_their_conventional_case() {
+    let legacy = Legacy::answering(
+        "200 OK",
+        &["Content-Type: application/json"],
+        br#"{"code":0}"#,
+    )
+    .await;
+    let gate = gateway(
+        &legacy,
+        &[(
+            "FEISHU_GATE_UPSTREAM_HEADERS",
+            "X-Tenant: acme, authorization=Basic%20dTpw",
+        )],
+    )
+    .await;
+    assert_eq!(send(&gate).await.status, 200);
+    let head = legacy.heads.lock().unwrap()[0].clone();
+    for line in [
+        "\r\nContent-Type: application/json",
+        "\r\nX-Request-Id: ",
+        "\r\nIdempotency-Key: ",
+        "\r\nUser-Agent: feishu-gate/",
+        "\r\nX-Tenant: acme",
+        "\r\nAuthorization: Basic dTpw",
+        "\r\nHost: ",
+        "\r\nContent-Length: ",
+    ] {
+        assert!(head.contains(line), "{line:?} not in {head:?}");
+    }
+}
