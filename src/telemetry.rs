@@ -71,12 +71,13 @@ impl Telemetry {
         if let Some(host) = upstream.host() {
             attributes.push(KeyValue::new("server.address", host.to_owned()));
         }
-        if let Some(port) = upstream.port_u16().or(match upstream.scheme_str() {
-            Some("https") => Some(443),
-            _ => Some(80),
-        }) {
-            attributes.push(KeyValue::new("server.port", i64::from(port)));
-        }
+        let default_port = if upstream.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        };
+        let port = upstream.port_u16().unwrap_or(default_port);
+        attributes.push(KeyValue::new("server.port", i64::from(port)));
         Ok(Self {
             provider,
             tracer,
