@@ -250,7 +250,8 @@ async fn a_legacy_system_listening_only_after_1_5_s_gets_the_callback_once() {
     let (answer, took) = posted.await.unwrap();
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert!(took >= Duration::from_millis(1_500), "{took:?}");
-    assert!(took < Duration::from_millis(2_500), "{took:?}");
+    // The longest pause between tries is 600 ms; the rest is room for a loaded machine.
+    assert!(took < Duration::from_millis(3_500), "{took:?}");
     let received = up.received();
     assert_eq!(received.len(), 1, "delivered once");
     assert!(received[0].text().contains("while-restarting"));
@@ -342,7 +343,8 @@ async fn a_503_with_a_retry_after_that_fits_is_tried_again() {
 
     let (answer, took) = timed_sealed_post(other.addr, "unavailable-for-long").await;
     assert_eq!(answer.feishu_error(503), "starting");
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    // Not the minute it asked for: passed on at once.
+    assert!(took < Duration::from_secs(3), "{took:?}");
     assert_eq!(too_long.requests().len(), 1);
 }
 
