@@ -9,37 +9,52 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::gateway::Gateway;
-use crate::server::HEADER_READ_TIMEOUT;
+use crate::server::idle::{Activity, IdleIo};
+use crate::server::{ADMIN_MAX_CONNECTIONS, HEADER_READ_TIMEOUT, MAX_HEAD_BYTES};
 
-/// Serves until `stop` turns true.
+/// Serves until `stop` turns true, at most [`ADMIN_MAX_CONNECTIONS`] connections at once
+/// (further ones wait in the listen backlog), each closed once it has carried no request
+/// for [`HEADER_READ_TIMEOUT`], with heads bounded as on the callback port.
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
     loop {
-        let stream = tokio::select! {
+        let accepted = tokio::select! {
             _ = async { stop.wait_for(|s| *s).await.is_ok() } => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = async {
+                let permit = permits.clone().acquire_owned().await;
+                (permit, listener.accept().await)
+            } => accepted,
+        };
+        let (permit, stream) = match accepted {
+            (Ok(permit), Ok((stream, _))) => (permit, stream),
+            (Err(_), _) => return,
+            (_, Err(e)) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let gateway = gateway.clone();
         tokio::spawn(async move {
+            let _permit = permit;
+            let activity = Activity::default();
+            let io = IdleIo::new(stream, activity.clone(), HEADER_READ_TIMEOUT);
             let service = service_fn(move |request| {
                 let gateway = gateway.clone();
-                async move { Ok::<_, Infallible>(route(&gateway, &request)) }
+                let busy = activity.begin();
+                async move {
+                    let _busy = busy;
+                    Ok::<_, Infallible>(route(&gateway, &request))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .serve_connection(TokioIo::new(io), service)
                 .await;
         });
     }

@@ -43,7 +43,7 @@ pub enum BodyError {
     /// The name is kept for tests only: it is the caller's text, and nothing
     /// the caller chose is echoed before authentication.
     #[error("a field appears more than once")]
-    DuplicateField(String),
+    DuplicateField,
     #[error("field {0} is missing")]
     Missing(&'static str),
     #[error("field {field} must be {expected}")]
@@ -233,7 +233,7 @@ impl<'a> Fields<'a> {
 fn entries<'a, R: serde_json::de::Read<'a>>(
     mut de: serde_json::Deserializer<R>,
 ) -> Result<Vec<(Cow<'a, str>, &'a RawValue)>, BodyError> {
-    let mut duplicate = None;
+    let mut duplicate = false;
     let mut too_many = false;
     let entries = match de.deserialize_map(ObjectVisitor {
         duplicate: &mut duplicate,
@@ -241,9 +241,7 @@ fn entries<'a, R: serde_json::de::Read<'a>>(
     }) {
         Ok(entries) => entries,
         Err(_) if too_many => return Err(BodyError::TooManyFields),
-        Err(_) if duplicate.is_some() => {
-            return Err(BodyError::DuplicateField(duplicate.unwrap_or_default()));
-        }
+        Err(_) if duplicate => return Err(BodyError::DuplicateField),
         Err(e) if e.is_data() => return Err(BodyError::NotObject),
         Err(_) => return Err(BodyError::NotJson),
     };
@@ -261,8 +259,8 @@ fn unescaped_string(raw: &RawValue) -> Option<&str> {
 }
 
 struct ObjectVisitor<'d> {
-    /// Set to the repeated key, so the caller can name it.
-    duplicate: &'d mut Option<String>,
+    /// Set when a key repeats; which one is never reported, since the caller chose it.
+    duplicate: &'d mut bool,
     /// Set when the object has more than [`MAX_FIELDS`] fields.
     too_many: &'d mut bool,
 }
@@ -283,7 +281,7 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
             }
             if entries.iter().any(|(k, _)| *k == key) {
                 // At most MAX_FIELDS earlier keys: a scan beats hashing them.
-                *self.duplicate = Some(key.into_owned());
+                *self.duplicate = true;
                 return Err(de::Error::custom("duplicate field"));
             }
             let value: &'de RawValue = map.next_value()?;
@@ -675,7 +673,7 @@ mod tests {
         );
         assert_eq!(
             err(r#"{"token":"a","token":"b"}"#),
-            BodyError::DuplicateField("token".into())
+            BodyError::DuplicateField
         );
         let fields = |n: usize| {
             let body: Vec<String> = (0..n).map(|i| format!("\"k{i}\":1")).collect();

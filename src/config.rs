@@ -1229,7 +1229,7 @@ mod tests {
         assert_eq!(c.lang, Lang::Zh);
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.shutdown_grace, Duration::from_millis(8000));
-        assert_eq!(c.max_connections, 4096);
+        assert_eq!(c.max_connections, 1024);
         assert!(c.keys.is_empty() && !c.allow_plaintext && c.tls.is_none());
     }
 

@@ -34,6 +34,12 @@ use crate::verify::Verifier;
 /// legacy system's messages: no credential is that short, and ordinary text holds them.
 const MIN_HEADER_SECRET_LEN: usize = 6;
 
+/// Bytes of request bodies held at once, every connection together. Each request reserves
+/// its declared length (or `MAX_BODY_BYTES` when it declares none) before its body is
+/// read, and keeps it until answered; one that cannot within its read deadline is refused
+/// as too slow. So the memory bodies take does not grow with the connections open.
+pub const BODY_BUDGET_BYTES: usize = 32 * 1024 * 1024;
+
 /// A callback body is a few KiB; a client slower than this is not Feishu.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -78,6 +84,8 @@ pub struct Gateway {
     limits: Limits,
     dedup: Option<Dedup>,
     request_ids: RequestIds,
+    /// [`BODY_BUDGET_BYTES`], in KiB.
+    body_budget: Arc<tokio::sync::Semaphore>,
     /// Callback connections served at once (`FEISHU_GATE_MAX_CONNECTIONS`).
     pub max_connections: usize,
     /// Worker threads (`FEISHU_GATE_WORKERS`); `None` is one per available CPU.
@@ -144,6 +152,7 @@ impl Gateway {
             limits: Limits::new(config.rate_limit, config.user_rate_limit),
             dedup: config.dedup_ttl.map(Dedup::new),
             request_ids: RequestIds::default(),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET_BYTES / 1024)),
             max_connections: config.max_connections,
             workers: config.workers,
             health: Arc::default(),
@@ -208,10 +217,12 @@ impl Gateway {
         response
             .headers_mut()
             .insert(HeaderName::from_static(REQUEST_ID), request_id.clone());
-        if keeps_alive_by_header && !record.body_read {
-            // Refused before its body was read: the connection is closed after
-            // this answer, and saying so keeps the client from sending its next
-            // request into a socket that is going away.
+        if keeps_alive_by_header && (!record.body_read || outcome.closes_connection()) {
+            // Refused before its body was read, the connection cannot carry another
+            // request; refused before its token verified, it should not, or a client
+            // without the token could hold it for ever with requests refused one by
+            // one. Saying so keeps the client from sending its next request into a
+            // socket that is going away.
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -259,7 +270,7 @@ impl Gateway {
         if self.health.is_shutting_down() {
             return Outcome::Rejected(Rejection::ShuttingDown);
         }
-        let body = match self.read_body(request, started).await {
+        let (body, _reserved) = match self.read_body(request, started).await {
             Ok(body) => {
                 record.body_read = true;
                 body
@@ -300,8 +311,13 @@ impl Gateway {
         self.forward(upstream, outbound, ids, record).await
     }
 
-    /// Reads the whole body, by `BODY_READ_TIMEOUT` after the request `started`.
-    async fn read_body<B>(&self, request: Request<B>, started: Instant) -> Result<Bytes, Rejection>
+    /// Reads the whole body, by `BODY_READ_TIMEOUT` after the request `started`, with its
+    /// share of [`BODY_BUDGET_BYTES`], to be held until the callback is answered.
+    async fn read_body<B>(
+        &self,
+        request: Request<B>,
+        started: Instant,
+    ) -> Result<(Bytes, tokio::sync::OwnedSemaphorePermit), Rejection>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -314,14 +330,26 @@ impl Gateway {
         if declared.is_some_and(|n| n > self.max_body as u64) {
             return Err(Rejection::TooLarge);
         }
-        let limited = Limited::new(request.into_body(), self.max_body);
-        match timeout_at(started + BODY_READ_TIMEOUT, limited.collect()).await {
+        let limit = declared.map_or(self.max_body, |n| n as usize);
+        let reserve = u32::try_from(limit.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        let read = async {
+            let reserved = self
+                .body_budget
+                .clone()
+                .acquire_many_owned(reserve)
+                .await
+                .map_err(|_| Rejection::ShuttingDown)?;
+            let limited = Limited::new(request.into_body(), self.max_body);
+            Ok::<_, Rejection>((limited.collect().await, reserved))
+        };
+        match timeout_at(started + BODY_READ_TIMEOUT, read).await {
             Err(_) => Err(Rejection::SlowBody),
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Ok(Err(rejection)) => Err(rejection),
+            Ok(Ok((Ok(collected), reserved))) => Ok((collected.to_bytes(), reserved)),
+            Ok(Ok((Err(e), _))) if e.downcast_ref::<LengthLimitError>().is_some() => {
                 Err(Rejection::TooLarge)
             }
-            Ok(Err(_)) => Err(Rejection::Unreadable),
+            Ok(Ok((Err(_), _))) => Err(Rejection::Unreadable),
         }
     }
 
@@ -562,6 +590,20 @@ fn detail(rejection: &Rejection) -> String {
     }
 }
 
+/// The most of a field from the callback a log line carries, in bytes: Feishu's ids are
+/// under 64, and a line must not grow with whatever a caller puts in a field.
+const MAX_LOGGED_FIELD_BYTES: usize = 128;
+
+/// `text` cut to [`MAX_LOGGED_FIELD_BYTES`] at a character boundary; span
+/// attributes are cut alike.
+pub(crate) fn bounded(text: &str) -> &str {
+    let mut end = text.len().min(MAX_LOGGED_FIELD_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Milliseconds to the microsecond: `2.226`, not the `2.2260079999999998` that
 /// `as_secs_f64() * 1000.0` prints.
 fn millis(d: Duration) -> f64 {
@@ -576,11 +618,11 @@ macro_rules! callback_line {
             target: crate::logging::CALLBACK_TARGET,
             request_id = $id,
             trace_id = $trace_id,
-            approval_code = s.map(|s| s.approval_code.as_str()),
-            instance_id = s.and_then(|s| s.instance_id.as_deref()),
-            task_id = s.and_then(|s| s.task_id.as_deref()),
-            message_id = s.and_then(|s| s.message_id.as_deref()),
-            action = s.map(|s| s.action_type.as_str()),
+            approval_code = s.map(|s| bounded(&s.approval_code)),
+            instance_id = s.and_then(|s| s.instance_id.as_deref()).map(bounded),
+            task_id = s.and_then(|s| s.task_id.as_deref()).map(bounded),
+            message_id = s.and_then(|s| s.message_id.as_deref()).map(bounded),
+            action = s.map(|s| bounded(&s.action_type)),
             outcome = $outcome.label(),
             status = $status.as_u16(),
             upstream_status = $r.upstream_status.map(|s| s.as_u16()),
@@ -615,6 +657,16 @@ fn log(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_fields_are_bounded_at_a_character_boundary() {
+        assert_eq!(bounded("task-1"), "task-1");
+        let long = "审".repeat(100);
+        let cut = bounded(&long);
+        assert!(cut.len() <= MAX_LOGGED_FIELD_BYTES && cut.len() > MAX_LOGGED_FIELD_BYTES - 3);
+        assert!(long.starts_with(cut));
+        assert_eq!(bounded(&"x".repeat(1000)).len(), MAX_LOGGED_FIELD_BYTES);
+    }
 
     #[test]
     fn durations_are_logged_to_the_microsecond() {

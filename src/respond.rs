@@ -125,6 +125,13 @@ impl Outcome {
         }
     }
 
+    /// Whether the connection is closed after this answer: the gateway refused the request
+    /// itself, and no verified callback was rate limited (Feishu retries those, on the
+    /// connection it has).
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, Self::Rejected(r) if !matches!(r, Rejection::RateLimited { .. }))
+    }
+
     /// The status Feishu receives.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -349,7 +356,7 @@ fn invalid_zh(e: &BodyError) -> String {
         BodyError::NotObject => "回调内容不是 JSON 对象".to_owned(),
         BodyError::TooDeep => "回调内容嵌套层级过深".to_owned(),
         BodyError::TooManyFields => format!("回调字段超过 {} 个", crate::callback::MAX_FIELDS),
-        BodyError::DuplicateField(_) => "回调字段重复出现".to_owned(),
+        BodyError::DuplicateField => "回调字段重复出现".to_owned(),
         BodyError::Missing(f) => format!("回调缺少字段 {f}"),
         BodyError::WrongType { field, expected } => {
             let expected = match *expected {
@@ -650,30 +657,13 @@ mod tests {
     }
 
     #[test]
-    fn a_repeated_field_name_never_echoes_a_secret() {
-        let o = Outcome::Rejected(Rejection::Invalid(BodyError::DuplicateField(
-            "x s3cret-token y".into(),
-        )));
-        for lang in [Lang::En, Lang::Zh] {
-            let m = t(lang).message(&o).unwrap();
-            assert!(!m.contains("s3cret") && !m.contains(" x "), "{m:?}");
-        }
-    }
-
-    #[test]
-    fn a_repeated_field_name_cannot_put_markup_or_line_breaks_in_the_message() {
-        let o = Outcome::Rejected(Rejection::Invalid(BodyError::DuplicateField(
-            "a\n<b>x</b>\u{7}>".into(),
-        )));
-        for lang in [Lang::En, Lang::Zh] {
-            let m = t(lang).message(&o).unwrap();
-            assert!(!m.chars().any(char::is_control), "{m:?}");
-            assert!(!m.contains(['<', '>']), "{m:?}");
-        }
+    fn a_repeated_field_is_refused_in_fixed_words() {
+        let o = Outcome::Rejected(Rejection::Invalid(BodyError::DuplicateField));
         assert_eq!(
             t(Lang::En).message(&o).unwrap(),
             "Invalid callback: a field appears more than once."
         );
+        assert_eq!(t(Lang::Zh).message(&o).unwrap(), "回调字段重复出现");
     }
 
     #[test]

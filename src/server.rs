@@ -25,7 +25,7 @@ use crate::admin;
 use crate::gateway::Gateway;
 use crate::upstream::Upstream;
 
-mod idle;
+pub(crate) mod idle;
 
 /// Time a client has to send a request's headers. It also bounds how long any
 /// connection may carry no request, HTTP/1 or HTTP/2, including before its
@@ -35,7 +35,23 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once unless `FEISHU_GATE_MAX_CONNECTIONS` says
 /// otherwise; further clients wait in the listen backlog.
-pub const MAX_CONNECTIONS: usize = 4_096;
+pub const MAX_CONNECTIONS: usize = 1_024;
+/// The most an HTTP/1 request's head may take, on either listener: hyper's read buffer,
+/// at its smallest but for a factor of two. A longer head is answered 431. Feishu's are
+/// under 1 KiB.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// The most an HTTP/2 request's header list may take.
+pub const MAX_HEADER_LIST_BYTES: u32 = 8 * 1024;
+/// Requests one HTTP/2 connection may have open at once.
+pub const MAX_STREAMS: u32 = 4;
+/// HTTP/2 flow-control windows, per request and per connection: how much of a body a
+/// client may send ahead of the gateway reading it. A callback fits in one.
+const STREAM_WINDOW: u32 = 16 * 1024;
+const CONNECTION_WINDOW: u32 = 32 * 1024;
+/// What an HTTP/2 connection buffers of its answers, which are under 1 KiB.
+const SEND_BUFFER: usize = 16 * 1024;
+/// Connections the admin listener serves at once: probes and scrapes need a handful.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 /// How often idle per-approver state is forgotten.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(10);
 
@@ -395,11 +411,19 @@ fn connection_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // `IdleIo` bounds the wait for each request's head (see `idle`); hyper's
     // own header timer would cost a boxed timer per request to do the same.
-    builder.http1().header_read_timeout(None).keep_alive(true);
+    builder
+        .http1()
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_buf_size(MAX_HEAD_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_send_buf_size(SEND_BUFFER)
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(10));
     builder

@@ -28,6 +28,7 @@ use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span};
 
 use crate::callback::Summary;
 use crate::config::Traces;
+use crate::gateway::bounded;
 use crate::respond::Outcome;
 use crate::trace::Trace;
 use crate::upstream::Exchange;
@@ -175,18 +176,20 @@ impl CallbackSpan {
             KeyValue::new("feishu_gate.request_id", request_id.to_owned()),
         ];
         if let Some(s) = summary {
+            // The caller chose these, so they are cut as in the log line.
+            let text = |value: &str| bounded(value).to_owned();
             attributes.push(KeyValue::new(
                 "feishu.approval_code",
-                s.approval_code.clone(),
+                text(&s.approval_code),
             ));
-            attributes.push(KeyValue::new("feishu.action", s.action_type.clone()));
+            attributes.push(KeyValue::new("feishu.action", text(&s.action_type)));
             for (key, value) in [
                 ("feishu.instance_id", &s.instance_id),
                 ("feishu.task_id", &s.task_id),
                 ("feishu.message_id", &s.message_id),
             ] {
                 if let Some(value) = value {
-                    attributes.push(KeyValue::new(key, value.clone()));
+                    attributes.push(KeyValue::new(key, text(value)));
                 }
             }
         }

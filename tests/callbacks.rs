@@ -571,7 +571,7 @@ async fn chinese_messages_by_default() {
 }
 
 #[tokio::test]
-async fn a_connection_refused_before_its_body_says_it_will_close() {
+async fn a_connection_that_carried_a_refusal_says_it_will_close() {
     let up = Upstream::start(Reply::ok()).await;
     let gate = Gate::start(&up.url(), &[(config::MAX_BODY_BYTES, "2048")]).await;
     let head = "POST / HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 5000\r\n\r\n";
@@ -582,14 +582,16 @@ async fn a_connection_refused_before_its_body_says_it_will_close() {
         "{answer}"
     );
 
-    // Answers given after the body was read keep the connection for the next callback.
+    // A verified callback keeps its connection for the next; any refusal before one
+    // closes it, so a client without the token cannot hold a connection with
+    // requests that are refused.
     let stream = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .unwrap();
-    tokio::spawn(conn);
-    for token in ["wrong", TOKEN, TOKEN] {
+    let conn = tokio::spawn(conn);
+    for token in [TOKEN, TOKEN, "wrong"] {
         let request = http::Request::post("/")
             .header("host", "x")
             .body(http_body_util::Full::new(bytes::Bytes::from(callback(
@@ -597,8 +599,27 @@ async fn a_connection_refused_before_its_body_says_it_will_close() {
             ))))
             .unwrap();
         let response = sender.send_request(request).await.unwrap();
-        assert!(!response.headers().contains_key("connection"), "{token}");
-        sender.ready().await.unwrap();
+        if token == TOKEN {
+            assert!(!response.headers().contains_key("connection"), "{token}");
+            sender.ready().await.unwrap();
+        } else {
+            assert_eq!(response.status(), 401);
+            assert_eq!(response.headers()["connection"], "close");
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(2), conn)
+        .await
+        .expect("the connection closes after the refusal")
+        .unwrap()
+        .unwrap();
+    for path in ["/anything", "/favicon.ico"] {
+        let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n");
+        let answer = raw(gate.addr, request.as_bytes(), Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
     }
     assert_eq!(up.count(), 2);
 }
