@@ -79,6 +79,17 @@ pub const MAX_CONNECTIONS: &str = "FEISHU_GATE_MAX_CONNECTIONS";
 /// Worker threads serving callback connections, each on its own event loop;
 /// unset, one per CPU the process may use (a cgroup CPU limit included).
 pub const WORKERS: &str = "FEISHU_GATE_WORKERS";
+/// `redis://` or `rediss://`: the duplicate memory shared by every replica
+/// naming it. Secret: the URL usually carries a password.
+pub const REDIS_URL: &str = "FEISHU_GATE_REDIS_URL";
+/// Key prefix, so several gateways can share one Redis.
+pub const REDIS_PREFIX: &str = "FEISHU_GATE_REDIS_PREFIX";
+/// PEM trust anchors for a `rediss://` Redis, instead of the system's: a Redis
+/// inside the cluster usually has a certificate from a private CA.
+pub const REDIS_CA_FILE: &str = "FEISHU_GATE_REDIS_CA_FILE";
+/// While Redis is unreachable: `open` keeps answering on local memory,
+/// `closed` answers 503.
+pub const REDIS_FAILURE: &str = "FEISHU_GATE_REDIS_FAILURE";
 
 /// OpenTelemetry's standard variables that turn span export on: the base URL
 /// (`/v1/traces` is appended) or the traces URL as it is. The exporter reads
@@ -127,10 +138,14 @@ pub const VARIABLES: &[&str] = &[
     SHUTDOWN_GRACE_MS,
     MAX_CONNECTIONS,
     WORKERS,
+    REDIS_URL,
+    REDIS_PREFIX,
+    REDIS_CA_FILE,
+    REDIS_FAILURE,
 ];
 
 /// Variables that may instead be read from the file named by `<NAME>_FILE`.
-pub const SECRET_VARIABLES: &[&str] = &[TOKEN, KEY, UPSTREAM_HEADERS];
+pub const SECRET_VARIABLES: &[&str] = &[TOKEN, KEY, UPSTREAM_HEADERS, REDIS_URL];
 
 /// Feishu stops waiting for an answer after this long.
 pub const FEISHU_DEADLINE: Duration = Duration::from_secs(10);
@@ -298,6 +313,128 @@ impl fmt::Debug for UpstreamHeaders {
     }
 }
 
+/// What the gateway does while the shared duplicate memory cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    /// Keep answering: this replica's own memory still suppresses its duplicates,
+    /// and the `Idempotency-Key` lets the legacy system recognise the rest.
+    Open,
+    /// Answer 503 rather than risk a second delivery through another replica.
+    Closed,
+}
+
+impl FailureMode {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+/// A Redis URL. It usually carries a password, so only [`RedisUrl::shown`],
+/// with the credentials replaced, ever leaves this type.
+#[derive(Clone)]
+pub struct RedisUrl {
+    url: String,
+    shown: String,
+    /// The user name and password as written and decoded, for scrubbing
+    /// messages that might repeat them.
+    secrets: Vec<String>,
+}
+
+impl RedisUrl {
+    /// Parses `redis://` and `rediss://` URLs. Problems never quote the URL.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let scheme = text.split_once("://").map(|(s, _)| s);
+        if !matches!(scheme, Some("redis" | "rediss")) {
+            return Err("must start with redis:// or rediss://".to_owned());
+        }
+        let url = redis::parse_redis_url(text).ok_or_else(|| "is not a valid URL".to_owned())?;
+        let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
+            return Err("has no host".to_owned());
+        };
+        if let Err(e) = redis::Client::open(text) {
+            // redis-rs names what it refused (a database that is not a number, an
+            // unsupported option) without repeating the URL.
+            let why = e
+                .detail()
+                .map(str::to_owned)
+                .unwrap_or_else(|| e.category().to_owned());
+            return Err(format!("is not usable: {why}"));
+        }
+        let mut secrets = Vec::new();
+        for raw in [url.username(), url.password().unwrap_or_default()] {
+            if raw.is_empty() {
+                continue;
+            }
+            secrets.push(raw.to_owned());
+            if let Some(decoded) = percent_decode(raw).and_then(|b| String::from_utf8(b).ok())
+                && decoded != raw
+            {
+                secrets.push(decoded);
+            }
+        }
+        let mut shown = format!("{}://", url.scheme());
+        if !secrets.is_empty() {
+            shown.push_str("<redacted>@");
+        }
+        shown.push_str(host);
+        if let Some(port) = url.port() {
+            shown.push_str(&format!(":{port}"));
+        }
+        shown.push_str(url.path());
+        Ok(Self {
+            url: text.to_owned(),
+            shown,
+            secrets,
+        })
+    }
+
+    /// The URL to connect with. Never log or print it.
+    pub fn expose(&self) -> &str {
+        &self.url
+    }
+
+    /// The URL with its credentials replaced, fit for logs and `check-config`.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// `text` with every occurrence of the URL's credentials replaced.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.replace(self.url.as_str(), self.shown.as_str());
+        for secret in &self.secrets {
+            out = out.replace(secret.as_str(), "<redacted>");
+        }
+        out
+    }
+
+    pub(crate) fn secrets(&self) -> &[String] {
+        &self.secrets
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.url.starts_with("rediss://")
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({})", self.shown)
+    }
+}
+
+/// The shared duplicate memory (`REDIS_*`).
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: RedisUrl,
+    /// `None`: the system's trust roots.
+    pub ca_file: Option<PathBuf>,
+    pub prefix: String,
+    pub failure: FailureMode,
+}
+
 /// Headers the gateway itself owns on the upstream request.
 const RESERVED_HEADERS: &[&str] = &[
     "host",
@@ -359,6 +496,8 @@ pub struct Config {
     pub workers: Option<usize>,
     /// `None`: no exporter, and tracing costs a callback only its `traceparent`.
     pub traces: Option<Traces>,
+    /// `None`: the duplicate memory is this process's own.
+    pub redis: Option<RedisSettings>,
 }
 
 /// One problem with one variable.
@@ -425,9 +564,11 @@ impl Config {
         let mut p = Parser {
             vars: &vars,
             errors: Vec::new(),
+            warnings: Vec::new(),
         };
         let config = p.config();
         let mut warnings = unknown_variables(&vars);
+        warnings.extend(p.warnings);
         match config {
             Some(config) if p.errors.is_empty() => {
                 warnings.extend(advice(&config));
@@ -547,6 +688,35 @@ impl Config {
                 OTEL_TRACES_SAMPLER,
                 self.traces.as_ref().map_or_else(off, |t| t.sampler.clone()),
             ),
+            (
+                REDIS_URL,
+                self.redis
+                    .as_ref()
+                    .map_or_else(|| "none".to_owned(), |r| r.url.shown().to_owned()),
+            ),
+            (
+                REDIS_PREFIX,
+                self.redis
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |r| r.prefix.clone()),
+            ),
+            (
+                REDIS_CA_FILE,
+                match &self.redis {
+                    None => "-".to_owned(),
+                    Some(r) if !r.url.is_tls() => "-".to_owned(),
+                    Some(r) => r
+                        .ca_file
+                        .as_ref()
+                        .map_or_else(|| "system roots".to_owned(), |p| p.display().to_string()),
+                },
+            ),
+            (
+                REDIS_FAILURE,
+                self.redis
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |r| r.failure.label().to_owned()),
+            ),
         ]
     }
 }
@@ -646,6 +816,7 @@ fn is_service_link(name: &str) -> bool {
 struct Parser<'a> {
     vars: &'a HashMap<String, String>,
     errors: Vec<ConfigError>,
+    warnings: Vec<String>,
 }
 
 impl Parser<'_> {
@@ -905,6 +1076,7 @@ impl Parser<'_> {
             .is_some()
             .then(|| self.number(WORKERS, 1, 1, MAX_WORKERS));
         let traces = self.traces();
+        let redis = self.redis(dedup_secs > 0);
 
         Some(Config {
             listen,
@@ -932,6 +1104,7 @@ impl Parser<'_> {
             max_connections: usize::try_from(max_connections).ok()?,
             workers: workers.and_then(|n| usize::try_from(n).ok()),
             traces,
+            redis,
         })
     }
 
@@ -988,6 +1161,59 @@ impl Parser<'_> {
             sampler: self
                 .raw(OTEL_TRACES_SAMPLER)
                 .unwrap_or_else(|| "parentbased_always_on".to_owned()),
+        })
+    }
+
+    fn redis(&mut self, dedup_on: bool) -> Option<RedisSettings> {
+        let url = self.secret(REDIS_URL);
+        let prefix = self.raw(REDIS_PREFIX);
+        let ca_file = self.path(REDIS_CA_FILE);
+        let failure = match self.raw(REDIS_FAILURE) {
+            None => FailureMode::Open,
+            Some(v) if v.eq_ignore_ascii_case("open") => FailureMode::Open,
+            Some(v) if v.eq_ignore_ascii_case("closed") => FailureMode::Closed,
+            Some(other) => {
+                self.fail(REDIS_FAILURE, format!("{other:?} is not open or closed"));
+                FailureMode::Open
+            }
+        };
+        if let Some(prefix) = &prefix
+            && (prefix.len() > 128 || prefix.chars().any(|c| c.is_control()))
+        {
+            self.fail(
+                REDIS_PREFIX,
+                "must be at most 128 characters, without control characters",
+            );
+        }
+        let Some(text) = url else {
+            for name in [REDIS_PREFIX, REDIS_CA_FILE, REDIS_FAILURE] {
+                if self.raw(name).is_some() {
+                    self.warnings
+                        .push(format!("{name} has no effect without {REDIS_URL}"));
+                }
+            }
+            return None;
+        };
+        let url = match RedisUrl::parse(&text) {
+            Ok(url) => url,
+            Err(problem) => {
+                self.fail(REDIS_URL, problem);
+                return None;
+            }
+        };
+        if ca_file.is_some() && !url.is_tls() {
+            self.fail(REDIS_CA_FILE, format!("needs a rediss:// {REDIS_URL}"));
+        }
+        if !dedup_on {
+            self.warnings.push(format!(
+                "{REDIS_URL} has no effect while {DEDUP_TTL_SECS} is 0 (duplicate suppression off)"
+            ));
+        }
+        Some(RedisSettings {
+            url,
+            ca_file,
+            prefix: prefix.unwrap_or_else(|| "feishu-gate:".to_owned()),
+            failure,
         })
     }
 
@@ -1709,6 +1935,104 @@ mod tests {
         assert_eq!(
             w,
             vec!["FEISHU_GATE_UPSTREM_URL is not a feishu-gate setting and is ignored"]
+        );
+    }
+
+    #[test]
+    fn redis_is_off_by_default_and_its_url_never_shown() {
+        let c = with(&[]).unwrap().config;
+        assert!(c.redis.is_none());
+        let loaded = with(&[
+            (REDIS_URL, "redis://gate:p%40ss-w0rd@redis.internal:6380/2"),
+            (REDIS_FAILURE, "closed"),
+        ])
+        .unwrap();
+        let r = loaded.config.redis.clone().unwrap();
+        assert_eq!(r.prefix, "feishu-gate:");
+        assert_eq!(r.failure, FailureMode::Closed);
+        assert_eq!(r.url.shown(), "redis://<redacted>@redis.internal:6380/2");
+        let shown = format!("{:?}{:?}", loaded.config, loaded.config.describe());
+        for secret in ["p%40ss-w0rd", "p@ss-w0rd", "gate:p"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert_eq!(
+            r.url.scrub("NOAUTH for gate with p@ss-w0rd"),
+            "NOAUTH for <redacted> with <redacted>"
+        );
+        let r = with(&[
+            (REDIS_URL, "rediss://redis.internal"),
+            (REDIS_PREFIX, "approvals:"),
+        ])
+        .unwrap()
+        .config
+        .redis
+        .unwrap();
+        assert_eq!(r.url.shown(), "rediss://redis.internal");
+        assert_eq!(r.prefix, "approvals:");
+        assert!(r.ca_file.is_none());
+        let described = with(&[(REDIS_URL, "rediss://r")])
+            .unwrap()
+            .config
+            .describe();
+        assert!(described.contains(&(REDIS_CA_FILE, "system roots".to_owned())));
+        let e = errors(&[(REDIS_URL, "rediss://r"), (REDIS_CA_FILE, "/no/ca.pem")]);
+        assert_eq!(
+            e,
+            vec![format!(
+                "{REDIS_CA_FILE}: cannot read /no/ca.pem: entity not found"
+            )]
+        );
+    }
+
+    #[test]
+    fn redis_settings_are_checked_without_echoing_the_url() {
+        for bad in [
+            "http://:hunter2@redis/",
+            "hunter2",
+            "redis://:hunter2@/",
+            "redis://:hunter2@redis/notadb",
+        ] {
+            let e = errors(&[(REDIS_URL, bad)]);
+            assert_eq!(e.len(), 1, "{bad}: {e:?}");
+            assert!(e[0].starts_with(REDIS_URL), "{e:?}");
+            assert!(!e[0].contains("hunter2"), "{e:?}");
+        }
+        assert!(
+            errors(&[(REDIS_URL, "redis://r"), (REDIS_FAILURE, "maybe")])[0]
+                .starts_with(REDIS_FAILURE)
+        );
+        let redis_only = |w: Vec<String>| -> Vec<String> {
+            w.into_iter().filter(|w| w.contains("REDIS")).collect()
+        };
+        let w = redis_only(with(&[(REDIS_FAILURE, "closed")]).unwrap().warnings);
+        assert_eq!(
+            w,
+            vec![format!("{REDIS_FAILURE} has no effect without {REDIS_URL}")]
+        );
+        let w = redis_only(
+            with(&[(REDIS_URL, "redis://r"), (DEDUP_TTL_SECS, "0")])
+                .unwrap()
+                .warnings,
+        );
+        assert_eq!(w.len(), 1, "{w:?}");
+    }
+
+    #[test]
+    fn redis_url_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("redis-url");
+        std::fs::write(&file, "redis://:s3cret@10.0.0.9:6379\n").unwrap();
+        let f = file.to_str().unwrap();
+        let c = with(&[("FEISHU_GATE_REDIS_URL_FILE", f)]).unwrap().config;
+        let r = c.redis.unwrap();
+        assert_eq!(r.url.expose(), "redis://:s3cret@10.0.0.9:6379");
+        assert_eq!(r.url.shown(), "redis://<redacted>@10.0.0.9:6379");
+        let e = errors(&[("FEISHU_GATE_REDIS_URL_FILE", f), (REDIS_URL, "redis://x")]);
+        assert_eq!(
+            e,
+            vec![format!(
+                "{REDIS_URL}: set either {REDIS_URL} or {REDIS_URL}_FILE, not both"
+            )]
         );
     }
 

@@ -21,9 +21,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::callback::{Callback, Decision, Summary};
 use crate::config::Config;
-use crate::dedup::{Admission, Dedup};
+use crate::dedup::{Admission, Dedup, Ticket};
 use crate::limit::Limits;
 use crate::metrics::Metrics;
+use crate::redis_dedup::{self, SharedMemory};
 use crate::respond::{Outcome, Rejection, Translator, UpstreamError};
 use crate::telemetry::{CallbackSpan, Telemetry};
 use crate::trace::Trace;
@@ -83,6 +84,9 @@ pub struct Gateway {
     translator: Translator,
     limits: Limits,
     dedup: Option<Dedup>,
+    /// The memory shared with the other replicas, consulted after `dedup`;
+    /// shared with the detached deliveries, which settle their claims.
+    shared: Option<Arc<SharedMemory>>,
     request_ids: RequestIds,
     /// [`BODY_BUDGET_BYTES`], in KiB.
     body_budget: Arc<tokio::sync::Semaphore>,
@@ -141,6 +145,21 @@ impl Gateway {
                 .flatten()
                 .filter(|s| s.len() >= MIN_HEADER_SECRET_LEN)
         }));
+        let mut shared = None;
+        if let (Some(redis), Some(ttl)) = (&config.redis, config.dedup_ttl) {
+            secrets.extend_from_slice(redis.url.secrets());
+            match SharedMemory::new(redis, ttl) {
+                Ok(memory) => shared = Some(Arc::new(memory)),
+                Err((variable, problem)) => {
+                    return Err(crate::config::ConfigErrors(vec![
+                        crate::config::ConfigError {
+                            variable: variable.to_owned(),
+                            problem,
+                        },
+                    ]));
+                }
+            }
+        }
         Ok(Self {
             path: config.callback_path.clone(),
             max_body: config.max_body_bytes,
@@ -151,6 +170,7 @@ impl Gateway {
             translator: Translator::new(config.lang, secrets),
             limits: Limits::new(config.rate_limit, config.user_rate_limit),
             dedup: config.dedup_ttl.map(Dedup::new),
+            shared,
             request_ids: RequestIds::default(),
             body_budget: Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET_BYTES / 1024)),
             max_connections: config.max_connections,
@@ -371,11 +391,11 @@ impl Gateway {
             Some(dedup) => match dedup.admit(&decision) {
                 Admission::Deliver(ticket) => Some(ticket),
                 Admission::AlreadyDelivered => {
-                    self.metrics.count_duplicate("remembered");
+                    self.metrics.count_duplicate("remembered", "local");
                     return Outcome::Duplicate;
                 }
                 Admission::Wait(mut first) => {
-                    self.metrics.count_duplicate("in_flight");
+                    self.metrics.count_duplicate("in_flight", "local");
                     let settled = async {
                         first
                             .wait_for(Option::is_some)
@@ -396,12 +416,18 @@ impl Gateway {
         let upstream = Arc::clone(upstream);
         let request_id = request_id.clone();
         let mut trace = trace.clone();
-        let exchange_span = self
-            .telemetry
-            .as_ref()
-            .zip(span)
-            .map(|(t, span)| t.exchange(span, &mut trace));
+        let exchange_parent = self.telemetry.clone().zip(span.map(CallbackSpan::context));
+        let shared = self.shared.clone();
+        let metrics = Arc::clone(&self.metrics);
+        // The shared memory is asked inside the delivery too: a claim, once
+        // taken, is always settled, even if Feishu hangs up while it is taken.
         let delivery = Detachable::new(&self.deliveries, async move {
+            let (claim, ticket) = match &shared {
+                None => (None, ticket),
+                Some(shared) => ask_shared(shared, &decision, deadline, &metrics, ticket).await?,
+            };
+            // Only a request actually sent has a span of its own.
+            let exchange_span = exchange_parent.map(|(t, parent)| t.exchange(&parent, &mut trace));
             let exchange = upstream
                 .deliver(
                     upstream_body,
@@ -418,10 +444,20 @@ impl Gateway {
             if let Some(ticket) = ticket {
                 ticket.finish(&exchange.outcome);
             }
-            exchange
+            if let (Some(shared), Some(claim)) = (&shared, claim) {
+                shared
+                    .settle(claim, &exchange.outcome, deadline, &metrics)
+                    .await;
+            }
+            Ok(exchange)
         });
         let exchange: Exchange = match delivery.await {
-            Some(exchange) => exchange,
+            Some(Ok(exchange)) => exchange,
+            // Answered from the shared memory, without a delivery of its own.
+            Some(Err((outcome, why))) => {
+                record.detail = Some(why.to_owned());
+                return outcome;
+            }
             // Only a panic in the delivery gets here; its decision's fate is unknown.
             None => return Outcome::Unreachable(UpstreamError::Dropped),
         };
@@ -459,6 +495,46 @@ impl Gateway {
             m.count_upstream_error(kind);
         }
     }
+}
+
+/// Asks the memory shared with the other replicas whether this replica may
+/// deliver `decision`: `Ok` with its claim (none when Redis could not be asked and
+/// `REDIS_FAILURE=open`), or the answer to give without delivering, with the
+/// reason for the log line. The local `ticket` learns the same outcome.
+async fn ask_shared(
+    shared: &SharedMemory,
+    decision: &Decision,
+    deadline: Instant,
+    metrics: &Metrics,
+    ticket: Option<Ticket>,
+) -> Result<(Option<redis_dedup::Claim>, Option<Ticket>), (Outcome, &'static str)> {
+    let (outcome, why) = match shared.admit(decision, deadline, metrics).await {
+        redis_dedup::Admission::Deliver(claim) => return Ok((claim, ticket)),
+        redis_dedup::Admission::Delivered { waited } => {
+            if !waited {
+                metrics.count_duplicate("remembered", "shared");
+            }
+            (Outcome::Duplicate, "delivered by another replica")
+        }
+        redis_dedup::Admission::TimedOut => (
+            Outcome::TimedOut,
+            "another replica was still delivering it at the deadline",
+        ),
+        redis_dedup::Admission::Unavailable => (
+            Outcome::Rejected(Rejection::MemoryUnavailable),
+            "the shared duplicate memory is unreachable",
+        ),
+    };
+    if let Some(ticket) = ticket {
+        // Delivered elsewhere is remembered by this replica's own memory too, so
+        // its next copy needs no round trip.
+        let local = match outcome {
+            Outcome::Duplicate => Outcome::Delivered,
+            ref other => other.clone(),
+        };
+        ticket.finish(&local);
+    }
+    Err((outcome, why))
 }
 
 /// A delivery, run inside the request that started it. Should that request be

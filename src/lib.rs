@@ -6,7 +6,7 @@
 //! A callback's path, one module per step: [`server`] listens (over TLS from
 //! [`server_tls`] when configured), [`gateway`] routes and reads, [`verify`]
 //! opens the [`envelope`] and checks the token, [`callback`] validates,
-//! [`dedup`] and [`limit`] guard, [`upstream`] forwards, and [`respond`]
+//! [`dedup`] (with [`redis_dedup`] across replicas) and [`limit`] guard, [`upstream`] forwards, and [`respond`]
 //! decides what Feishu receives. [`trace`] carries W3C trace context to the
 //! legacy system, and [`telemetry`] exports spans when asked to.
 
@@ -21,6 +21,7 @@ pub mod gateway;
 pub mod limit;
 pub mod logging;
 pub mod metrics;
+pub mod redis_dedup;
 pub mod respond;
 pub mod secret;
 pub mod send;

@@ -12,6 +12,23 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 type Label = [(&'static str, &'static str); 1];
+type Labels2 = [(&'static str, &'static str); 2];
+
+/// Where a duplicate was recognised: this replica's memory or the shared one.
+pub const DUPLICATE_STORES: &[&str] = &["local", "shared"];
+/// How a duplicate was recognised.
+pub const DUPLICATE_HOWS: &[&str] = &["in_flight", "remembered"];
+/// Operations on the shared duplicate memory.
+pub const REDIS_OPS: &[&str] = &["claim", "wait", "remember", "release"];
+/// How an operation on the shared memory ended.
+pub const REDIS_RESULTS: &[&str] = &["ok", "error", "timeout"];
+
+/// Latency buckets for Redis operations, in seconds: a loopback or same-zone
+/// round trip is well under a millisecond, and [`crate::redis_dedup::OP_BUDGET`]
+/// ends every operation by 0.3 s.
+pub const REDIS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5,
+];
 
 /// Latency buckets in seconds. 3, 5 and 10 mark Feishu's deadlines (an older
 /// Lark page says 5 s, and cards feel broken well before 10 s).
@@ -54,13 +71,16 @@ pub struct Metrics {
     pub callback_duration: Histogram,
     pub upstream_duration: Histogram,
     pub in_flight: Gauge,
-    pub duplicates: Family<Label, Counter>,
+    pub duplicates: Family<Labels2, Counter>,
     pub rate_limited: Family<Label, Counter>,
     pub upstream_errors: Family<Label, Counter>,
     pub upstream_retries: Family<Label, Counter>,
     pub retried_deliveries: Family<Label, Counter>,
     pub tls_expiry: Gauge<f64, AtomicU64>,
     pub ready: Gauge,
+    pub redis_operations: Family<Labels2, Counter>,
+    pub redis_duration: Histogram,
+    pub redis_fallback: Gauge,
     resolved: [Resolved; 6],
 }
 
@@ -78,6 +98,9 @@ pub const NAMES: &[&str] = &[
     "feishu_gate_tls_certificate_expiry_timestamp_seconds",
     "feishu_gate_ready",
     "feishu_gate_build_info",
+    "feishu_gate_redis_operations_total",
+    "feishu_gate_redis_operation_duration_seconds",
+    "feishu_gate_redis_fallback",
 ];
 
 impl Default for Metrics {
@@ -115,10 +138,15 @@ impl Metrics {
             "Callbacks being processed",
             in_flight.clone(),
         );
-        let duplicates = Family::<Label, Counter>::default();
+        let duplicates = Family::<Labels2, Counter>::default();
+        for how in DUPLICATE_HOWS {
+            for store in DUPLICATE_STORES {
+                drop(duplicates.get_or_create(&[("how", how), ("store", store)]));
+            }
+        }
         registry.register(
             "duplicates_suppressed",
-            "Repeated decisions answered without a second delivery, by how (in_flight, remembered)",
+            "Repeated decisions answered without a second delivery, by how (in_flight, remembered) and where they were found (local, shared)",
             duplicates.clone(),
         );
         let rate_limited = Family::<Label, Counter>::default();
@@ -169,6 +197,32 @@ impl Metrics {
             .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
             .set(1);
         registry.register("build_info", "Build information", build_info);
+        let redis_operations = Family::<Labels2, Counter>::default();
+        // Exported at 0 from the start, so an alert on the error rate has a
+        // series to read before the first failure.
+        for op in REDIS_OPS {
+            for result in REDIS_RESULTS {
+                drop(redis_operations.get_or_create(&[("op", op), ("result", result)]));
+            }
+        }
+        registry.register(
+            "redis_operations",
+            "Operations on the shared duplicate memory, by op (claim, wait, remember, release) and result (ok, error, timeout)",
+            redis_operations.clone(),
+        );
+        let redis_duration = Histogram::new(REDIS_BUCKETS.iter().copied());
+        registry.register_with_unit(
+            "redis_operation_duration",
+            "Time of one operation on the shared duplicate memory",
+            Unit::Seconds,
+            redis_duration.clone(),
+        );
+        let redis_fallback = Gauge::default();
+        registry.register(
+            "redis_fallback",
+            "1 while the shared duplicate memory is unreachable and REDIS_FAILURE applies",
+            redis_fallback.clone(),
+        );
         Self {
             registry,
             callbacks,
@@ -182,6 +236,9 @@ impl Metrics {
             retried_deliveries,
             tls_expiry,
             ready,
+            redis_operations,
+            redis_duration,
+            redis_fallback,
             resolved: Default::default(),
         }
     }
@@ -191,9 +248,20 @@ impl Metrics {
         self.resolved[0].inc(&self.callbacks, [("outcome", outcome)]);
     }
 
-    /// Counts a suppressed duplicate by how it was recognised.
-    pub fn count_duplicate(&self, how: &'static str) {
-        self.resolved[1].inc(&self.duplicates, [("how", how)]);
+    /// Counts a suppressed duplicate by how and where it was recognised.
+    /// Duplicates are rare enough to go through the family's lock.
+    pub fn count_duplicate(&self, how: &'static str, store: &'static str) {
+        self.duplicates
+            .get_or_create(&[("how", how), ("store", store)])
+            .inc();
+    }
+
+    /// Counts one operation on the shared memory and its latency.
+    pub fn count_redis(&self, op: &'static str, result: &'static str, seconds: f64) {
+        self.redis_operations
+            .get_or_create(&[("op", op), ("result", result)])
+            .inc();
+        self.redis_duration.observe(seconds);
     }
 
     /// Counts a rate-limited callback by the limit's scope.
@@ -224,5 +292,38 @@ impl Metrics {
         // Writing into a `String` cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_redis_series_are_exported_from_the_start_at_zero() {
+        let m = Metrics::new();
+        let text = m.render();
+        for name in [
+            "feishu_gate_redis_operations",
+            "feishu_gate_redis_operation_duration_seconds",
+            "feishu_gate_redis_fallback",
+            "feishu_gate_duplicates_suppressed",
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name}:\n{text}");
+            let listed = NAMES.contains(&name) || NAMES.contains(&format!("{name}_total").as_str());
+            assert!(listed, "{name} is not in NAMES");
+        }
+        for op in REDIS_OPS {
+            for result in REDIS_RESULTS {
+                let series = format!(
+                    "feishu_gate_redis_operations_total{{op=\"{op}\",result=\"{result}\"}} 0"
+                );
+                assert!(text.contains(&series), "{series}");
+            }
+        }
+        assert!(text.contains("feishu_gate_redis_fallback 0"));
+        assert!(text.contains(
+            "feishu_gate_duplicates_suppressed_total{how=\"remembered\",store=\"shared\"} 0"
+        ));
     }
 }

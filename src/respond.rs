@@ -51,6 +51,9 @@ pub enum Rejection {
     NotFound,
     MethodNotAllowed,
     ShuttingDown,
+    /// The shared duplicate memory cannot be reached and `REDIS_FAILURE=closed`:
+    /// delivering could repeat a decision another replica already delivered.
+    MemoryUnavailable,
 }
 
 /// Why a callback could not be authenticated. Logged, never shown to Feishu.
@@ -117,6 +120,7 @@ impl Outcome {
                 Rejection::NotFound => "not_found",
                 Rejection::MethodNotAllowed => "method_not_allowed",
                 Rejection::ShuttingDown => "shutting_down",
+                Rejection::MemoryUnavailable => "memory_unavailable",
             },
             Self::Refused(r) if r.business_rule => "upstream_not_ok",
             Self::Refused(_) => "upstream_refused",
@@ -145,7 +149,9 @@ impl Outcome {
                 Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
                 Rejection::NotFound => StatusCode::NOT_FOUND,
                 Rejection::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-                Rejection::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+                Rejection::ShuttingDown | Rejection::MemoryUnavailable => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
             },
             // Feishu treats any status above 400 as failure; below 401 there is
             // nothing faithful to pass on, so it becomes a gateway error.
@@ -240,6 +246,11 @@ impl Translator {
                     zh,
                     "审批网关正在重启，请稍后重试",
                     "The approval gateway is restarting, please try again shortly.",
+                ),
+                Rejection::MemoryUnavailable => pick(
+                    zh,
+                    "审批网关暂时无法确认此操作是否已提交，请稍后重试",
+                    "The approval gateway cannot check whether this action was already submitted, please try again shortly.",
                 ),
             },
             Outcome::Refused(r) => {

@@ -128,10 +128,11 @@ impl Telemetry {
         CallbackSpan { span, context }
     }
 
-    /// The child span of the exchange with the legacy system; `trace` is
-    /// what the request carries, so its parent is this span.
-    pub fn exchange(&self, callback: &CallbackSpan, trace: &mut Trace) -> ExchangeSpan {
-        let parent = Context::new().with_remote_span_context(callback.context.clone());
+    /// The child span of the exchange with the legacy system, under the
+    /// callback's span (its [`CallbackSpan::context`]); `trace` is what the
+    /// request carries, so the legacy system's parent is this span.
+    pub fn exchange(&self, callback: &SpanContext, trace: &mut Trace) -> ExchangeSpan {
+        let parent = Context::new().with_remote_span_context(callback.clone());
         let span = self
             .tracer
             .span_builder("POST")
@@ -157,6 +158,12 @@ pub struct CallbackSpan {
 }
 
 impl CallbackSpan {
+    /// Who the span is, for a child made where the span itself cannot go (a
+    /// delivery that may outlive the request).
+    pub fn context(&self) -> SpanContext {
+        self.context.clone()
+    }
+
     /// Ends the span with what the callback came to.
     pub fn finish(
         mut self,

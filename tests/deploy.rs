@@ -16,6 +16,7 @@ use serde_json::Value;
 
 const BASE: &str = "deploy/kubernetes/base";
 const MONITORING: &str = "deploy/kubernetes/components/monitoring";
+const REDIS: &str = "deploy/kubernetes/components/redis";
 const OVERLAY: &str = "deploy/kubernetes/overlays/example";
 const DASHBOARD: &str = "deploy/grafana/feishu-gate.json";
 const GUIDE: &str = "docs/operations.md";
@@ -152,6 +153,7 @@ fn gateway_env(deployment: &Value) -> BTreeMap<String, String> {
 fn example_secrets() -> BTreeMap<String, (String, BTreeMap<String, String>)> {
     of_kind(&format!("{BASE}/secrets.example.yaml"), "Secret")
         .into_iter()
+        .chain(of_kind(&format!("{REDIS}/secret.example.yaml"), "Secret"))
         .map(|s| {
             let keys = s["stringData"]
                 .as_object()
@@ -211,8 +213,24 @@ struct Effective {
 }
 
 fn effective(deployment: &Value) -> Effective {
+    effective_with(deployment, &[])
+}
+
+/// As [`effective`], with `literals` merged into the generated ConfigMap (as a component's
+/// `configMapGenerator` with `behavior: merge` does).
+fn effective_with(deployment: &Value, literals: &[(String, String)]) -> Effective {
     let secrets = example_secrets();
     let mut env = gateway_env(deployment);
+    let own: BTreeSet<&str> = array(gateway_container(deployment), "/env")
+        .iter()
+        .map(|v| str_at(v, "/name"))
+        .collect();
+    for (k, v) in literals {
+        // The container's own `env` still wins over the ConfigMap.
+        if !own.contains(k.as_str()) {
+            env.insert(k.clone(), v.clone());
+        }
+    }
     let mut mounts = Vec::new();
     for mount in secret_mounts(deployment) {
         let dir = tempfile::tempdir().unwrap();
@@ -350,6 +368,105 @@ fn secret_files_are_keys_of_secrets_mounted_as_directories() {
     assert!(
         env[config::TLS_CERT].ends_with("/tls.crt") && env[config::TLS_KEY].ends_with("/tls.key")
     );
+}
+
+/// The base Deployment with the redis component's patch applied the way kustomize's
+/// strategic merge does for these lists: containers by name, `env` by name, `volumeMounts`
+/// by mount path, `volumes` by name.
+fn deployment_with_redis() -> Value {
+    let mut deployment = deployment();
+    let patch = one(&format!("{REDIS}/deployment-patch.yaml"));
+    assert_eq!(patch["kind"], "Deployment");
+    assert_eq!(patch["metadata"]["name"], deployment["metadata"]["name"]);
+    fn merge(into: &mut Value, from: &[Value], key: &str) {
+        let list = into.as_array_mut().expect("a list");
+        for item in from {
+            list.retain(|old| old[key] != item[key]);
+            list.push(item.clone());
+        }
+    }
+    for container in array(&patch, "/spec/template/spec/containers") {
+        let containers = deployment
+            .pointer_mut("/spec/template/spec/containers")
+            .and_then(Value::as_array_mut)
+            .unwrap();
+        let target = containers
+            .iter_mut()
+            .find(|c| c["name"] == container["name"])
+            .unwrap_or_else(|| panic!("the patch names a container the base lacks: {container}"));
+        merge(&mut target["env"], array(container, "/env"), "name");
+        merge(
+            &mut target["volumeMounts"],
+            array(container, "/volumeMounts"),
+            "mountPath",
+        );
+    }
+    let volumes = array(&patch, "/spec/template/spec/volumes").to_vec();
+    merge(
+        deployment
+            .pointer_mut("/spec/template/spec/volumes")
+            .unwrap(),
+        &volumes,
+        "name",
+    );
+    deployment
+}
+
+/// The literals the redis component merges into the generated ConfigMap.
+fn redis_literals() -> Vec<(String, String)> {
+    let component = one(&format!("{REDIS}/kustomization.yaml"));
+    assert_eq!(component["kind"], "Component");
+    let generators = array(&component, "/configMapGenerator");
+    assert_eq!(generators.len(), 1);
+    let generator = &generators[0];
+    // Merged into the base's ConfigMap, not a second one the pod would not read.
+    assert_eq!(generator["name"], "feishu-gate");
+    assert_eq!(generator["behavior"], "merge");
+    array(generator, "/literals")
+        .iter()
+        .map(|l| {
+            let (k, v) = l.as_str().unwrap().split_once('=').unwrap();
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn the_redis_component_shares_the_memory_with_the_url_from_a_mounted_secret() {
+    let deployment = deployment_with_redis();
+    let env = gateway_env(&deployment);
+    assert!(
+        !env.contains_key(config::REDIS_URL),
+        "the URL carries a password: from a Secret file only"
+    );
+    let path = &env["FEISHU_GATE_REDIS_URL_FILE"];
+    let mounts = secret_mounts(&deployment);
+    let mount = mounts
+        .iter()
+        .find(|m| path.starts_with(&format!("{}/", m.path)))
+        .unwrap_or_else(|| panic!("{path} is not inside a mounted Secret"));
+    assert_eq!(mount.secret, "feishu-gate-redis");
+    for m in array(gateway_container(&deployment), "/volumeMounts") {
+        assert!(m.get("subPath").is_none(), "{m}");
+        assert_eq!(m["readOnly"], true, "{m}");
+    }
+    let effective = effective_with(&deployment, &redis_literals());
+    assert!(effective.warnings.is_empty(), "{:?}", effective.warnings);
+    let c = &effective.config;
+    let redis = c.redis.as_ref().expect("the shared memory is on");
+    assert_eq!(
+        redis.url.shown(),
+        "rediss://<redacted>@redis.approvals.svc:6379/0"
+    );
+    assert_eq!(redis.failure, config::FailureMode::Open);
+    assert_eq!(
+        c.dedup_ttl,
+        Some(std::time::Duration::from_secs(7 * 24 * 3600))
+    );
+    // The rest of the pod is as without the component.
+    assert!(c.tokens.accepts("replace-with-the-action_callback_token"));
+    assert!(c.tls.is_some());
+    assert!(self::effective(&self::deployment()).config.redis.is_none());
 }
 
 #[test]
@@ -702,6 +819,7 @@ fn outcome_labels() -> BTreeSet<&'static str> {
         Outcome::Rejected(Rejection::NotFound),
         Outcome::Rejected(Rejection::MethodNotAllowed),
         Outcome::Rejected(Rejection::ShuttingDown),
+        Outcome::Rejected(Rejection::MemoryUnavailable),
         refusal(false),
         refusal(true),
         Outcome::Unreachable(UpstreamError::Connect),
@@ -726,7 +844,8 @@ fn outcome_labels() -> BTreeSet<&'static str> {
                 | Rejection::RateLimited { .. }
                 | Rejection::NotFound
                 | Rejection::MethodNotAllowed
-                | Rejection::ShuttingDown => {}
+                | Rejection::ShuttingDown
+                | Rejection::MemoryUnavailable => {}
             },
         }
     }

@@ -224,7 +224,7 @@ async fn concurrent_copies_of_one_decision_reach_the_upstream_once() {
     assert_eq!(
         metric(
             &m,
-            r#"feishu_gate_duplicates_suppressed_total{how="in_flight"}"#
+            r#"feishu_gate_duplicates_suppressed_total{how="in_flight",store="local"}"#
         ),
         7.0,
         "{m}"
@@ -232,7 +232,7 @@ async fn concurrent_copies_of_one_decision_reach_the_upstream_once() {
     assert_eq!(
         metric(
             &m,
-            r#"feishu_gate_duplicates_suppressed_total{how="remembered"}"#
+            r#"feishu_gate_duplicates_suppressed_total{how="remembered",store="local"}"#
         ),
         1.0
     );

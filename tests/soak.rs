@@ -6,8 +6,13 @@
 //!
 //! ```text
 //! SOAK_CALLBACKS=50000 SOAK_CONCURRENCY=64 SOAK_SIGTERM_CALLBACKS=20000 \
+//!     SOAK_REPLICA_CALLBACKS=50000 \
 //!     cargo test --release --test soak -- --nocapture --test-threads 1
 //! ```
+//!
+//! A variant runs two gateway processes sharing one `redis-server`, callbacks
+//! alternating between them and the two copies of a decision sent to different
+//! ones: every decision answered 200 was still delivered once across both.
 
 mod common;
 mod harness;
@@ -428,14 +433,18 @@ struct Run {
 }
 
 /// Sends every job with `concurrency` workers; `on_progress` sees the number
-/// of callbacks finished so far, after each one.
+/// of callbacks finished so far, after each one. With several gateways (replicas
+/// sharing a duplicate memory), callbacks alternate between them and the two
+/// copies of a job go to different ones; memory is sampled on the first.
 async fn drive(
-    gate: &harness::Binary,
+    gates: &[&harness::Binary],
     jobs: Vec<Job>,
     concurrency: usize,
     keep_alive: bool,
     on_progress: impl Fn(usize) + Send + Sync + 'static,
 ) -> Run {
+    let gate = gates[0];
+    let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.addr).collect();
     let pid = gate.pid();
     let baseline_rss_kib = gate.memory().rss_kib;
     let stop_sampling = Arc::new(AtomicBool::new(false));
@@ -466,23 +475,28 @@ async fn drive(
             done.clone(),
             on_progress.clone(),
         );
-        let addr = gate.addr;
+        let addrs = addrs.clone();
         workers.spawn(async move {
-            let mut client = Client {
-                addr,
-                keep_alive,
-                sender: None,
-            };
+            let mut clients: Vec<Client> = addrs
+                .iter()
+                .map(|&addr| Client {
+                    addr,
+                    keep_alive,
+                    sender: None,
+                })
+                .collect();
             let mut results = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(job) = jobs.get(i) else { break };
                 if let [only] = job.as_slice() {
+                    let client = &mut clients[i % addrs.len()];
                     let seen = client.send(&only.body).await;
                     results.push((only.clone(), seen));
                 } else {
-                    // Copies at once, each on its own connection.
-                    let once = |sent: Sent| async move {
+                    // Copies at once, each on its own connection (and replica).
+                    let (first, second) = (addrs[0], addrs[1 % addrs.len()]);
+                    let once = |sent: Sent, addr: SocketAddr| async move {
                         let mut own = Client {
                             addr,
                             keep_alive: false,
@@ -491,7 +505,8 @@ async fn drive(
                         let seen = own.send(&sent.body).await;
                         (sent, seen)
                     };
-                    let (a, b) = tokio::join!(once(job[0].clone()), once(job[1].clone()));
+                    let (a, b) =
+                        tokio::join!(once(job[0].clone(), first), once(job[1].clone(), second));
                     results.push(a);
                     results.push(b);
                 }
@@ -742,7 +757,7 @@ async fn every_callback_answered_200_was_delivered_once_and_nothing_else_was() {
     let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let gate = harness::Binary::start(&format!("http://{upstream}/legacy"), &vars).await;
     let jobs = workload(seed, callbacks);
-    let run = drive(&gate, jobs, concurrency, true, |_| {}).await;
+    let run = drive(&[&gate], jobs, concurrency, true, |_| {}).await;
     settle(&ledger).await;
     let v = judge(&run.results, &ledger);
     report(
@@ -779,6 +794,58 @@ async fn every_callback_answered_200_was_delivered_once_and_nothing_else_was() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_sharing_redis_deliver_every_decision_answered_200_once() {
+    let callbacks = env_usize("SOAK_REPLICA_CALLBACKS", 2_000);
+    let concurrency = env_usize("SOAK_CONCURRENCY", 32);
+    let seed = seed() + 2;
+    let redis = harness::redis_server::Redis::start();
+    let (upstream, ledger) = start_upstream(seed).await;
+    let mut vars = gateway_vars();
+    vars.push((config::REDIS_URL, redis.url()));
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let url = format!("http://{upstream}/legacy");
+    let a = harness::Binary::start(&url, &vars).await;
+    let b = harness::Binary::start(&url, &vars).await;
+    let jobs = workload(seed, callbacks);
+    let run = drive(&[&a, &b], jobs, concurrency, true, |_| {}).await;
+    settle(&ledger).await;
+    let v = judge(&run.results, &ledger);
+    report(
+        &format!("soak on two replicas sharing Redis (seed {seed})"),
+        run.results.len(),
+        concurrency,
+        &run,
+        &v,
+    );
+    assert!(
+        v.violations.is_empty(),
+        "{:#?}",
+        &v.violations[..v.violations.len().min(20)]
+    );
+    assert_eq!(v.refused_at_connect + v.closed_unanswered, 0);
+    assert!(v.delivered > 0 && v.answered_from_memory > 0);
+    // Copies were recognised through Redis, not only by each replica's own memory.
+    let shared: f64 = [a.metrics().await, b.metrics().await]
+        .iter()
+        .flat_map(|m| {
+            ["in_flight", "remembered"].map(|how| {
+                common::metric(
+                    m,
+                    &format!(
+                        "feishu_gate_duplicates_suppressed_total{{how=\"{how}\",store=\"shared\"}}"
+                    ),
+                )
+            })
+        })
+        .sum();
+    assert!(shared > 0.0, "no copy was found in the shared memory");
+    for gate in [&a, &b] {
+        let m = gate.metrics().await;
+        assert_eq!(common::metric(&m, "feishu_gate_redis_fallback"), 0.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sigterm_under_load_answers_or_refuses_every_callback_and_loses_none() {
     let callbacks = env_usize("SOAK_SIGTERM_CALLBACKS", 2_000);
     let concurrency = env_usize("SOAK_CONCURRENCY", 32);
@@ -793,7 +860,7 @@ async fn sigterm_under_load_answers_or_refuses_every_callback_and_loses_none() {
     let at = callbacks * 2 / 5;
     let mark = signalled.clone();
     // A callback per connection, as a client that does not keep connections.
-    let run = drive(&gate, jobs, concurrency, false, move |done| {
+    let run = drive(&[&gate], jobs, concurrency, false, move |done| {
         let mut mark = mark.lock().unwrap();
         if done >= at && mark.is_none() {
             let _ = std::process::Command::new("kill")

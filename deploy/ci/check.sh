@@ -101,13 +101,21 @@ render() {
   done
   grep -q 'secretName: feishu-gate-callback-' "$work/overlay.yaml" # the generated name reached the Deployment
   grep -q 'type: LoadBalancer' "$work/overlay.yaml"
+  # The example overlay with the redis component, as an operator turning it on would.
+  cp -r "$work/kubernetes/overlays/example" "$work/kubernetes/overlays/example-redis"
+  sed -i 's|^  - ../../components/monitoring$|&\n  - ../../components/redis|' \
+    "$work/kubernetes/overlays/example-redis/kustomization.yaml"
+  "$KUBECTL" kustomize "$work/kubernetes/overlays/example-redis" >"$work/overlay-redis.yaml"
+  grep -q 'secretName: feishu-gate-redis$' "$work/overlay-redis.yaml"
+  grep -q 'FEISHU_GATE_REDIS_URL_FILE' "$work/overlay-redis.yaml"
 }
 
 validate_kubernetes() {
   local version
   for version in "${SCHEMA_VERSIONS[@]}"; do
     "$VALIDATE" --strict --quiet -k "$version" \
-      "$work/base.yaml" "$work/overlay.yaml" deploy/kubernetes/base/secrets.example.yaml
+      "$work/base.yaml" "$work/overlay.yaml" "$work/overlay-redis.yaml" \
+      deploy/kubernetes/base/secrets.example.yaml deploy/kubernetes/components/redis/secret.example.yaml
     echo "Kubernetes $version: every built-in object valid"
   done
 }

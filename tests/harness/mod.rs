@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+pub mod redis_server;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_feishu-gate");
 
 /// Log lines kept from the child, newest last; older ones are only counted.
