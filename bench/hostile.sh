@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Hostile clients: real callbacks at a steady rate while one attack at a time runs against
+# the release build, on loopback only, bounded in time (about a minute and a half).
+#
+#   bench/hostile.sh                                  # every attack
+#   PHASE_SECONDS=5 ATTACKERS=100 bench/hostile.sh bad_token_flood
+#   GATEWAY_BIN=/path/to/other/feishu-gate bench/hostile.sh   # a before/after comparison
+#
+# Attacks (bench/hostile.py): none (the baseline), bad_token_flood, many_keys_flood,
+# endless_header_lines, keep_alive_holders. Prints one JSON line per phase and writes
+# them to $OUT/hostile.jsonl. The gateway runs as the manifests run it: the default
+# limits, one worker per CPU. See docs/reliability.md for the figures of the last run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+PORT=${PORT:-18180}               # first of three consecutive loopback ports
+OUT=${OUT:-$root/target/bench}
+TARGET=${CARGO_TARGET_DIR:-$root/target}
+export PHASE_SECONDS=${PHASE_SECONDS:-8} RATE=${RATE:-20} ATTACKERS=${ATTACKERS:-200}
+
+up_port=$PORT gate_port=$((PORT + 1)) gate_admin=$((PORT + 2))
+
+echo "== building (release)" >&2
+cargo build --release --quiet --bin feishu-gate --example bench_upstream --example bench_callbacks
+gate_bin=${GATEWAY_BIN:-$TARGET/release/feishu-gate}
+
+work=$(mktemp -d /tmp/feishu-gate-hostile.XXXXXX)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+mkdir -p "$OUT"
+# The attackers open a few hundred sockets; the gateway's own cap stays its default.
+ulimit -n 65536 2>/dev/null || true
+
+"$TARGET/release/examples/bench_callbacks" 2048 typical >"$work/bodies.txt"
+export BODIES=$work/bodies.txt
+token=$(sed -n 's/^pub const TOKEN: &str = "\(.*\)";/\1/p' benches/common/mod.rs)
+key=$(sed -n 's/^pub const KEY: &str = "\(.*\)";/\1/p' benches/common/mod.rs)
+
+"$TARGET/release/examples/bench_upstream" "127.0.0.1:$up_port" 2>>"$work/upstream.log" &
+pids+=($!)
+env FEISHU_GATE_LISTEN=127.0.0.1:$gate_port FEISHU_GATE_ADMIN_LISTEN=127.0.0.1:$gate_admin \
+  FEISHU_GATE_UPSTREAM_URL=http://127.0.0.1:$up_port/legacy/approve \
+  FEISHU_GATE_UPSTREAM_OK=/code==0 \
+  FEISHU_GATE_TOKEN="$token" FEISHU_GATE_KEY="$key" FEISHU_GATE_DEDUP_TTL_SECS=0 \
+  RUST_LOG=error "$gate_bin" serve >"$work/gateway.log" 2>&1 &
+gate_pid=$!
+pids+=("$gate_pid")
+for _ in $(seq 100); do
+  if curl -fs "http://127.0.0.1:$gate_admin/readyz" >/dev/null 2>&1; then break; fi
+  sleep 0.1
+done
+curl -fs "http://127.0.0.1:$gate_admin/readyz" >/dev/null || { cat "$work/gateway.log" >&2; exit 1; }
+
+export GATE_PORT=$gate_port GATE_PID=$gate_pid
+attacks=${*:-none bad_token_flood many_keys_flood endless_header_lines keep_alive_holders}
+: >"$OUT/hostile.jsonl"
+for attack in $attacks; do
+  python3 bench/hostile.py attack "$attack" &
+  attacker=$!
+  sleep 1
+  python3 bench/hostile.py probe "$attack" | tee -a "$OUT/hostile.jsonl"
+  kill "$attacker" 2>/dev/null || true
+  wait "$attacker" 2>/dev/null || true
+  # Let the gateway evict what the attack left before the next one.
+  sleep 6
+done
