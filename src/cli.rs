@@ -18,6 +18,7 @@ use crate::logging::{self, Sink};
 use crate::send::{self, CallbackFields};
 use crate::server::{self, Listeners};
 use crate::server_tls::{RELOAD_POLL, ServerTls};
+use crate::telemetry::Telemetry;
 use crate::upstream::REQUEST_ID;
 
 /// Exit status when a second signal cuts the drain short.
@@ -280,6 +281,21 @@ fn serve() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let gateway = match &config.traces {
+            None => gateway,
+            Some(traces) => match Telemetry::start(traces, &config.upstream_url) {
+                Ok(telemetry) => {
+                    tracing::info!(endpoint = %traces.endpoint, service = %traces.service_name, "exporting spans over OTLP/HTTP");
+                    gateway.with_telemetry(telemetry)
+                }
+                Err(message) => {
+                    tracing::error!("{message}");
+                    eprintln!("{message}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
+        let telemetry = gateway.telemetry().cloned();
         let shutdown = shutdown_signal();
         let acceptor = tls.as_ref().map(ServerTls::acceptor);
         let reload = tls.map(|tls| tokio::spawn(tls.watch(RELOAD_POLL, gateway.metrics.clone())));
@@ -293,6 +309,11 @@ fn serve() -> ExitCode {
         .await;
         if let Some(reload) = reload {
             reload.abort();
+        }
+        if let Some(telemetry) = telemetry {
+            // The exporter sends its last batch on this runtime while the
+            // flush blocks a thread of its own.
+            let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
         }
         logging::flush();
         ExitCode::SUCCESS
@@ -337,6 +358,7 @@ fn log_start(settings: &[(&'static str, String)]) {
         callback_path,
         upstream_url,
         upstream_timeout_ms,
+        answer_within_ms,
         upstream_headers,
         upstream_ca_file,
         upstream_client_cert,
@@ -361,6 +383,9 @@ fn log_start(settings: &[(&'static str, String)]) {
         redis_ca_file,
         redis_failure,
         workers,
+        otel_exporter_otlp_traces_endpoint,
+        otel_service_name,
+        otel_traces_sampler,
     );
 }
 

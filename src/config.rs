@@ -27,6 +27,9 @@ pub const CALLBACK_PATH: &str = "FEISHU_GATE_CALLBACK_PATH";
 pub const UPSTREAM_URL: &str = "FEISHU_GATE_UPSTREAM_URL";
 /// Bound on the whole upstream exchange, in milliseconds.
 pub const UPSTREAM_TIMEOUT_MS: &str = "FEISHU_GATE_UPSTREAM_TIMEOUT_MS";
+/// The latest moment after a callback arrived by which its caller is
+/// answered: Feishu's page waits 10 s, Lark's 5 s.
+pub const ANSWER_WITHIN_MS: &str = "FEISHU_GATE_ANSWER_WITHIN_MS";
 /// Extra request headers for the legacy system, `name=value,name=value`
 /// (values percent-encoded). Secret: they usually carry credentials.
 pub const UPSTREAM_HEADERS: &str = "FEISHU_GATE_UPSTREAM_HEADERS";
@@ -88,6 +91,23 @@ pub const REDIS_CA_FILE: &str = "FEISHU_GATE_REDIS_CA_FILE";
 /// `closed` answers 503.
 pub const REDIS_FAILURE: &str = "FEISHU_GATE_REDIS_FAILURE";
 
+/// OpenTelemetry's standard variables that turn span export on: the base URL
+/// (`/v1/traces` is appended) or the traces URL as it is. The exporter reads
+/// the rest of its standard variables itself (`OTEL_EXPORTER_OTLP_HEADERS`,
+/// `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`...).
+pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+pub const OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+/// Only `http/protobuf` is spoken; another protocol is a configuration error.
+pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+pub const OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+/// The exported service's name; `feishu-gate` unless set.
+pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+/// `true` turns export off whatever else is set.
+pub const OTEL_SDK_DISABLED: &str = "OTEL_SDK_DISABLED";
+/// Shown by `check-config`; the exporter reads it.
+pub const OTEL_TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";
+const OTEL_PREFIX: &str = "OTEL_";
+
 /// Every variable the gateway reads (secrets also have a `_FILE` form).
 pub const VARIABLES: &[&str] = &[
     LISTEN,
@@ -95,6 +115,7 @@ pub const VARIABLES: &[&str] = &[
     CALLBACK_PATH,
     UPSTREAM_URL,
     UPSTREAM_TIMEOUT_MS,
+    ANSWER_WITHIN_MS,
     UPSTREAM_HEADERS,
     UPSTREAM_CA_FILE,
     UPSTREAM_CLIENT_CERT,
@@ -131,6 +152,23 @@ pub const FEISHU_DEADLINE: Duration = Duration::from_secs(10);
 /// The longest upstream timeout that still leaves the request read and the
 /// answer inside [`FEISHU_DEADLINE`].
 pub const MAX_UPSTREAM_TIMEOUT_MS: u64 = 9_000;
+/// Feishu gives up after 10 s; answering by 9.5 s leaves room for the
+/// network. Also the most `ANSWER_WITHIN_MS` may be.
+pub const MAX_ANSWER_WITHIN_MS: u64 = 9_500;
+/// Below this the gateway could not read, verify and forward a callback.
+pub const MIN_ANSWER_WITHIN_MS: u64 = 500;
+/// What the default upstream timeout leaves, out of `ANSWER_WITHIN_MS`, for
+/// reading the request, a retry's backoff and writing the answer.
+const ANSWER_MARGIN_MS: u64 = 1_500;
+
+/// The upstream timeout when `UPSTREAM_TIMEOUT_MS` is unset: 8 s under the
+/// default 9.5 s bound, 3 s under Lark's 4.5 s, never under half the bound.
+pub fn default_upstream_timeout_ms(answer_within_ms: u64) -> u64 {
+    answer_within_ms
+        .saturating_sub(ANSWER_MARGIN_MS)
+        .max(answer_within_ms / 2)
+        .min(MAX_UPSTREAM_TIMEOUT_MS)
+}
 
 /// More worker threads than this is a typo, not a machine.
 pub const MAX_WORKERS: u64 = 1_024;
@@ -413,7 +451,19 @@ const RESERVED_HEADERS: &[&str] = &[
     "user-agent",
     "x-request-id",
     "idempotency-key",
+    "traceparent",
+    "tracestate",
 ];
+
+/// Span export over OTLP/HTTP, when OpenTelemetry's variables ask for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Traces {
+    /// Where spans are POSTed, `/v1/traces` included.
+    pub endpoint: Uri,
+    pub service_name: String,
+    /// `OTEL_TRACES_SAMPLER` as set, for `check-config`.
+    pub sampler: String,
+}
 
 /// The gateway's whole configuration.
 #[derive(Debug, Clone)]
@@ -423,6 +473,8 @@ pub struct Config {
     pub callback_path: String,
     pub upstream_url: Uri,
     pub upstream_timeout: Duration,
+    /// By when after its arrival every callback is answered.
+    pub answer_within: Duration,
     pub upstream_headers: UpstreamHeaders,
     pub upstream_ca_file: Option<PathBuf>,
     pub upstream_client: Option<ClientIdentity>,
@@ -442,6 +494,8 @@ pub struct Config {
     pub max_connections: usize,
     /// `None`: one per available CPU, decided when serving starts.
     pub workers: Option<usize>,
+    /// `None`: no exporter, and tracing costs a callback only its `traceparent`.
+    pub traces: Option<Traces>,
     /// `None`: the duplicate memory is this process's own.
     pub redis: Option<RedisSettings>,
 }
@@ -505,7 +559,7 @@ impl Config {
         let vars: HashMap<String, String> = vars
             .into_iter()
             .map(|(k, v)| (k.into(), v.into()))
-            .filter(|(k, _)| k.starts_with(PREFIX))
+            .filter(|(k, _)| k.starts_with(PREFIX) || k.starts_with(OTEL_PREFIX))
             .collect();
         let mut p = Parser {
             vars: &vars,
@@ -543,6 +597,7 @@ impl Config {
                 UPSTREAM_TIMEOUT_MS,
                 self.upstream_timeout.as_millis().to_string(),
             ),
+            (ANSWER_WITHIN_MS, self.answer_within.as_millis().to_string()),
             (
                 UPSTREAM_HEADERS,
                 if self.upstream_headers.0.is_empty() {
@@ -618,6 +673,22 @@ impl Config {
                     .map_or_else(|| "auto".to_owned(), |n| n.to_string()),
             ),
             (
+                OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+                self.traces
+                    .as_ref()
+                    .map_or_else(off, |t| shown_endpoint(&t.endpoint)),
+            ),
+            (
+                OTEL_SERVICE_NAME,
+                self.traces
+                    .as_ref()
+                    .map_or_else(off, |t| t.service_name.clone()),
+            ),
+            (
+                OTEL_TRACES_SAMPLER,
+                self.traces.as_ref().map_or_else(off, |t| t.sampler.clone()),
+            ),
+            (
                 REDIS_URL,
                 self.redis
                     .as_ref()
@@ -652,6 +723,18 @@ impl Config {
 
 const NOT_UTF8: &str = "\u{0}not-utf8";
 
+/// An endpoint as shown: whatever precedes `@` in its authority is a credential.
+fn shown_endpoint(endpoint: &Uri) -> String {
+    let text = endpoint.to_string();
+    match endpoint.authority() {
+        Some(a) if a.as_str().contains('@') => {
+            let host = a.as_str().rsplit('@').next().unwrap_or_default();
+            text.replacen(a.as_str(), &format!("<redacted>@{host}"), 1)
+        }
+        _ => text,
+    }
+}
+
 /// `FEISHU_GATE_*` names that are not ours: likely typos, worth a warning.
 /// Kubernetes injects `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT` and
 /// `<SERVICE>_PORT_<n>_TCP*` for every Service in the namespace; a Service
@@ -660,6 +743,7 @@ const NOT_UTF8: &str = "\u{0}not-utf8";
 fn unknown_variables(vars: &HashMap<String, String>) -> Vec<String> {
     let mut unknown: Vec<String> = vars
         .keys()
+        .filter(|k| k.starts_with(PREFIX))
         .filter(|k| {
             let known = VARIABLES.contains(&k.as_str())
                 || SECRET_VARIABLES
@@ -906,12 +990,30 @@ impl Parser<'_> {
             );
         }
         let upstream_url = self.upstream_url();
-        let upstream_timeout = Duration::from_millis(self.number(
+        let answer_within_ms = self.number(
+            ANSWER_WITHIN_MS,
+            MAX_ANSWER_WITHIN_MS,
+            MIN_ANSWER_WITHIN_MS,
+            MAX_ANSWER_WITHIN_MS,
+        );
+        let upstream_timeout_ms = self.number(
             UPSTREAM_TIMEOUT_MS,
-            8_000,
+            default_upstream_timeout_ms(answer_within_ms),
             1,
             MAX_UPSTREAM_TIMEOUT_MS,
-        ));
+        );
+        // Only an explicit timeout can exceed the bound: the default follows it.
+        if upstream_timeout_ms > answer_within_ms {
+            self.fail(
+                UPSTREAM_TIMEOUT_MS,
+                format!(
+                    "{upstream_timeout_ms} is above {ANSWER_WITHIN_MS} ({answer_within_ms}): \
+                     the caller would be answered before the legacy system's time is up"
+                ),
+            );
+        }
+        let upstream_timeout = Duration::from_millis(upstream_timeout_ms);
+        let answer_within = Duration::from_millis(answer_within_ms);
         let upstream_headers = self.upstream_headers();
         let upstream_ca_file = self.path(UPSTREAM_CA_FILE);
         let upstream_client = self
@@ -973,6 +1075,7 @@ impl Parser<'_> {
             .raw(WORKERS)
             .is_some()
             .then(|| self.number(WORKERS, 1, 1, MAX_WORKERS));
+        let traces = self.traces();
         let redis = self.redis(dedup_secs > 0);
 
         Some(Config {
@@ -981,6 +1084,7 @@ impl Parser<'_> {
             callback_path,
             upstream_url: upstream_url?,
             upstream_timeout,
+            answer_within,
             upstream_headers,
             upstream_ca_file,
             upstream_client,
@@ -999,7 +1103,64 @@ impl Parser<'_> {
             shutdown_grace,
             max_connections: usize::try_from(max_connections).ok()?,
             workers: workers.and_then(|n| usize::try_from(n).ok()),
+            traces,
             redis,
+        })
+    }
+
+    /// Span export: on when an OTLP endpoint is set (and the SDK not disabled).
+    fn traces(&mut self) -> Option<Traces> {
+        if self
+            .raw(OTEL_SDK_DISABLED)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        {
+            return None;
+        }
+        let (variable, endpoint) = match (
+            self.raw(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT),
+            self.raw(OTEL_EXPORTER_OTLP_ENDPOINT),
+        ) {
+            (Some(url), _) => (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, url),
+            // The base URL: the signal's path goes after whatever path it has.
+            (None, Some(base)) => (
+                OTEL_EXPORTER_OTLP_ENDPOINT,
+                format!("{}/v1/traces", base.trim_end_matches('/')),
+            ),
+            (None, None) => return None,
+        };
+        for protocol in [
+            OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+            OTEL_EXPORTER_OTLP_PROTOCOL,
+        ] {
+            if let Some(p) = self.raw(protocol)
+                && p != "http/protobuf"
+            {
+                self.fail(
+                    protocol,
+                    format!("{p:?} is not supported: spans are exported as http/protobuf"),
+                );
+            }
+        }
+        let endpoint = match endpoint.parse::<Uri>() {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.host().is_some_and(|h| !h.is_empty()) =>
+            {
+                uri
+            }
+            _ => {
+                self.fail(variable, "is not an http:// or https:// URL");
+                return None;
+            }
+        };
+        Some(Traces {
+            endpoint,
+            service_name: self
+                .raw(OTEL_SERVICE_NAME)
+                .unwrap_or_else(|| "feishu-gate".to_owned()),
+            sampler: self
+                .raw(OTEL_TRACES_SAMPLER)
+                .unwrap_or_else(|| "parentbased_always_on".to_owned()),
         })
     }
 
@@ -1280,6 +1441,7 @@ mod tests {
         assert_eq!(c.admin_listen.to_string(), "0.0.0.0:9901");
         assert_eq!(c.callback_path, "/");
         assert_eq!(c.upstream_timeout, Duration::from_millis(8000));
+        assert_eq!(c.answer_within, Duration::from_millis(9500));
         assert_eq!(c.max_body_bytes, 65536);
         assert_eq!(
             c.rate_limit,
@@ -1332,6 +1494,81 @@ mod tests {
         assert!(errors(&[(UPSTREAM_TIMEOUT_MS, "9001")])[0].starts_with(UPSTREAM_TIMEOUT_MS));
         assert!(errors(&[(UPSTREAM_TIMEOUT_MS, "0")])[0].starts_with(UPSTREAM_TIMEOUT_MS));
     }
+
+    #[test]
+    fn the_answer_bound_alone_is_enough_for_lark() {
+        let c = with(&[(ANSWER_WITHIN_MS, "4500")]).unwrap().config;
+        assert_eq!(c.answer_within, Duration::from_millis(4500));
+        assert_eq!(c.upstream_timeout, Duration::from_millis(3000));
+        let c = with(&[(ANSWER_WITHIN_MS, "4500"), (UPSTREAM_TIMEOUT_MS, "4500")])
+            .unwrap()
+            .config;
+        assert_eq!(c.upstream_timeout, Duration::from_millis(4500));
+        let e = errors(&[(ANSWER_WITHIN_MS, "4500"), (UPSTREAM_TIMEOUT_MS, "4501")]);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with(UPSTREAM_TIMEOUT_MS), "{e:?}");
+        assert!(e[0].contains(ANSWER_WITHIN_MS), "{e:?}");
+        assert!(errors(&[(ANSWER_WITHIN_MS, "9501")])[0].starts_with(ANSWER_WITHIN_MS));
+        assert!(errors(&[(ANSWER_WITHIN_MS, "499")])[0].starts_with(ANSWER_WITHIN_MS));
+        let c = with(&[(ANSWER_WITHIN_MS, "500")]).unwrap().config;
+        assert_eq!(c.upstream_timeout, Duration::from_millis(250));
+        assert_eq!(default_upstream_timeout_ms(MAX_ANSWER_WITHIN_MS), 8000);
+        let shown = c.describe();
+        assert!(
+            shown.contains(&(ANSWER_WITHIN_MS, "500".to_owned())),
+            "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn spans_are_exported_only_when_an_otlp_endpoint_is_set() {
+        assert_eq!(with(&[]).unwrap().config.traces, None);
+        let c = with(&[(OTEL_EXPORTER_OTLP_ENDPOINT, "http://collector:4318/")])
+            .unwrap()
+            .config;
+        let t = c.traces.unwrap();
+        assert_eq!(t.endpoint, "http://collector:4318/v1/traces");
+        assert_eq!(t.service_name, "feishu-gate");
+        let c = with(&[
+            (OTEL_EXPORTER_OTLP_ENDPOINT, "http://collector:4318"),
+            (
+                OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+                "https://traces.example/otlp",
+            ),
+            (OTEL_SERVICE_NAME, "approvals-gate"),
+        ])
+        .unwrap()
+        .config;
+        let t = c.traces.as_ref().unwrap();
+        assert_eq!(t.endpoint, "https://traces.example/otlp");
+        assert_eq!(t.service_name, "approvals-gate");
+        let shown = c.describe();
+        assert!(shown.contains(&(OTEL_SERVICE_NAME, "approvals-gate".to_owned())));
+        let disabled = with(&[
+            (OTEL_EXPORTER_OTLP_ENDPOINT, "http://collector:4318"),
+            (OTEL_SDK_DISABLED, "true"),
+        ]);
+        assert_eq!(disabled.unwrap().config.traces, None);
+        let e = errors(&[(OTEL_EXPORTER_OTLP_ENDPOINT, "collector:4318")]);
+        assert!(e[0].starts_with(OTEL_EXPORTER_OTLP_ENDPOINT), "{e:?}");
+        let e = errors(&[
+            (OTEL_EXPORTER_OTLP_ENDPOINT, "http://collector:4317"),
+            (OTEL_EXPORTER_OTLP_PROTOCOL, "grpc"),
+        ]);
+        assert!(e[0].starts_with(OTEL_EXPORTER_OTLP_PROTOCOL), "{e:?}");
+        // Not our prefix: never reported as an unknown setting.
+        let w = with(&[(OTEL_EXPORTER_OTLP_HEADERS_FOR_TEST, "x=1")])
+            .unwrap()
+            .warnings;
+        assert!(w.iter().all(|w| !w.contains("OTEL_")), "{w:?}");
+        let c = with(&[(OTEL_EXPORTER_OTLP_ENDPOINT, "http://user:pw@collector:4318")])
+            .unwrap()
+            .config;
+        let shown = format!("{:?}", c.describe());
+        assert!(!shown.contains("pw"), "{shown}");
+    }
+
+    const OTEL_EXPORTER_OTLP_HEADERS_FOR_TEST: &str = "OTEL_EXPORTER_OTLP_HEADERS";
 
     #[test]
     fn upstream_url_must_be_http_or_https_without_credentials() {

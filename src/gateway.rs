@@ -26,11 +26,10 @@ use crate::limit::Limits;
 use crate::metrics::Metrics;
 use crate::redis_dedup::{self, SharedMemory};
 use crate::respond::{Outcome, Rejection, Translator, UpstreamError};
+use crate::telemetry::{CallbackSpan, Telemetry};
+use crate::trace::Trace;
 use crate::upstream::{Exchange, REQUEST_ID, Upstream};
 use crate::verify::Verifier;
-
-/// Feishu gives up after 10 s; answering by 9.5 s leaves room for the network.
-pub const ANSWER_WITHIN: Duration = Duration::from_millis(9_500);
 
 /// `UPSTREAM_HEADERS` values shorter than this (`X-Tenant=42`) are not looked for in the
 /// legacy system's messages: no credential is that short, and ordinary text holds them.
@@ -76,6 +75,9 @@ pub struct Gateway {
     path: String,
     max_body: usize,
     upstream_timeout: Duration,
+    /// `ANSWER_WITHIN_MS`: the upstream's answer must come by then for
+    /// Feishu's (or Lark's) to be in time.
+    answer_within: Duration,
     verifier: Verifier,
     /// Each worker thread delivers through its own copy (see [`Upstream::for_worker`]).
     upstream: Upstream,
@@ -97,7 +99,12 @@ pub struct Gateway {
     /// Deliveries run as their own tasks so a client hanging up cannot cancel
     /// one half-way; shutdown waits for them here.
     pub deliveries: TaskTracker,
+    /// The span exporter, when OpenTelemetry's variables configure one.
+    telemetry: Option<Arc<Telemetry>>,
 }
+
+/// Who a callback is: its request id, its trace, and its span when spans are exported.
+type Ids<'a> = (&'a HeaderValue, &'a Trace, Option<&'a CallbackSpan>);
 
 /// What a verified callback sends to the legacy system, and when.
 struct Outbound {
@@ -115,6 +122,8 @@ struct Record {
     summary: Option<Summary>,
     upstream_status: Option<StatusCode>,
     upstream_elapsed: Option<Duration>,
+    /// Requests sent or tried to the legacy system, when one was.
+    attempts: Option<u32>,
     detail: Option<String>,
     /// The request's body was read to its end, so its connection can carry another.
     body_read: bool,
@@ -155,6 +164,7 @@ impl Gateway {
             path: config.callback_path.clone(),
             max_body: config.max_body_bytes,
             upstream_timeout: config.upstream_timeout,
+            answer_within: config.answer_within,
             verifier: Verifier::from_config(config),
             upstream: Upstream::new(config)?,
             translator: Translator::new(config.lang, secrets),
@@ -168,7 +178,19 @@ impl Gateway {
             health: Arc::default(),
             metrics: Arc::default(),
             deliveries: TaskTracker::new(),
+            telemetry: None,
         })
+    }
+
+    /// Exports a span for every callback through `telemetry`.
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = Some(Arc::new(telemetry));
+        self
+    }
+
+    /// The span exporter, to flush at shutdown.
+    pub fn telemetry(&self) -> Option<&Arc<Telemetry>> {
+        self.telemetry.as_ref()
     }
 
     /// Periodic upkeep: forget idle approvers' rate-limit state.
@@ -194,14 +216,21 @@ impl Gateway {
     {
         let started = Instant::now();
         let _in_flight = InFlight::new(&self.metrics);
-        let request_id = self.request_ids.for_request(request.headers());
+        let (request_id, mut trace) = self.request_ids.for_request(request.headers());
+        let span = self.telemetry.as_ref().map(|t| t.callback(&mut trace));
         let keeps_alive_by_header = request.version() <= Version::HTTP_11;
         let mut record = Record {
             body_read: request.body().is_end_stream(),
             ..Record::default()
         };
         let outcome = self
-            .process(upstream, request, started, &request_id, &mut record)
+            .process(
+                upstream,
+                request,
+                started,
+                (&request_id, &trace, span.as_ref()),
+                &mut record,
+            )
             .await;
 
         let mut response = self.translator.respond(&outcome);
@@ -220,7 +249,23 @@ impl Gateway {
         }
         let elapsed = started.elapsed();
         self.observe(&outcome, elapsed);
-        log(&outcome, response.status(), &request_id, elapsed, &record);
+        if let Some(span) = span {
+            span.finish(
+                &outcome,
+                response.status(),
+                request_id.to_str().unwrap_or("-"),
+                record.summary.as_ref(),
+                record.upstream_status,
+            );
+        }
+        log(
+            &outcome,
+            response.status(),
+            &request_id,
+            &trace,
+            elapsed,
+            &record,
+        );
         response
     }
 
@@ -229,7 +274,7 @@ impl Gateway {
         upstream: &Arc<Upstream>,
         request: Request<B>,
         started: Instant,
-        request_id: &HeaderValue,
+        ids: Ids<'_>,
         record: &mut Record,
     ) -> Outcome
     where
@@ -281,9 +326,9 @@ impl Gateway {
             body: upstream_body,
             decision,
             verified_at: now,
-            deadline: (now + self.upstream_timeout).min(started + ANSWER_WITHIN),
+            deadline: (now + self.upstream_timeout).min(started + self.answer_within),
         };
-        self.forward(upstream, outbound, request_id, record).await
+        self.forward(upstream, outbound, ids, record).await
     }
 
     /// Reads the whole body, by `BODY_READ_TIMEOUT` after the request `started`, with its
@@ -332,7 +377,7 @@ impl Gateway {
         &self,
         upstream: &Arc<Upstream>,
         outbound: Outbound,
-        request_id: &HeaderValue,
+        (request_id, trace, span): Ids<'_>,
         record: &mut Record,
     ) -> Outcome {
         let Outbound {
@@ -370,6 +415,8 @@ impl Gateway {
         };
         let upstream = Arc::clone(upstream);
         let request_id = request_id.clone();
+        let mut trace = trace.clone();
+        let exchange_parent = self.telemetry.clone().zip(span.map(CallbackSpan::context));
         let shared = self.shared.clone();
         let metrics = Arc::clone(&self.metrics);
         // The shared memory is asked inside the delivery too: a claim, once
@@ -379,9 +426,21 @@ impl Gateway {
                 None => (None, ticket),
                 Some(shared) => ask_shared(shared, &decision, deadline, &metrics, ticket).await?,
             };
+            // Only a request actually sent has a span of its own.
+            let exchange_span = exchange_parent.map(|(t, parent)| t.exchange(&parent, &mut trace));
             let exchange = upstream
-                .deliver(upstream_body, &request_id, &decision, verified_at, deadline)
+                .deliver(
+                    upstream_body,
+                    &request_id,
+                    &trace,
+                    &decision,
+                    verified_at,
+                    deadline,
+                )
                 .await;
+            if let Some(span) = exchange_span {
+                span.finish(&exchange);
+            }
             if let Some(ticket) = ticket {
                 ticket.finish(&exchange.outcome);
             }
@@ -404,12 +463,20 @@ impl Gateway {
         };
         record.upstream_status = exchange.status;
         record.upstream_elapsed = Some(exchange.elapsed);
+        record.attempts = Some(exchange.attempts());
         record.detail = self
             .translator
             .log_detail(exchange.detail, &exchange.outcome);
         self.metrics
             .upstream_duration
             .observe(exchange.elapsed.as_secs_f64());
+        if exchange.retries.total() > 0 {
+            self.metrics
+                .count_retries("unsent", exchange.retries.unsent);
+            self.metrics
+                .count_retries("unavailable", exchange.retries.unavailable);
+            self.metrics.count_retried(exchange.outcome.label());
+        }
         exchange.outcome
     }
 
@@ -551,7 +618,7 @@ impl Drop for InFlight<'_> {
 }
 
 /// Request ids: the caller's `X-Request-Id` when it is a sane token,
-/// otherwise a new random UUID.
+/// otherwise a new random UUID; and the ids of a new trace or span.
 #[derive(Debug, Default)]
 struct RequestIds {
     /// SipHash keyed once from the operating system's randomness: each id
@@ -561,19 +628,26 @@ struct RequestIds {
 }
 
 impl RequestIds {
-    fn for_request(&self, headers: &HeaderMap) -> HeaderValue {
-        headers
+    fn for_request(&self, headers: &HeaderMap) -> (HeaderValue, Trace) {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        // Words 0 and 1 are the request id's.
+        let mut word = 1u8;
+        let trace = Trace::from_headers(headers, || {
+            word += 1;
+            self.keys.hash_one((n, word))
+        });
+        let request_id = headers
             .get(REQUEST_ID)
             .filter(|v| {
                 let b = v.as_bytes();
                 !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
             })
             .cloned()
-            .unwrap_or_else(|| self.fresh())
+            .unwrap_or_else(|| self.fresh(n));
+        (request_id, trace)
     }
 
-    fn fresh(&self) -> HeaderValue {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
+    fn fresh(&self, n: u64) -> HeaderValue {
         let high = u128::from(self.keys.hash_one((n, 0u8)));
         let low = u128::from(self.keys.hash_one((n, 1u8)));
         let uuid = uuid::Builder::from_random_bytes(((high << 64) | low).to_be_bytes()).into_uuid();
@@ -596,8 +670,9 @@ fn detail(rejection: &Rejection) -> String {
 /// under 64, and a line must not grow with whatever a caller puts in a field.
 const MAX_LOGGED_FIELD_BYTES: usize = 128;
 
-/// `text` cut to [`MAX_LOGGED_FIELD_BYTES`] at a character boundary.
-fn bounded(text: &str) -> &str {
+/// `text` cut to [`MAX_LOGGED_FIELD_BYTES`] at a character boundary; span
+/// attributes are cut alike.
+pub(crate) fn bounded(text: &str) -> &str {
     let mut end = text.len().min(MAX_LOGGED_FIELD_BYTES);
     while !text.is_char_boundary(end) {
         end -= 1;
@@ -613,11 +688,12 @@ fn millis(d: Duration) -> f64 {
 }
 
 macro_rules! callback_line {
-    ($level:ident, $outcome:expr, $status:expr, $id:expr, $elapsed:expr, $r:expr) => {{
+    ($level:ident, $outcome:expr, $status:expr, $id:expr, $trace_id:expr, $elapsed:expr, $r:expr) => {{
         let s = $r.summary.as_ref();
         tracing::$level!(
             target: crate::logging::CALLBACK_TARGET,
             request_id = $id,
+            trace_id = $trace_id,
             approval_code = s.map(|s| bounded(&s.approval_code)),
             instance_id = s.and_then(|s| s.instance_id.as_deref()).map(bounded),
             task_id = s.and_then(|s| s.task_id.as_deref()).map(bounded),
@@ -628,6 +704,7 @@ macro_rules! callback_line {
             upstream_status = $r.upstream_status.map(|s| s.as_u16()),
             duration_ms = millis($elapsed),
             upstream_ms = $r.upstream_elapsed.map(millis),
+            attempts = $r.attempts,
             detail = $r.detail.as_deref(),
             "callback"
         )
@@ -638,15 +715,18 @@ fn log(
     outcome: &Outcome,
     status: StatusCode,
     request_id: &HeaderValue,
+    trace: &Trace,
     elapsed: Duration,
     record: &Record,
 ) {
     let id = request_id.to_str().unwrap_or("-");
+    let trace_id = trace.trace_id_hex();
+    let trace_id = trace_id.as_str();
     match outcome {
         Outcome::Refused(_) | Outcome::Unreachable(_) | Outcome::TimedOut => {
-            callback_line!(warn, outcome, status, id, elapsed, record)
+            callback_line!(warn, outcome, status, id, trace_id, elapsed, record)
         }
-        _ => callback_line!(info, outcome, status, id, elapsed, record),
+        _ => callback_line!(info, outcome, status, id, trace_id, elapsed, record),
     }
 }
 

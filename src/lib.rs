@@ -7,7 +7,8 @@
 //! [`server_tls`] when configured), [`gateway`] routes and reads, [`verify`]
 //! opens the [`envelope`] and checks the token, [`callback`] validates,
 //! [`dedup`] (with [`redis_dedup`] across replicas) and [`limit`] guard, [`upstream`] forwards, and [`respond`]
-//! decides what Feishu receives.
+//! decides what Feishu receives. [`trace`] carries W3C trace context to the
+//! legacy system, and [`telemetry`] exports spans when asked to.
 
 pub mod admin;
 pub mod callback;
@@ -26,6 +27,8 @@ pub mod secret;
 pub mod send;
 pub mod server;
 pub mod server_tls;
+pub mod telemetry;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 pub mod verify;

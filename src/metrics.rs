@@ -47,15 +47,19 @@ struct Resolved {
 
 impl Resolved {
     fn inc(&self, family: &Family<Label, Counter>, label: Label) {
+        self.inc_by(family, label, 1);
+    }
+
+    fn inc_by(&self, family: &Family<Label, Counter>, label: Label, n: u64) {
         let value = label[0].1;
         for slot in &self.slots {
             let (v, counter) = slot.get_or_init(|| (value, family.get_or_create(&label).clone()));
             if *v == value {
-                counter.inc();
+                counter.inc_by(n);
                 return;
             }
         }
-        family.get_or_create(&label).inc();
+        family.get_or_create(&label).inc_by(n);
     }
 }
 
@@ -70,12 +74,14 @@ pub struct Metrics {
     pub duplicates: Family<Labels2, Counter>,
     pub rate_limited: Family<Label, Counter>,
     pub upstream_errors: Family<Label, Counter>,
+    pub upstream_retries: Family<Label, Counter>,
+    pub retried_deliveries: Family<Label, Counter>,
     pub tls_expiry: Gauge<f64, AtomicU64>,
     pub ready: Gauge,
     pub redis_operations: Family<Labels2, Counter>,
     pub redis_duration: Histogram,
     pub redis_fallback: Gauge,
-    resolved: [Resolved; 4],
+    resolved: [Resolved; 6],
 }
 
 /// Names as exported, for documentation and the dashboard check.
@@ -87,6 +93,8 @@ pub const NAMES: &[&str] = &[
     "feishu_gate_duplicates_suppressed_total",
     "feishu_gate_rate_limited_total",
     "feishu_gate_upstream_errors_total",
+    "feishu_gate_upstream_retries_total",
+    "feishu_gate_retried_deliveries_total",
     "feishu_gate_tls_certificate_expiry_timestamp_seconds",
     "feishu_gate_ready",
     "feishu_gate_build_info",
@@ -158,6 +166,23 @@ impl Metrics {
             "Failed deliveries, by kind (connect, dropped, timeout, status, not_ok)",
             upstream_errors.clone(),
         );
+        let upstream_retries = Family::<Label, Counter>::default();
+        // Exported at 0 from the start, like the rate limits, for the alerts.
+        for reason in ["unsent", "unavailable"] {
+            drop(upstream_retries.get_or_create(&[("reason", reason)]));
+        }
+        registry.register(
+            "upstream_retries",
+            "Requests to the legacy system tried again, by why it was safe (unsent: it never \
+             reached the legacy system; unavailable: a 503 with Retry-After)",
+            upstream_retries.clone(),
+        );
+        let retried_deliveries = Family::<Label, Counter>::default();
+        registry.register(
+            "retried_deliveries",
+            "Callbacks whose delivery took more than one attempt, by the outcome it came to",
+            retried_deliveries.clone(),
+        );
         let tls_expiry = Gauge::<f64, AtomicU64>::default();
         registry.register_with_unit(
             "tls_certificate_expiry_timestamp",
@@ -207,6 +232,8 @@ impl Metrics {
             duplicates,
             rate_limited,
             upstream_errors,
+            upstream_retries,
+            retried_deliveries,
             tls_expiry,
             ready,
             redis_operations,
@@ -245,6 +272,18 @@ impl Metrics {
     /// Counts a failed delivery by kind.
     pub fn count_upstream_error(&self, kind: &'static str) {
         self.resolved[3].inc(&self.upstream_errors, [("kind", kind)]);
+    }
+
+    /// Counts `n` retries made for one reason.
+    pub fn count_retries(&self, reason: &'static str, n: u32) {
+        if n > 0 {
+            self.resolved[4].inc_by(&self.upstream_retries, [("reason", reason)], n.into());
+        }
+    }
+
+    /// Counts a delivery that took more than one attempt, by its outcome.
+    pub fn count_retried(&self, outcome: &'static str) {
+        self.resolved[5].inc(&self.retried_deliveries, [("outcome", outcome)]);
     }
 
     /// The text exposition format.

@@ -14,12 +14,12 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::gateway::Gateway;
@@ -305,17 +305,18 @@ impl Worker {
                     // The worker's own: a connection checks for shutdown each
                     // time it is polled, under a lock that, shared between
                     // workers, would pass from core to core every request.
-                    let graceful = GracefulShutdown::new();
+                    let closing = CancellationToken::new();
+                    let connections = TaskTracker::new();
                     let serve = |accepted| {
-                        tokio::spawn(serve_connection(
+                        tokio::spawn(connections.track_future(serve_connection(
                             accepted,
-                            graceful.watcher(),
+                            closing.clone(),
                             gateway.clone(),
                             upstream.clone(),
                             builder.clone(),
                             tls.clone(),
                             OpenConnection(counter.clone()),
-                        ));
+                        )));
                     };
                     let draining = loop {
                         tokio::select! {
@@ -334,9 +335,11 @@ impl Worker {
                         while let Ok(accepted) = incoming.try_recv() {
                             serve(accepted);
                         }
+                        closing.cancel();
+                        connections.close();
                         tokio::select! {
                             () = stop.cancelled() => {}
-                            () = graceful.shutdown() => {
+                            () = connections.wait() => {
                                 let _ = drained_tx.send(());
                             }
                         }
@@ -370,7 +373,7 @@ impl Drop for OpenConnection {
 
 async fn serve_connection(
     accepted: Accepted,
-    watcher: Watcher,
+    closing: CancellationToken,
     gateway: Arc<Gateway>,
     upstream: Arc<Upstream>,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -391,11 +394,11 @@ async fn serve_connection(
         }
     };
     match tls {
-        None => serve_io(stream, &builder, gateway, upstream, watcher).await,
+        None => serve_io(stream, &builder, gateway, upstream, closing).await,
         Some(acceptor) => {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls_stream)) => {
-                    serve_io(tls_stream, &builder, gateway, upstream, watcher).await
+                    serve_io(tls_stream, &builder, gateway, upstream, closing).await
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -431,11 +434,12 @@ async fn serve_io<I>(
     builder: &auto::Builder<TokioExecutor>,
     gateway: Arc<Gateway>,
     upstream: Arc<Upstream>,
-    watcher: Watcher,
+    closing: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = idle::Activity::default();
+    let goaway_wanted = activity.goaway_wanted();
     let io = idle::IdleIo::new(io, activity.clone(), HEADER_READ_TIMEOUT);
     let service = service_fn(move |request| {
         let gateway = gateway.clone();
@@ -446,10 +450,28 @@ async fn serve_io<I>(
             Ok::<_, Infallible>(gateway.handle(&upstream, request).await)
         }
     });
-    let connection = builder
-        .serve_connection(TokioIo::new(io), service)
-        .into_owned();
-    if let Err(e) = watcher.watch(connection).await {
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let draining = closing.cancelled();
+    tokio::pin!(draining, goaway_wanted);
+    // Shutting down gracefully closes an idle HTTP/1 connection and sends an
+    // HTTP/2 one GOAWAY; either way requests in progress finish first.
+    let mut shutting_down = false;
+    let ended = loop {
+        tokio::select! {
+            biased;
+            ended = connection.as_mut() => break ended,
+            () = &mut draining, if !shutting_down => {
+                shutting_down = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            () = &mut goaway_wanted, if !shutting_down => {
+                shutting_down = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }

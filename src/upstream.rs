@@ -22,6 +22,7 @@ use crate::callback::{self, Decision};
 use crate::config::{Config, OkRule, UpstreamHeaders};
 use crate::respond::{Outcome, Refusal, UpstreamError, upstream_message};
 use crate::tls;
+use crate::trace::{TRACEPARENT, TRACESTATE, Trace};
 
 /// The most of an upstream answer the gateway reads: enough for any error
 /// message, small enough that a runaway answer costs nothing.
@@ -80,14 +81,58 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-/// What one delivery attempt came to.
+/// What one delivery came to, over all its attempts.
 #[derive(Debug)]
 pub struct Exchange {
     pub outcome: Outcome,
+    /// The last attempt's status.
     pub status: Option<StatusCode>,
     pub elapsed: Duration,
     /// A detail for the operator's log, never shown to Feishu.
     pub detail: Option<String>,
+    /// The attempts made after the first, by why.
+    pub retries: Retries,
+}
+
+impl Exchange {
+    /// Requests tried, the first included.
+    pub fn attempts(&self) -> u32 {
+        1 + self.retries.total()
+    }
+}
+
+/// Attempts repeated, by why each was safe to repeat.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Retries {
+    /// The request never reached the legacy system (refused, or the
+    /// connection closed before a byte of it was written).
+    pub unsent: u32,
+    /// A `503` with a `Retry-After` that fitted in the time left.
+    pub unavailable: u32,
+}
+
+impl Retries {
+    pub fn total(&self) -> u32 {
+        self.unsent + self.unavailable
+    }
+}
+
+/// The first pause before trying a request that was never sent again;
+/// doubled for each further try, up to [`MAX_BACKOFF`]. A legacy container
+/// that restarts takes seconds, and a refused connection costs the upstream
+/// nothing, so the pauses stay short.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_millis(400);
+/// A retry is only worth making with this much time left after its pause:
+/// one that starts later would more likely end in a 504 (whose message says
+/// the decision may have been recorded) than in an answer.
+const MIN_ATTEMPT: Duration = Duration::from_millis(250);
+
+/// Why an attempt may be repeated.
+enum Retry {
+    Unsent,
+    /// What the upstream's `Retry-After` asked for.
+    After(Duration),
 }
 
 impl Upstream {
@@ -170,7 +215,7 @@ impl Upstream {
                 let error = e.into_error();
                 if unsent {
                     // Closed before a byte of the request went out: as good as refused.
-                    Err(SendError::Connect(Box::new(error)))
+                    Err(SendError::Unsent(error))
                 } else {
                     Err(SendError::Exchange(error))
                 }
@@ -203,50 +248,122 @@ impl Upstream {
     /// POSTs `body` and classifies the answer, finishing by `deadline` whatever
     /// the upstream does. Redirects are answers, not instructions: never followed.
     ///
+    /// A request that provably never reached the legacy system is tried again
+    /// after a short jittered pause, as is one answered `503` with a
+    /// `Retry-After` that fits, for as long as the deadline leaves time for
+    /// another attempt; a request that may have been received never is.
+    ///
     /// `started` is the caller's reading of the clock just before the call,
     /// which the exchange's duration counts from.
     pub async fn deliver(
         &self,
         body: Vec<u8>,
         request_id: &HeaderValue,
+        trace: &Trace,
         decision: &Decision,
         started: Instant,
         deadline: Instant,
     ) -> Exchange {
+        let body = Bytes::from(body);
+        let mut retries = Retries::default();
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let (mut exchange, retry) = self
+                .attempt(body.clone(), request_id, trace, decision, started, deadline)
+                .await;
+            let pause = match retry {
+                None => None,
+                Some(Retry::Unsent) => Some(jittered(backoff)),
+                Some(Retry::After(asked)) => Some(asked.max(jittered(backoff))),
+            };
+            let now = Instant::now();
+            match pause {
+                Some(pause) if now + pause + MIN_ATTEMPT <= deadline => {
+                    match retry {
+                        Some(Retry::After(_)) => retries.unavailable += 1,
+                        _ => retries.unsent += 1,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    tokio::time::sleep_until(now + pause).await;
+                }
+                _ => {
+                    exchange.retries = retries;
+                    return exchange;
+                }
+            }
+        }
+    }
+
+    /// One attempt: the exchange it came to, and whether it may be repeated.
+    async fn attempt(
+        &self,
+        body: Bytes,
+        request_id: &HeaderValue,
+        trace: &Trace,
+        decision: &Decision,
+        started: Instant,
+        deadline: Instant,
+    ) -> (Exchange, Option<Retry>) {
         // Before an answer: no status, and the time is up to now.
         let done = |outcome, detail: String| Exchange {
             outcome,
             status: None,
             elapsed: started.elapsed(),
             detail: Some(detail),
+            retries: Retries::default(),
         };
-        let request = match self.request(body, request_id, decision) {
+        let request = match self.request(body, request_id, trace, decision) {
             Ok(r) => r,
             Err(e) => {
-                return done(Outcome::Unreachable(UpstreamError::Connect), e.to_string());
-            }
-        };
-        let (sender, response) = match timeout_at(deadline, self.send(request, started)).await {
-            Err(_) => {
-                return done(Outcome::TimedOut, "no answer before the deadline".into());
-            }
-            Ok(Err(SendError::Connect(e))) => {
-                return done(
-                    Outcome::Unreachable(UpstreamError::Connect),
-                    format!("connecting: {}", error_chain(&*e)),
+                return (
+                    done(Outcome::Unreachable(UpstreamError::Connect), e.to_string()),
+                    None,
                 );
             }
-            Ok(Err(SendError::Exchange(e))) => {
-                let kind = if refused_by_tls(&e) {
-                    UpstreamError::Connect
-                } else {
-                    UpstreamError::Dropped
-                };
-                return done(Outcome::Unreachable(kind), error_chain(&e));
-            }
-            Ok(Ok(sent)) => sent,
         };
+        let (sender, response) =
+            match timeout_at(deadline, self.send(request, Instant::now())).await {
+                Err(_) => {
+                    return (
+                        done(Outcome::TimedOut, "no answer before the deadline".into()),
+                        None,
+                    );
+                }
+                Ok(Err(SendError::Connect(e))) => {
+                    let retry = never_sent(&*e).then_some(Retry::Unsent);
+                    return (
+                        done(
+                            Outcome::Unreachable(UpstreamError::Connect),
+                            format!("connecting: {}", error_chain(&*e)),
+                        ),
+                        retry,
+                    );
+                }
+                Ok(Err(SendError::Unsent(e))) => {
+                    return (
+                        done(
+                            Outcome::Unreachable(UpstreamError::Connect),
+                            format!("closed before the request was written: {}", error_chain(&e)),
+                        ),
+                        // A refused certificate stays refused.
+                        (!refused_by_tls(&e)).then_some(Retry::Unsent),
+                    );
+                }
+                Ok(Err(SendError::Exchange(e))) => {
+                    let kind = if refused_by_tls(&e) {
+                        UpstreamError::Connect
+                    } else {
+                        UpstreamError::Dropped
+                    };
+                    return (done(Outcome::Unreachable(kind), error_chain(&e)), None);
+                }
+                Ok(Ok(sent)) => sent,
+            };
         let status = response.status();
+        let retry = (status == StatusCode::SERVICE_UNAVAILABLE)
+            .then(|| retry_after(response.headers()))
+            .flatten()
+            .map(Retry::After);
         let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
         let location = status
             .is_redirection()
@@ -280,12 +397,14 @@ impl Upstream {
                 None => redirect,
             });
         }
-        Exchange {
+        let exchange = Exchange {
             outcome,
             status: Some(status),
             elapsed: answered - started,
             detail,
-        }
+            retries: Retries::default(),
+        };
+        (exchange, retry)
     }
 
     /// What an answer with `status` comes to, given its body or why the
@@ -359,14 +478,17 @@ impl Upstream {
 
     fn request(
         &self,
-        body: Vec<u8>,
+        body: Bytes,
         request_id: &HeaderValue,
+        trace: &Trace,
         decision: &Decision,
     ) -> Result<Request<Full<Bytes>>, http::Error> {
         // Names and fixed values are built once, not parsed for every callback.
         const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID);
         const IDEMPOTENCY_KEY_NAME: HeaderName = HeaderName::from_static(IDEMPOTENCY_KEY);
-        let mut headers = HeaderMap::with_capacity(4 + self.route.headers.0.len());
+        const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT);
+        const TRACESTATE_NAME: HeaderName = HeaderName::from_static(TRACESTATE);
+        let mut headers = HeaderMap::with_capacity(6 + self.route.headers.0.len());
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -377,6 +499,10 @@ impl Upstream {
             IDEMPOTENCY_KEY_NAME,
             HeaderValue::from_bytes(&callback::idempotency_key(decision))?,
         );
+        headers.insert(TRACEPARENT_NAME, trace.traceparent());
+        if let Some(state) = &trace.tracestate {
+            headers.insert(TRACESTATE_NAME, state.clone());
+        }
         for (name, value) in &self.route.headers.0 {
             headers.append(name, value.clone());
         }
@@ -386,7 +512,7 @@ impl Upstream {
         {
             headers.insert(header::HOST, host.clone());
         }
-        let mut request = Request::new(Full::new(Bytes::from(body)));
+        let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = self.route.target.clone();
         *request.headers_mut() = headers;
@@ -398,6 +524,9 @@ impl Upstream {
 enum SendError {
     /// No connection: nothing was sent.
     Connect(Box<dyn std::error::Error + Send + Sync>),
+    /// A new connection closed before a byte of the request was written
+    /// (hyper handed the request back): nothing was sent.
+    Unsent(hyper::Error),
     /// The connection failed once the request was (or may have been) sent.
     Exchange(hyper::Error),
 }
@@ -493,6 +622,42 @@ fn refused_by_tls(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Whether a failure to connect is one a moment may mend: refused or reset
+/// while connecting, as while a container restarts. A name that
+/// does not resolve or a certificate that is refused will not mend itself
+/// before the deadline, and trying again would only delay the answer.
+fn never_sent(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind as K;
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                K::ConnectionRefused | K::ConnectionReset | K::ConnectionAborted | K::NotConnected
+            );
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// A `Retry-After` in seconds (the form servers send with a `503`); the
+/// HTTP-date form is not taken, since clocks between the hosts may differ.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let text = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let secs: u64 = text.parse().ok()?;
+    // Anything longer than the whole answer bound cannot fit anyway.
+    (secs <= 10).then(|| Duration::from_secs(secs))
+}
+
+/// `base`, give or take half, so callbacks refused at the same moment do not
+/// all come back at the same moment.
+fn jittered(base: Duration) -> Duration {
+    let spread = base.as_micros() as u64;
+    let random = getrandom::u64().unwrap_or(spread / 2);
+    base / 2 + Duration::from_micros(random % spread.max(1))
+}
+
 /// Why an answer's body could not be used.
 enum Unread {
     /// Longer than [`MAX_ANSWER_BYTES`].
@@ -528,6 +693,41 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_is_jittered_within_half_either_way() {
+        for _ in 0..200 {
+            let pause = jittered(Duration::from_millis(100));
+            assert!(pause >= Duration::from_millis(50) && pause < Duration::from_millis(150));
+        }
+    }
+
+    #[test]
+    fn retry_after_is_taken_in_seconds_only() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::RETRY_AFTER, HeaderValue::from_str(v).unwrap());
+            retry_after(&h)
+        };
+        assert_eq!(with("1"), Some(Duration::from_secs(1)));
+        assert_eq!(with(" 0 "), Some(Duration::ZERO));
+        assert_eq!(with("3600"), None);
+        assert_eq!(with("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(with("-1"), None);
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn only_failures_before_the_request_left_are_retried() {
+        let io = |kind| std::io::Error::from(kind);
+        assert!(never_sent(&io(std::io::ErrorKind::ConnectionRefused)));
+        assert!(never_sent(&io(std::io::ErrorKind::ConnectionReset)));
+        assert!(!never_sent(&io(std::io::ErrorKind::InvalidData)));
+        assert!(!never_sent(&io(std::io::ErrorKind::TimedOut)));
+        let wrapped = std::io::Error::other(io(std::io::ErrorKind::ConnectionRefused));
+        // The outer error's kind decides, as for a TLS failure wrapped in an io::Error.
+        assert!(!never_sent(&wrapped));
+    }
 
     #[test]
     fn host_header_is_written_as_the_client_writes_it() {

@@ -115,8 +115,9 @@ async fn idle_http2(addr: SocketAddr, limit: Duration) -> Closed {
     assert_eq!(response.status(), 404);
     let _ = response.into_body().collect().await;
     let remaining = limit.saturating_sub(started.elapsed());
-    // However the connection ended, it ended.
-    let _ = tokio::time::timeout(remaining, driver).await.ok()?.ok()?;
+    let ended = tokio::time::timeout(remaining, driver).await.ok()?.ok()?;
+    // Told GOAWAY, the client's connection ends cleanly rather than broken.
+    assert!(ended.is_ok(), "the HTTP/2 connection broke: {ended:?}");
     Some(started.elapsed())
 }
 
@@ -375,6 +376,96 @@ async fn a_body_of_many_keys_costs_no_more_to_refuse_than_one_string() {
     let ratio = hostile.as_secs_f64() / benign.as_secs_f64();
     assert!(ratio < 5.0, "many keys {hostile:?}, one string {benign:?}");
     assert_eq!(up.count(), 0);
+}
+
+/// One HTTP/2 frame as read off the wire.
+#[derive(Debug)]
+struct Frame {
+    kind: u8,
+    flags: u8,
+    payload: Vec<u8>,
+}
+
+const GOAWAY: u8 = 0x7;
+const PING: u8 = 0x6;
+const SETTINGS: u8 = 0x4;
+const ACK: u8 = 0x1;
+
+async fn read_frame(stream: &mut TcpStream) -> Option<Frame> {
+    let mut head = [0u8; 9];
+    stream.read_exact(&mut head).await.ok()?;
+    let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; length];
+    stream.read_exact(&mut payload).await.ok()?;
+    Some(Frame {
+        kind: head[3],
+        flags: head[4],
+        payload,
+    })
+}
+
+async fn write_frame(stream: &mut TcpStream, kind: u8, flags: u8, payload: &[u8]) {
+    let length = (payload.len() as u32).to_be_bytes();
+    let mut frame = vec![length[1], length[2], length[3], kind, flags, 0, 0, 0, 0];
+    frame.extend_from_slice(payload);
+    let _ = stream.write_all(&frame).await;
+}
+
+/// An idle HTTP/2 connection is not dropped with a bare end of stream: the
+/// server says GOAWAY first (RFC 9113 §6.8), as a graceful shutdown does, so
+/// a pooling client knows a request that crossed the close was never
+/// processed and may be sent again. Frames are read raw, so the test sees
+/// exactly what the client would.
+#[tokio::test]
+async fn an_idle_http2_connection_is_told_goaway_before_it_is_closed() {
+    let up = Upstream::start(Reply::ok()).await;
+    let gate = Gate::start(&up.url(), &[]).await;
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(gate.addr).await.unwrap();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    write_frame(&mut stream, SETTINGS, 0, &[]).await;
+    let limit = HEADER_READ_TIMEOUT + SLACK + SLACK;
+    let mut goaways = Vec::new();
+    let ended = tokio::time::timeout(limit, async {
+        // Like any client, it acknowledges settings and answers pings.
+        while let Some(frame) = read_frame(&mut stream).await {
+            match frame.kind {
+                SETTINGS if frame.flags & ACK == 0 => {
+                    write_frame(&mut stream, SETTINGS, ACK, &[]).await;
+                }
+                PING if frame.flags & ACK == 0 => {
+                    write_frame(&mut stream, PING, ACK, &frame.payload).await;
+                }
+                GOAWAY => goaways.push((started.elapsed(), frame.payload)),
+                _ => {}
+            }
+        }
+        started.elapsed()
+    })
+    .await
+    .unwrap_or_else(|_| panic!("still open after {limit:?}; GOAWAY frames: {goaways:?}"));
+    let (at, payload) = goaways
+        .first()
+        .unwrap_or_else(|| panic!("closed after {ended:?} without a GOAWAY"));
+    assert!(
+        *at >= HEADER_READ_TIMEOUT - Duration::from_millis(500),
+        "GOAWAY after only {at:?}"
+    );
+    let error_code = u32::from_be_bytes(payload[4..8].try_into().unwrap());
+    assert_eq!(error_code, 0, "NO_ERROR: a graceful close, not a failure");
+    let (_, last) = goaways.last().unwrap();
+    let last_stream = u32::from_be_bytes(last[0..4].try_into().unwrap()) & 0x7fff_ffff;
+    assert_eq!(
+        last_stream, 0,
+        "no stream was opened, so none was processed"
+    );
+    assert!(
+        ended < HEADER_READ_TIMEOUT + SLACK,
+        "closed {ended:?} after connecting"
+    );
 }
 
 /// Sends a request head that never ends, `bytes` long in all; returns the status line the

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use feishu_gate::callback::BodyError;
 use feishu_gate::config::{self, Config, SECRET_VARIABLES, VARIABLES};
-use feishu_gate::gateway::ANSWER_WITHIN;
 use feishu_gate::metrics::{LATENCY_BUCKETS, Metrics, NAMES};
 use feishu_gate::respond::{AuthFailure, Outcome, Refusal, Rejection, UpstreamError};
 use serde::Deserialize;
@@ -563,7 +562,8 @@ fn the_upstream_is_the_legacy_container_over_loopback() {
 #[test]
 fn the_pod_outlives_the_gateways_drain() {
     let deployment = deployment();
-    let grace = effective(&deployment).config.shutdown_grace;
+    let config = effective(&deployment).config;
+    let (grace, answer_within) = (config.shutdown_grace, config.answer_within);
     let pod = &deployment["spec"]["template"]["spec"];
     let termination_ms = u64_at(pod, "/terminationGracePeriodSeconds") * 1000;
     let pre_stop_ms = |c: &Value| u64_at(c, "/lifecycle/preStop/sleep/seconds") * 1000;
@@ -574,8 +574,9 @@ fn the_pod_outlives_the_gateways_drain() {
         config::SHUTDOWN_GRACE_MS
     );
     assert!(
-        grace >= ANSWER_WITHIN,
-        "every callback in flight at SIGTERM can finish: {grace:?} < {ANSWER_WITHIN:?}"
+        grace >= answer_within,
+        "every callback in flight at SIGTERM can finish: {grace:?} < {} ({answer_within:?})",
+        config::ANSWER_WITHIN_MS
     );
     let legacy_stops = pre_stop_ms(legacy_container(&deployment));
     assert!(

@@ -1314,3 +1314,43 @@ fn demo_tls_serves_https_and_prints_a_send_command_that_works() {
     assert!(status.success());
     assert!(!cert_dir.exists(), "{} was left behind", cert_dir.display());
 }
+
+/// Over TLS too, an HTTP/2 connection left idle after a callback is sent
+/// GOAWAY before it closes: hyper's client sees its connection end cleanly,
+/// where a bare close_notify would leave it a broken pipe.
+#[tokio::test]
+async fn an_idle_http2_connection_over_tls_ends_with_goaway() {
+    let root = Ca::root("test root");
+    let leaf = root.server_leaf("gateway");
+    let volume = SecretVolume::new(&leaf.chain_pem, &leaf.key_pem);
+    let upstream = Upstream::start(None).await;
+    let gate = Gate::with_watched_tls(&upstream.url("http"), &volume).await;
+    let stream = connect(gate.addr, client_config(root.roots(), &[b"h2"]))
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut h2, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let driver = tokio::spawn(connection);
+    let request = Request::post(format!("https://127.0.0.1:{}/", gate.addr.port()))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(callback_body("t-h2-idle"))))
+        .unwrap();
+    let response = h2.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let _ = response.into_body().collect().await;
+    let idle_from = std::time::Instant::now();
+    let limit = server::HEADER_READ_TIMEOUT + Duration::from_secs(6);
+    let ended = tokio::time::timeout(limit, driver)
+        .await
+        .unwrap_or_else(|_| panic!("still open after {limit:?}"))
+        .unwrap();
+    assert!(ended.is_ok(), "the connection broke: {ended:?}");
+    assert!(
+        idle_from.elapsed() >= server::HEADER_READ_TIMEOUT - Duration::from_millis(500),
+        "closed after only {:?}",
+        idle_from.elapsed()
+    );
+}

@@ -12,6 +12,14 @@
 //! also the header read timeout, between requests and while the next one's
 //! head arrives, so hyper's own per-request timer is not needed. Requests are
 //! counted by [`Activity::begin`], held for as long as the service handles one.
+//!
+//! An HTTP/2 connection is told first: at the idle limit [`IdleIo`] asks for
+//! a graceful shutdown ([`Activity::goaway_wanted`]), which sends GOAWAY, so
+//! a client whose next request crosses the close learns it was never
+//! processed and may send it again (RFC 9113 §6.8); a bare end of stream
+//! would leave it guessing. Bytes keep flowing while the client answers the
+//! shutdown's ping, and the connection reads as closed only if it is still
+//! open [`GOAWAY_GRACE`] later.
 
 use std::future::Future as _;
 use std::io;
@@ -23,10 +31,22 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+/// How long an HTTP/2 connection told GOAWAY at the idle limit has to
+/// finish closing: a ping's round trip, and any request that crossed the
+/// GOAWAY, before it reads as closed regardless.
+pub const GOAWAY_GRACE: Duration = Duration::from_secs(1);
+
+/// What every HTTP/2 client sends first (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 #[derive(Debug)]
 struct State {
     active: usize,
     idle_since: Instant,
+    /// The connection should be shut down gracefully (HTTP/2 at the idle limit).
+    goaway: bool,
+    /// The task waiting in [`GoawayWanted`], woken when `goaway` is set.
+    closer: Option<Waker>,
     /// The reader waiting while a request was in progress, woken when the
     /// last one ends so the idle clock restarts even if nothing else polls
     /// the connection. A reader waiting on an idle connection needs no
@@ -43,6 +63,8 @@ impl Default for Activity {
         Self(Arc::new(Mutex::new(State {
             active: 0,
             idle_since: Instant::now(),
+            goaway: false,
+            closer: None,
             reader: None,
         })))
     }
@@ -61,6 +83,52 @@ impl Activity {
         self.lock().active += 1;
         Busy(self.clone())
     }
+
+    /// Completes once the connection should be shut down gracefully, which
+    /// for HTTP/2 sends GOAWAY.
+    pub fn goaway_wanted(&self) -> GoawayWanted {
+        GoawayWanted(self.clone())
+    }
+
+    fn want_goaway(&self) {
+        let mut state = self.lock();
+        state.goaway = true;
+        if let Some(closer) = state.closer.take() {
+            closer.wake();
+        }
+    }
+}
+
+/// See [`Activity::goaway_wanted`].
+#[derive(Debug)]
+pub struct GoawayWanted(Activity);
+
+impl std::future::Future for GoawayWanted {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.0.lock();
+        if state.goaway {
+            return Poll::Ready(());
+        }
+        if !state
+            .closer
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            state.closer = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// What the connection's first bytes say it speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// This many bytes of [`PREFACE`] have arrived, and nothing else.
+    Unknown(usize),
+    Http2,
+    Other,
 }
 
 /// A request in progress.
@@ -89,6 +157,9 @@ pub struct IdleIo<I> {
     limit: Duration,
     timer: Pin<Box<Sleep>>,
     closed: bool,
+    protocol: Protocol,
+    /// When an HTTP/2 connection at the idle limit was asked to shut down.
+    closing_since: Option<Instant>,
 }
 
 impl<I> IdleIo<I> {
@@ -100,6 +171,18 @@ impl<I> IdleIo<I> {
             limit,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
             closed: false,
+            protocol: Protocol::Unknown(0),
+            closing_since: None,
+        }
+    }
+
+    /// When the connection, idle since `state.idle_since`, reads as closed
+    /// (or, for HTTP/2 not yet told, is told GOAWAY).
+    fn deadline(&self, state: &State) -> Instant {
+        match self.closing_since {
+            None => state.idle_since + self.limit,
+            // A request that crossed the GOAWAY gets its answer out first.
+            Some(since) => since.max(state.idle_since) + GOAWAY_GRACE,
         }
     }
 
@@ -111,31 +194,68 @@ impl<I> IdleIo<I> {
             return false;
         }
         let state = self.activity.lock();
-        state.active == 0 && self.timer.deadline() == state.idle_since + self.limit
+        state.active == 0 && self.timer.deadline() == self.deadline(&state)
+    }
+
+    /// At a deadline: whether the connection now reads as closed. An HTTP/2
+    /// connection is first asked to shut down gracefully, and given
+    /// [`GOAWAY_GRACE`] to do so.
+    fn at_deadline(&mut self) -> bool {
+        if self.protocol != Protocol::Http2 || self.closing_since.is_some() {
+            return true;
+        }
+        self.closing_since = Some(Instant::now());
+        self.activity.want_goaway();
+        false
     }
 
     /// Before waiting for bytes: whether the connection has been idle too
     /// long. If not, arms the timer for this idle period, or, with requests
     /// in progress, registers to be woken when the last one ends.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let mut state = self.activity.lock();
-        if state.active > 0 {
-            if !state
-                .reader
-                .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()))
-            {
-                state.reader = Some(cx.waker().clone());
+        // Twice at most: an HTTP/2 connection told GOAWAY at its idle limit
+        // is armed again for the grace.
+        loop {
+            let mut state = self.activity.lock();
+            if state.active > 0 {
+                if !state
+                    .reader
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    state.reader = Some(cx.waker().clone());
+                }
+                return false;
             }
-            return false;
+            state.reader = None;
+            let deadline = self.deadline(&state);
+            drop(state);
+            if self.timer.deadline() != deadline {
+                self.timer.as_mut().reset(deadline);
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if self.at_deadline() {
+                return true;
+            }
         }
-        state.reader = None;
-        let deadline = state.idle_since + self.limit;
-        drop(state);
-        if self.timer.deadline() != deadline {
-            self.timer.as_mut().reset(deadline);
-        }
-        self.timer.as_mut().poll(cx).is_ready()
+    }
+
+    /// Follows the first bytes until they tell HTTP/2's preface from anything else.
+    fn sniff(&mut self, read: &[u8]) {
+        let Protocol::Unknown(matched) = self.protocol else {
+            return;
+        };
+        let expected = &PREFACE[matched..];
+        let n = read.len().min(expected.len());
+        self.protocol = if read[..n] != expected[..n] {
+            Protocol::Other
+        } else if matched + n == PREFACE.len() {
+            Protocol::Http2
+        } else {
+            Protocol::Unknown(matched + n)
+        };
     }
 }
 
@@ -151,12 +271,16 @@ impl<I: AsyncRead + Unpin> AsyncRead for IdleIo<I> {
         }
         let filled = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
-            // Bytes that arrive after the idle limit start no request: to
-            // HTTP/1 and HTTP/2 alike, end-of-file is a client that went
-            // away between requests.
-            Poll::Ready(Ok(())) if buf.filled().len() > filled && this.past_limit() => {
-                buf.set_filled(filled);
-                this.closed = true;
+            Poll::Ready(Ok(())) if buf.filled().len() > filled => {
+                this.sniff(&buf.filled()[filled..]);
+                // Bytes that arrive after the idle limit start no request: to
+                // HTTP/1, end-of-file is a client that went away between
+                // requests. HTTP/2 is told GOAWAY instead, and what it sends
+                // meanwhile (a ping's answer, a request that crossed it) is read.
+                if this.past_limit() && this.at_deadline() {
+                    buf.set_filled(filled);
+                    this.closed = true;
+                }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(read) => Poll::Ready(read),
@@ -241,6 +365,63 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_secs(5));
         assert_eq!(read, 7, "the bytes sent before the limit");
         writer.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_http2_connection_is_asked_for_goaway_then_closed_after_the_grace() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let activity = Activity::default();
+        let mut io = IdleIo::new(server, activity.clone(), Duration::from_secs(5));
+        let started = Instant::now();
+        client.write_all(PREFACE).await.unwrap();
+        let mut buf = [0u8; 64];
+        let mut read = 0;
+        while read < PREFACE.len() {
+            read += io.read(&mut buf[read..]).await.unwrap();
+        }
+        let wanted = tokio::spawn(activity.goaway_wanted());
+        let reader = tokio::spawn(async move {
+            let n = io.read(&mut buf).await.unwrap();
+            (n, Instant::now())
+        });
+        wanted.await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        // The ping's answer, after GOAWAY: read, not cut off.
+        client.write_all(b"pong").await.unwrap();
+        let (n, _) = reader.await.unwrap();
+        assert_eq!(n, 4);
+        drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_http2_connection_that_does_not_close_reads_as_closed_after_the_grace() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let activity = Activity::default();
+        let mut io = IdleIo::new(server, activity.clone(), Duration::from_secs(5));
+        let started = Instant::now();
+        client.write_all(PREFACE).await.unwrap();
+        let mut buf = [0u8; 64];
+        let mut read = 0;
+        while read < PREFACE.len() {
+            read += io.read(&mut buf[read..]).await.unwrap();
+        }
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(started.elapsed(), Duration::from_secs(5) + GOAWAY_GRACE);
+        assert!(activity.lock().goaway);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http1_is_never_asked_for_goaway() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let activity = Activity::default();
+        let mut io = IdleIo::new(server, activity.clone(), Duration::from_secs(5));
+        let started = Instant::now();
+        client.write_all(b"PRI / HTTP/1.1\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert!(!activity.lock().goaway);
     }
 
     #[tokio::test(start_paused = true)]

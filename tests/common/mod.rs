@@ -107,7 +107,12 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(reply: Reply) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::on(TcpListener::bind("127.0.0.1:0").await.unwrap(), reply)
+    }
+
+    /// The same server on a listener the test bound itself (a port that was
+    /// refusing connections until now, say).
+    pub fn on(listener: TcpListener, reply: Reply) -> Self {
         let addr = listener.local_addr().unwrap();
         let up = Upstream {
             addr,

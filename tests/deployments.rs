@@ -1,0 +1,724 @@
+//! The deployments people really run, against the real binary and real
+//! upstreams: Lark's shorter deadline, a legacy system that is restarting,
+//! and trace context carried across the hop.
+
+mod common;
+mod harness;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use common::*;
+use feishu_gate::config;
+
+/// Lark's page gives a callback 5 s; the README tells its users to set this.
+const LARK_ANSWER_WITHIN_MS: &str = "4500";
+const LARK_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A legacy system that accepts connections, reads what it is sent and
+/// never answers.
+async fn silent_upstream() -> (SocketAddr, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(Mutex::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            *counted.lock().unwrap() += 1;
+            tokio::spawn(hold(stream));
+        }
+    });
+    (addr, connections)
+}
+
+async fn hold(mut stream: TcpStream) {
+    let mut buf = [0u8; 1024];
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+async fn timed_sealed_post(addr: SocketAddr, task: &str) -> (Answer, Duration) {
+    let body = seal(
+        KEY,
+        &callback_with(TOKEN, "task_id", &format!("\"{task}\"")),
+    );
+    let started = Instant::now();
+    let answer = post(addr, "/", body, &[]).await;
+    (answer, started.elapsed())
+}
+
+/// At Lark's setting a silent legacy system is answered 504 before Lark's
+/// 5 s: by the default upstream timeout, which follows the bound, and by the
+/// bound itself when the upstream timeout is as long as the bound.
+#[tokio::test(flavor = "multi_thread")]
+async fn at_larks_setting_a_silent_legacy_system_is_answered_504_before_5_s() {
+    let (addr, _) = silent_upstream().await;
+    let url = format!("http://{addr}/legacy/approve");
+    let by_default =
+        harness::Binary::start(&url, &[(config::ANSWER_WITHIN_MS, LARK_ANSWER_WITHIN_MS)]).await;
+    let at_the_bound = harness::Binary::start(
+        &url,
+        &[
+            (config::ANSWER_WITHIN_MS, LARK_ANSWER_WITHIN_MS),
+            (config::UPSTREAM_TIMEOUT_MS, LARK_ANSWER_WITHIN_MS),
+        ],
+    )
+    .await;
+    let ((default_answer, default_took), (bound_answer, bound_took)) = tokio::join!(
+        timed_sealed_post(by_default.addr, "lark-default"),
+        timed_sealed_post(at_the_bound.addr, "lark-bound"),
+    );
+    default_answer.feishu_error(504);
+    bound_answer.feishu_error(504);
+    println!(
+        "silent upstream at Lark's setting: 504 after {default_took:?} (default upstream timeout), {bound_took:?} (at the bound)"
+    );
+    // The default upstream timeout under a 4.5 s bound is 3 s.
+    assert!(
+        default_took >= Duration::from_millis(2_900) && default_took < LARK_DEADLINE,
+        "{default_took:?}"
+    );
+    assert!(
+        bound_took >= Duration::from_millis(4_400) && bound_took < LARK_DEADLINE,
+        "{bound_took:?}"
+    );
+}
+
+/// A raw HTTP/1.1 legacy system that acts out `script` for its n-th request
+/// (from 0), recording each request's head and body.
+#[derive(Clone)]
+struct Scripted {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+#[derive(Clone, Copy)]
+enum Act {
+    Answer(&'static str),
+    /// Reads the request, then resets the connection without answering.
+    Reset,
+}
+
+impl Scripted {
+    async fn start(script: fn(usize) -> Act) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = Scripted {
+            addr: listener.local_addr().unwrap(),
+            requests: Arc::default(),
+        };
+        let server = up.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let server = server.clone();
+                tokio::spawn(async move {
+                    while let Some(request) = read_request(&mut stream).await {
+                        let n = {
+                            let mut requests = server.requests.lock().unwrap();
+                            requests.push(request);
+                            requests.len() - 1
+                        };
+                        match script(n) {
+                            Act::Answer(raw) => {
+                                use tokio::io::AsyncWriteExt;
+                                if stream.write_all(raw.as_bytes()).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Act::Reset => {
+                                reset(stream);
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        up
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/legacy/approve", self.addr)
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+const OK: &str =
+    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 10\r\n\r\n{\"code\":0}";
+
+/// Closes with RST instead of FIN.
+// A zero linger never blocks on drop, which is what the deprecation is about.
+#[allow(deprecated)]
+fn reset(stream: TcpStream) {
+    let _ = stream.set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+/// One request with a `content-length` body, head and body as text; `None` at EOF.
+async fn read_request(stream: &mut TcpStream) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let header_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < header_end + length {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some(String::from_utf8_lossy(&buf[..header_end + length]).into_owned())
+}
+
+/// The binary's callback log lines, parsed.
+fn callback_lines(gate: &harness::Binary) -> Vec<serde_json::Value> {
+    gate.log_tail()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "callback" || v["message"] == "callback")
+        .collect()
+}
+
+/// Waits for the log line of the callback whose `task_id` is `task`.
+async fn callback_line(gate: &harness::Binary, task: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let found = callback_lines(gate)
+            .into_iter()
+            .find(|v| field(v, "task_id") == Some(task.into()));
+        if let Some(line) = found {
+            return line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no callback line for {task}: {:?}",
+            gate.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A field of a log line, wherever the JSON layout puts it.
+fn field(line: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
+    line.get(name)
+        .or_else(|| line["fields"].get(name))
+        .filter(|v| !v.is_null())
+        .cloned()
+}
+
+const INFO: (&str, &str) = ("RUST_LOG", "info");
+
+/// A legacy container restarting: connections are refused until it listens,
+/// 1.5 s after the callback arrived. The callback is delivered once, when it
+/// does, and Feishu gets 200; the log line and the metrics say it took retries.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_legacy_system_listening_only_after_1_5_s_gets_the_callback_once() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gate = harness::Binary::start(&format!("http://{addr}/legacy/approve"), &[INFO]).await;
+    let posted = tokio::spawn(timed_sealed_post(gate.addr, "while-restarting"));
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let up = Upstream::on(TcpListener::bind(addr).await.unwrap(), Reply::ok());
+    let (answer, took) = posted.await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert!(took >= Duration::from_millis(1_500), "{took:?}");
+    // The longest pause between tries is 600 ms; the rest is room for a loaded machine.
+    assert!(took < Duration::from_millis(3_500), "{took:?}");
+    let received = up.received();
+    assert_eq!(received.len(), 1, "delivered once");
+    assert!(received[0].text().contains("while-restarting"));
+
+    let line = callback_line(&gate, "while-restarting").await;
+    let attempts = field(&line, "attempts").and_then(|v| v.as_u64()).unwrap();
+    assert!(attempts > 2, "{line}");
+    assert_eq!(field(&line, "outcome"), Some("delivered".into()), "{line}");
+    let scrape = gate.metrics().await;
+    assert_eq!(
+        metric(
+            &scrape,
+            r#"feishu_gate_upstream_retries_total{reason="unsent"}"#
+        ),
+        (attempts - 1) as f64
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            r#"feishu_gate_retried_deliveries_total{outcome="delivered"}"#
+        ),
+        1.0
+    );
+}
+
+/// A legacy system that read the request and reset the connection may have
+/// recorded the decision: the request is not sent again, and Feishu is told
+/// the legacy system is unreachable.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_legacy_system_that_received_the_request_and_reset_is_not_retried() {
+    let up = Scripted::start(|_| Act::Reset).await;
+    let gate = harness::Binary::start(&up.url(), &[INFO]).await;
+    let (answer, _) = timed_sealed_post(gate.addr, "reset-after-reading").await;
+    answer.feishu_error(502);
+    // Long enough for a retry's pause to have passed, had there been one.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(up.requests().len(), 1, "sent exactly once");
+    let line = callback_line(&gate, "reset-after-reading").await;
+    assert_eq!(field(&line, "attempts"), Some(1.into()), "{line}");
+    let scrape = gate.metrics().await;
+    assert_eq!(
+        metric(
+            &scrape,
+            r#"feishu_gate_upstream_retries_total{reason="unsent"}"#
+        ),
+        0.0
+    );
+}
+
+/// A `503` whose `Retry-After` fits in the time left is tried again, with the
+/// same `Idempotency-Key`; one that does not fit is passed on at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_503_with_a_retry_after_that_fits_is_tried_again() {
+    const UNAVAILABLE_1S: &str = "HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-type: application/json\r\ncontent-length: 22\r\n\r\n{\"message\":\"starting\"}";
+    const UNAVAILABLE_60S: &str = "HTTP/1.1 503 Service Unavailable\r\nretry-after: 60\r\ncontent-type: application/json\r\ncontent-length: 22\r\n\r\n{\"message\":\"starting\"}";
+    let fits = Scripted::start(|n| {
+        if n == 0 {
+            Act::Answer(UNAVAILABLE_1S)
+        } else {
+            Act::Answer(OK)
+        }
+    })
+    .await;
+    let too_long = Scripted::start(|_| Act::Answer(UNAVAILABLE_60S)).await;
+    let gate = harness::Binary::start(&fits.url(), &[INFO]).await;
+    let other = harness::Binary::start(&too_long.url(), &[]).await;
+
+    let (answer, took) = timed_sealed_post(gate.addr, "unavailable-then-ok").await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    let requests = fits.requests();
+    assert_eq!(requests.len(), 2);
+    let key = |r: &str| {
+        r.lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("idempotency-key:"))
+            .map(str::to_owned)
+            .unwrap()
+    };
+    assert_eq!(key(&requests[0]), key(&requests[1]));
+    let line = callback_line(&gate, "unavailable-then-ok").await;
+    assert_eq!(field(&line, "attempts"), Some(2.into()), "{line}");
+    assert_eq!(
+        metric(
+            &gate.metrics().await,
+            r#"feishu_gate_upstream_retries_total{reason="unavailable"}"#
+        ),
+        1.0
+    );
+
+    let (answer, took) = timed_sealed_post(other.addr, "unavailable-for-long").await;
+    assert_eq!(answer.feishu_error(503), "starting");
+    // Not the minute it asked for: passed on at once.
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(too_long.requests().len(), 1);
+}
+
+/// `version-traceid-parentid-flags`, split.
+fn traceparent_parts(value: &str) -> (String, String, String, String) {
+    let parts: Vec<&str> = value.split('-').collect();
+    assert_eq!(parts.len(), 4, "{value}");
+    assert_eq!(value.len(), 55, "{value}");
+    for part in &parts {
+        assert!(
+            part.chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
+            "{value}"
+        );
+    }
+    (
+        parts[0].to_owned(),
+        parts[1].to_owned(),
+        parts[2].to_owned(),
+        parts[3].to_owned(),
+    )
+}
+
+const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+/// The caller's trace is continued to the legacy system: same trace, a span
+/// of the gateway's own as the parent, the sampled flag and `tracestate`
+/// kept; the callback's log line names the trace.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callers_traceparent_is_continued_to_the_legacy_system() {
+    let up = Upstream::start(Reply::ok()).await;
+    let gate = harness::Binary::start(&up.url(), &[INFO]).await;
+    for (task, flags) in [("traced-sampled", "01"), ("traced-unsampled", "00")] {
+        let body = seal(
+            KEY,
+            &callback_with(TOKEN, "task_id", &format!("\"{task}\"")),
+        );
+        let traceparent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-{flags}");
+        let answer = post(
+            gate.addr,
+            "/",
+            body,
+            &[
+                ("traceparent", &traceparent),
+                ("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"),
+            ],
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        let received = up.received().pop().unwrap();
+        assert!(received.text().contains(task));
+        let sent = received.header("traceparent").unwrap();
+        let (version, trace, span, sent_flags) = traceparent_parts(&sent);
+        assert_eq!(version, "00");
+        assert_eq!(trace, CALLER_TRACE);
+        assert_ne!(span, CALLER_SPAN, "a span of the gateway's own");
+        assert_ne!(span, "0000000000000000");
+        assert_eq!(sent_flags, flags);
+        assert_eq!(
+            received.header("tracestate").as_deref(),
+            Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
+        );
+        let line = callback_line(&gate, task).await;
+        assert_eq!(
+            field(&line, "trace_id"),
+            Some(CALLER_TRACE.into()),
+            "{line}"
+        );
+    }
+}
+
+/// Without a (valid) `traceparent` a trace is started: a new trace id for
+/// each callback, sent to the legacy system and written in the log line, and
+/// a `tracestate` without its `traceparent` is not passed on.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_traceparent_a_trace_is_started() {
+    let up = Upstream::start(Reply::ok()).await;
+    let gate = harness::Binary::start(&up.url(), &[INFO]).await;
+    let mut traces = Vec::new();
+    for (task, traceparent) in [
+        ("untraced-1", None),
+        ("untraced-2", None),
+        (
+            "badly-traced",
+            Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+        ),
+    ] {
+        let body = seal(
+            KEY,
+            &callback_with(TOKEN, "task_id", &format!("\"{task}\"")),
+        );
+        let mut headers = vec![("tracestate", "congo=t61rcWkgMzE")];
+        if let Some(traceparent) = traceparent {
+            headers.push(("traceparent", traceparent));
+        }
+        let answer = post(gate.addr, "/", body, &headers).await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        let received = up.received().pop().unwrap();
+        assert!(received.text().contains(task));
+        let (version, trace, span, _) = traceparent_parts(&received.header("traceparent").unwrap());
+        assert_eq!(version, "00");
+        assert_ne!(trace, "0".repeat(32));
+        assert_ne!(span, "0".repeat(16));
+        assert_eq!(received.header("tracestate"), None, "{task}");
+        let line = callback_line(&gate, task).await;
+        assert_eq!(
+            field(&line, "trace_id"),
+            Some(trace.clone().into()),
+            "{line}"
+        );
+        traces.push(trace);
+    }
+    traces.sort();
+    traces.dedup();
+    assert_eq!(traces.len(), 3, "each callback a trace of its own");
+}
+
+/// `tests/otlp_receiver.py`: a real OTLP/HTTP receiver, decoding with the
+/// `opentelemetry-proto` package. Python or the package missing fails the
+/// test: `.ci/run` installs the package.
+struct OtlpReceiver {
+    child: std::process::Child,
+    port: u16,
+    spans: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl OtlpReceiver {
+    fn start() -> Self {
+        use std::io::BufRead;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otlp_receiver.py");
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("python3 runs (the OTLP receiver needs it)");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let port = match lines.next() {
+            Some(Ok(line)) => line.trim().parse().unwrap(),
+            _ => panic!(
+                "the OTLP receiver did not start: {:?} (is opentelemetry-proto installed? \
+                 pip install -r tests/requirements.txt)",
+                child.wait()
+            ),
+        };
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let sink = spans.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock()
+                    .unwrap()
+                    .push(serde_json::from_str(&line).unwrap());
+            }
+        });
+        OtlpReceiver { child, port, spans }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn spans_of(&self, service: &str) -> Vec<serde_json::Value> {
+        self.spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s["service_name"] == service)
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const SPAN_KIND_SERVER: u64 = 2;
+const SPAN_KIND_CLIENT: u64 = 3;
+const STATUS_ERROR: u64 = 2;
+
+/// With OpenTelemetry's variables set, each callback is exported over
+/// OTLP/HTTP as a server span with the exchange with the legacy system as its
+/// child, the ids matching what the legacy system and the log line saw. The
+/// batch is only due after a minute: what arrives was flushed at SIGTERM.
+/// `OTEL_TRACES_SAMPLER` is respected.
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_are_exported_to_a_real_otlp_receiver_and_flushed_at_shutdown() {
+    let receiver = OtlpReceiver::start();
+    let up = Upstream::start(Reply::ok()).await;
+    let refusing = Upstream::start(Reply::json(409, r#"{"message":"already done"}"#)).await;
+    let endpoint = receiver.endpoint();
+    let traced = [
+        INFO,
+        (config::OTEL_EXPORTER_OTLP_ENDPOINT, endpoint.as_str()),
+        (config::OTEL_SERVICE_NAME, "gate-under-test"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
+    ];
+    let mut gate = harness::Binary::start(&up.url(), &traced).await;
+    let mut refused_gate = harness::Binary::start(
+        &refusing.url(),
+        &[
+            (config::OTEL_EXPORTER_OTLP_ENDPOINT, endpoint.as_str()),
+            (config::OTEL_SERVICE_NAME, "gate-refused"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+    let mut unsampled_gate = harness::Binary::start(
+        &up.url(),
+        &[
+            (config::OTEL_EXPORTER_OTLP_ENDPOINT, endpoint.as_str()),
+            (config::OTEL_SERVICE_NAME, "gate-unsampled"),
+            (config::OTEL_TRACES_SAMPLER, "always_off"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+
+    let caller = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+    let body = |task: &str| {
+        seal(
+            KEY,
+            &callback_with(TOKEN, "task_id", &format!("\"{task}\"")),
+        )
+    };
+    let answer = post(
+        gate.addr,
+        "/",
+        body("span-continued"),
+        &[("traceparent", &caller)],
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let continued_sent = up.received().pop().unwrap().header("traceparent").unwrap();
+    let answer = post(gate.addr, "/", body("span-started"), &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let started_sent = up.received().pop().unwrap().header("traceparent").unwrap();
+    let started_line = callback_line(&gate, "span-started").await;
+    let answer = post(refused_gate.addr, "/", body("span-refused"), &[]).await;
+    answer.feishu_error(409);
+    let answer = post(unsampled_gate.addr, "/", body("span-unsampled"), &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let unsampled_sent = up.received().pop().unwrap().header("traceparent").unwrap();
+    assert!(unsampled_sent.ends_with("-00"), "{unsampled_sent}");
+
+    // Not due for a minute: nothing yet, until SIGTERM flushes it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(receiver.spans_of("gate-under-test").is_empty());
+    gate.signal("TERM");
+    assert_eq!(gate.wait_exit(Duration::from_secs(15)).await, Some(0));
+    for other in [&mut refused_gate, &mut unsampled_gate] {
+        other.signal("TERM");
+        assert_eq!(other.wait_exit(Duration::from_secs(15)).await, Some(0));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receiver.spans_of("gate-under-test").len() < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let spans = receiver.spans_of("gate-under-test");
+    println!("spans received: {spans:#?}");
+    assert_eq!(
+        spans.len(),
+        4,
+        "two callbacks, a server and a client span each"
+    );
+    let everything = serde_json::to_string(&*receiver.spans.lock().unwrap()).unwrap();
+    assert!(
+        !everything.contains(TOKEN) && !everything.contains(KEY),
+        "a secret in a span"
+    );
+
+    let check = |task: &str, sent: &str| {
+        let (_, trace, sent_parent, flags) = traceparent_parts(sent);
+        assert_eq!(flags, "01", "{task}: recorded, so sampled");
+        let server = spans
+            .iter()
+            .find(|s| s["kind"] == SPAN_KIND_SERVER && s["attributes"]["feishu.task_id"] == task)
+            .unwrap_or_else(|| panic!("no server span for {task}"));
+        let client = spans
+            .iter()
+            .find(|s| s["kind"] == SPAN_KIND_CLIENT && s["parent_span_id"] == server["span_id"])
+            .unwrap_or_else(|| panic!("no client span under {task}'s"));
+        assert_eq!(server["trace_id"], trace.as_str(), "{task}");
+        assert_eq!(client["trace_id"], trace.as_str(), "{task}");
+        assert_eq!(
+            client["span_id"],
+            sent_parent.as_str(),
+            "{task}: the legacy system's parent"
+        );
+        let a = &server["attributes"];
+        assert_eq!(a["feishu.approval_code"], "CODE-1");
+        assert_eq!(a["feishu.action"], "APPROVE");
+        assert_eq!(a["feishu.instance_id"], "inst-1");
+        assert_eq!(a["feishu_gate.outcome"], "delivered");
+        assert_eq!(a["http.response.status_code"], 200);
+        assert_eq!(a["feishu_gate.upstream_status"], 200);
+        let a = &client["attributes"];
+        assert_eq!(a["http.request.method"], "POST");
+        assert_eq!(a["http.response.status_code"], 200);
+        assert_eq!(a["feishu_gate.attempts"], 1);
+        assert_eq!(a["server.address"], "127.0.0.1");
+        assert!(server["start_ns"].as_u64() <= client["start_ns"].as_u64());
+        assert!(client["end_ns"].as_u64() <= server["end_ns"].as_u64());
+        server.clone()
+    };
+    let continued = check("span-continued", &continued_sent);
+    assert_eq!(continued["trace_id"], CALLER_TRACE);
+    assert_eq!(
+        continued["parent_span_id"], CALLER_SPAN,
+        "the caller's span is the parent"
+    );
+    let started = check("span-started", &started_sent);
+    assert_eq!(started["parent_span_id"], "", "a new trace's root");
+    assert_eq!(
+        field(&started_line, "trace_id"),
+        Some(started["trace_id"].clone())
+    );
+
+    let refused = receiver.spans_of("gate-refused");
+    let server = refused
+        .iter()
+        .find(|s| s["kind"] == SPAN_KIND_SERVER)
+        .expect("the refused callback's span");
+    assert_eq!(
+        server["attributes"]["feishu_gate.outcome"],
+        "upstream_refused"
+    );
+    assert_eq!(server["attributes"]["http.response.status_code"], 409);
+    assert_eq!(server["status_code"], STATUS_ERROR);
+    assert!(receiver.spans_of("gate-unsampled").is_empty());
+}
+
+/// A collector that cannot be reached costs the callbacks nothing: they are
+/// answered as usual, shutdown still ends promptly, and the log says spans
+/// were lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_collector_does_not_hold_up_callbacks_or_shutdown() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let up = Upstream::start(Reply::ok()).await;
+    let endpoint = format!("http://{closed}");
+    let mut gate = harness::Binary::start(
+        &up.url(),
+        &[
+            (config::OTEL_EXPORTER_OTLP_ENDPOINT, endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    )
+    .await;
+    for i in 0..5 {
+        let (answer, took) = timed_sealed_post(gate.addr, &format!("no-collector-{i}")).await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert_eq!(up.count(), 5);
+    let stopping = Instant::now();
+    gate.signal("TERM");
+    assert_eq!(gate.wait_exit(Duration::from_secs(15)).await, Some(0));
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stopping.elapsed()
+    );
+    // The operator is told the spans are being lost.
+    let log = gate.log_tail();
+    assert!(
+        log.iter().any(|l| l.contains("ExportError")),
+        "no export failure logged: {log:#?}"
+    );
+}
