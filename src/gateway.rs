@@ -44,6 +44,11 @@ pub const BODY_BUDGET_BYTES: usize = 32 * 1024 * 1024;
 /// A callback body is a few KiB; a client slower than this is not Feishu.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Marks an answer after which its connection is closed (HTTP/1) or sent GOAWAY
+/// (HTTP/2): the request was refused before a verified callback, or its body was not read.
+#[derive(Debug, Clone, Copy)]
+pub struct CloseConnection;
+
 /// Readiness and shutdown, shared with the admin listener and the server.
 #[derive(Debug, Default)]
 pub struct Health {
@@ -237,6 +242,9 @@ impl Gateway {
         response
             .headers_mut()
             .insert(HeaderName::from_static(REQUEST_ID), request_id.clone());
+        if !record.body_read || outcome.closes_connection() {
+            response.extensions_mut().insert(CloseConnection);
+        }
         if keeps_alive_by_header && (!record.body_read || outcome.closes_connection()) {
             // Refused before its body was read, the connection cannot carry another
             // request; refused before its token verified, it should not, or a client

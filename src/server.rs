@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin;
-use crate::gateway::Gateway;
+use crate::gateway::{CloseConnection, Gateway};
 use crate::upstream::Upstream;
 
 pub(crate) mod idle;
@@ -444,10 +444,17 @@ async fn serve_io<I>(
     let service = service_fn(move |request| {
         let gateway = gateway.clone();
         let upstream = upstream.clone();
+        let activity = activity.clone();
         let busy = activity.begin();
         async move {
             let _busy = busy;
-            Ok::<_, Infallible>(gateway.handle(&upstream, request).await)
+            let response = gateway.handle(&upstream, request).await;
+            // HTTP/1 says so in `Connection: close`; HTTP/2 has no such header, and a
+            // client refusing requests on it must not keep it either: GOAWAY.
+            if response.extensions().get::<CloseConnection>().is_some() {
+                activity.want_goaway();
+            }
+            Ok::<_, Infallible>(response)
         }
     });
     let connection = builder.serve_connection(TokioIo::new(io), service);

@@ -98,9 +98,10 @@ async fn half_preface(addr: SocketAddr, limit: Duration) -> Closed {
     until_closed(s, b"", Duration::from_secs(1), limit).await
 }
 
-/// An HTTP/2 (prior knowledge) client that made one request and went quiet;
+/// An HTTP/2 (prior knowledge) client that delivered one callback and went quiet (one
+/// whose request was refused is sent GOAWAY at once);
 /// hyper's client answers the server's pings, so only an idle limit ends it.
-async fn idle_http2(addr: SocketAddr, limit: Duration) -> Closed {
+async fn idle_http2(addr: SocketAddr, body: String, limit: Duration) -> Closed {
     let started = Instant::now();
     let stream = TcpStream::connect(addr).await.ok()?;
     let (mut sender, connection) =
@@ -108,11 +109,12 @@ async fn idle_http2(addr: SocketAddr, limit: Duration) -> Closed {
             .await
             .ok()?;
     let driver = tokio::spawn(connection);
-    let request = http::Request::get(format!("http://{addr}/nowhere"))
-        .body(Full::new(Bytes::new()))
+    let request = http::Request::post(format!("http://{addr}/"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
         .unwrap();
     let response = sender.send_request(request).await.ok()?;
-    assert_eq!(response.status(), 404);
+    assert_eq!(response.status(), 200);
     let _ = response.into_body().collect().await;
     let remaining = limit.saturating_sub(started.elapsed());
     let ended = tokio::time::timeout(remaining, driver).await.ok()?.ok()?;
@@ -132,7 +134,11 @@ async fn connections_carrying_no_request_are_closed() {
     let (silent, half, h2, keep_alive, slow) = tokio::join!(
         silent(gate.addr, limit),
         half_preface(gate.addr, limit),
-        idle_http2(gate.addr, limit),
+        idle_http2(
+            gate.addr,
+            callback_with(TOKEN, "task_id", "\"h2-idle\""),
+            limit
+        ),
         idle_keep_alive(
             gate.addr,
             callback_with(TOKEN, "task_id", "\"keep-alive\""),
@@ -277,7 +283,11 @@ async fn real_callbacks_are_answered_through_hundreds_of_abusive_connections() {
                     idle_keep_alive(addr, body, limit).await
                 }
                 i if i < SLOWLORIS + IDLE + SILENT => silent(addr, limit).await,
-                _ => idle_http2(addr, limit).await,
+                _ => {
+                    let task = format!("\"idle-h2-{i}\"");
+                    let body = seal(KEY, &callback_with(TOKEN, "task_id", &task));
+                    idle_http2(addr, body, limit).await
+                }
             };
             (i, closed)
         });
@@ -308,8 +318,8 @@ async fn real_callbacks_are_answered_through_hundreds_of_abusive_connections() {
         slowest < HEADER_READ_TIMEOUT,
         "slowest callback took {slowest:?}"
     );
-    // The idle keep-alive clients each delivered one callback before going quiet.
-    assert_eq!(up.count(), CALLBACKS + IDLE);
+    // The idle keep-alive and HTTP/2 clients each delivered one callback before going quiet.
+    assert_eq!(up.count(), CALLBACKS + IDLE + HTTP2);
 
     let mut kept_open = Vec::new();
     let mut evicted_after = Duration::ZERO;

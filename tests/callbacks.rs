@@ -625,6 +625,46 @@ async fn a_connection_that_carried_a_refusal_says_it_will_close() {
 }
 
 #[tokio::test]
+async fn an_http2_connection_that_carried_a_refusal_is_sent_goaway() {
+    let up = Upstream::start(Reply::ok()).await;
+    let gate = Gate::start(&up.url(), &[]).await;
+    let stream = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let post = |token: &str| {
+        http::Request::post(format!("http://{}/", gate.addr))
+            .body(http_body_util::Full::new(bytes::Bytes::from(callback(
+                token,
+            ))))
+            .unwrap()
+    };
+    // Verified callbacks keep it; the first refusal ends it, cleanly and at once.
+    for _ in 0..2 {
+        assert_eq!(
+            sender.send_request(post(TOKEN)).await.unwrap().status(),
+            200
+        );
+    }
+    assert_eq!(
+        sender.send_request(post("wrong")).await.unwrap().status(),
+        401
+    );
+    let started = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(2), conn)
+        .await
+        .expect("GOAWAY well before the idle limit")
+        .unwrap();
+    assert!(ended.is_ok(), "ended cleanly, not broken: {ended:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
 async fn header_names_reach_an_http1_upstream_in_title_case() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -90,7 +90,8 @@ impl Activity {
         GoawayWanted(self.clone())
     }
 
-    fn want_goaway(&self) {
+    /// Asks for the connection to be shut down gracefully once its requests in progress end.
+    pub fn want_goaway(&self) {
         let mut state = self.lock();
         state.goaway = true;
         if let Some(closer) = state.closer.take() {
