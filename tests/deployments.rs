@@ -121,7 +121,9 @@ impl Scripted {
             while let Ok((mut stream, _)) = listener.accept().await {
                 let server = server.clone();
                 tokio::spawn(async move {
-                    while let Some(request) = read_request(&mut stream).await {
+                    while let Some(request) =
+                        read_raw_request(&mut stream).await.map(|(h, b)| h + &b)
+                    {
                         let n = {
                             let mut requests = server.requests.lock().unwrap();
                             requests.push(request);
@@ -164,36 +166,6 @@ const OK: &str =
 fn reset(stream: TcpStream) {
     let _ = stream.set_linger(Some(Duration::ZERO));
     drop(stream);
-}
-
-/// One request with a `content-length` body, head and body as text; `None` at EOF.
-async fn read_request(stream: &mut TcpStream) -> Option<String> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let header_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..header_end]).to_ascii_lowercase();
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    while buf.len() < header_end + length {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Some(String::from_utf8_lossy(&buf[..header_end + length]).into_owned())
 }
 
 /// The binary's callback log lines, parsed.

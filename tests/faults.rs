@@ -112,7 +112,7 @@ impl Faulty {
     }
 
     async fn connection(self, mut stream: TcpStream) {
-        while let Some(body) = read_request(&mut stream).await {
+        while let Some((_, body)) = read_raw_request(&mut stream).await {
             self.requests.lock().unwrap().push(body);
             let fault = *self.fault.lock().unwrap();
             match fault {
@@ -207,36 +207,6 @@ async fn hold(mut stream: TcpStream) {
         }
     })
     .await;
-}
-
-/// Reads one HTTP/1.1 request with a `content-length` body; `None` at EOF.
-async fn read_request(stream: &mut TcpStream) -> Option<String> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let header_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..header_end]).to_ascii_lowercase();
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    while buf.len() < header_end + length {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Some(String::from_utf8_lossy(&buf[header_end..header_end + length]).into_owned())
 }
 
 async fn gate_for(up: &str, extra: &[(&str, &str)]) -> Gate {

@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{KEY, TOKEN, callback, post, seal};
+use common::{KEY, TOKEN, callback, post, read_raw_request, seal};
 use harness::Binary;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 /// A legacy system that answers every request with the same bytes, written as given:
@@ -48,7 +48,7 @@ impl Legacy {
                 let response = response.clone();
                 let counter = counter.clone();
                 tokio::spawn(async move {
-                    if let Some(head) = read_request(&mut sock).await {
+                    if let Some((head, _)) = read_raw_request(&mut sock).await {
                         counter.lock().unwrap().push(head);
                         let _ = sock.write_all(&response).await;
                     }
@@ -64,31 +64,6 @@ impl Legacy {
 
     fn requests(&self) -> usize {
         self.heads.lock().unwrap().len()
-    }
-}
-
-/// Reads one request, head and `Content-Length` body, and returns its head; `None` if the
-/// peer went away first.
-async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<String> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let length: usize = head
-                .to_ascii_lowercase()
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + length {
-                return Some(head);
-            }
-        }
-        match sock.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
     }
 }
 
