@@ -29,9 +29,10 @@ const EXIT_FORCED: u8 = 130;
     name = "feishu-gate",
     version,
     about = "Sidecar between Feishu's quick-approval callbacks and a legacy approval system",
-    long_about = "Sidecar between Feishu's quick-approval callbacks and a legacy approval system.\n\n\
-                  Configured by FEISHU_GATE_* environment variables; run `feishu-gate check-config` \
-                  to see the effective settings."
+    long_about = "Sidecar between Feishu's quick-approval callbacks and a legacy approval \
+                  system.\n\n\
+                  Configured by FEISHU_GATE_* environment variables; run \
+                  `feishu-gate check-config` to see the effective settings."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -262,62 +263,70 @@ fn serve() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(async {
-        let (loaded, gateway, tls) = match load() {
-            Ok(ok) => ok,
-            Err(errors) => return config_failure(&errors),
-        };
-        let config = loaded.config;
-        logging::init(config.log_format, Sink::Stdout);
-        for warning in &loaded.warnings {
-            tracing::warn!("{warning}");
+    rt.block_on(run_gateway())
+}
+
+/// The gateway's life on the accepting thread's runtime: configuration, listeners,
+/// serving, drain.
+async fn run_gateway() -> ExitCode {
+    let (loaded, gateway, tls) = match load() {
+        Ok(ok) => ok,
+        Err(errors) => return config_failure(&errors),
+    };
+    let config = loaded.config;
+    logging::init(config.log_format, Sink::Stdout);
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    log_start(&config.describe());
+    let listeners = match bind(&config).await {
+        Ok(l) => l,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("{message}");
+            return ExitCode::FAILURE;
         }
-        log_start(&config.describe());
-        let listeners = match bind(&config).await {
-            Ok(l) => l,
+    };
+    let gateway = match &config.traces {
+        None => gateway,
+        Some(traces) => match Telemetry::start(traces, &config.upstream_url) {
+            Ok(telemetry) => {
+                tracing::info!(
+                    endpoint = %traces.endpoint,
+                    service = %traces.service_name,
+                    "exporting spans over OTLP/HTTP"
+                );
+                gateway.with_telemetry(telemetry)
+            }
             Err(message) => {
                 tracing::error!("{message}");
                 eprintln!("{message}");
                 return ExitCode::FAILURE;
             }
-        };
-        let gateway = match &config.traces {
-            None => gateway,
-            Some(traces) => match Telemetry::start(traces, &config.upstream_url) {
-                Ok(telemetry) => {
-                    tracing::info!(endpoint = %traces.endpoint, service = %traces.service_name, "exporting spans over OTLP/HTTP");
-                    gateway.with_telemetry(telemetry)
-                }
-                Err(message) => {
-                    tracing::error!("{message}");
-                    eprintln!("{message}");
-                    return ExitCode::FAILURE;
-                }
-            },
-        };
-        let telemetry = gateway.telemetry().cloned();
-        let shutdown = shutdown_signal();
-        let acceptor = tls.as_ref().map(ServerTls::acceptor);
-        let reload = tls.map(|tls| tokio::spawn(tls.watch(RELOAD_POLL, gateway.metrics.clone())));
-        server::serve(
-            Arc::new(gateway),
-            listeners,
-            acceptor,
-            shutdown,
-            config.shutdown_grace,
-        )
-        .await;
-        if let Some(reload) = reload {
-            reload.abort();
-        }
-        if let Some(telemetry) = telemetry {
-            // The exporter sends its last batch on this runtime while the
-            // flush blocks a thread of its own.
-            let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
-        }
-        logging::flush();
-        ExitCode::SUCCESS
-    })
+        },
+    };
+    let telemetry = gateway.telemetry().cloned();
+    let shutdown = shutdown_signal();
+    let acceptor = tls.as_ref().map(ServerTls::acceptor);
+    let reload = tls.map(|tls| tokio::spawn(tls.watch(RELOAD_POLL, gateway.metrics.clone())));
+    server::serve(
+        Arc::new(gateway),
+        listeners,
+        acceptor,
+        shutdown,
+        config.shutdown_grace,
+    )
+    .await;
+    if let Some(reload) = reload {
+        reload.abort();
+    }
+    if let Some(telemetry) = telemetry {
+        // The exporter sends its last batch on this runtime while the
+        // flush blocks a thread of its own.
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    }
+    logging::flush();
+    ExitCode::SUCCESS
 }
 
 /// The start-up line: each effective setting a field of its own, named as its variable

@@ -198,6 +198,18 @@ impl Gateway {
         self.telemetry.as_ref()
     }
 
+    /// Ready to serve: `/readyz` and `feishu_gate_ready` say so together.
+    pub fn set_ready(&self) {
+        self.health.set_ready();
+        self.metrics.ready.set(1);
+    }
+
+    /// Shutdown has begun: new callbacks are refused, and readiness fails at once.
+    pub fn begin_shutdown(&self) {
+        self.health.begin_shutdown();
+        self.metrics.ready.set(0);
+    }
+
     /// Periodic upkeep: forget idle approvers' rate-limit state.
     pub fn housekeeping(&self) {
         self.limits.forget_idle();
@@ -548,8 +560,9 @@ async fn ask_shared(
 /// A delivery, run inside the request that started it. Should that request be
 /// dropped half-way (the client hung up), what is left of the delivery
 /// becomes a task of its own: once started, a delivery always completes and
-/// settles its duplicate-detection ticket, and shutdown waits for it. Spawning
-/// only then spares a task and a wake-up per callback.
+/// settles its duplicate-detection ticket, and shutdown waits for it. It is
+/// spawned only then, not for every delivery, which is why this is not
+/// `TaskTracker::spawn` (docs/performance.md has what that is worth).
 struct Detachable<F: Future + Send + 'static> {
     future: Option<Pin<Box<F>>>,
     tracker: TaskTracker,

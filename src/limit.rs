@@ -59,11 +59,6 @@ impl Limits {
         }
     }
 
-    /// Approvers currently tracked.
-    pub fn tracked_users(&self) -> usize {
-        self.per_user.as_ref().map_or(0, |l| l.len())
-    }
-
     fn retry_after(&self, wait: Duration) -> u64 {
         // Retry-After is whole seconds; rounding down would invite an early retry.
         wait.as_secs() + u64::from(wait.subsec_nanos() > 0)

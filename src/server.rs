@@ -108,8 +108,7 @@ pub async fn serve(
         }
     };
     let permits = Arc::new(Semaphore::new(gateway.max_connections));
-    gateway.health.set_ready();
-    gateway.metrics.ready.set(1);
+    gateway.set_ready();
     tracing::info!(
         listen = %listeners.callback.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         tls = tls.is_some(),
@@ -155,8 +154,7 @@ pub async fn serve(
         });
     }
 
-    gateway.health.begin_shutdown();
-    gateway.metrics.ready.set(0);
+    gateway.begin_shutdown();
     drop(listeners.callback);
     tracing::info!(
         grace_ms = grace.as_millis() as u64,

@@ -61,7 +61,10 @@ async fn plaintext_callback_reaches_the_upstream_exactly_as_sent() {
         forward: ForwardOptions::default(),
     };
     let verified = verifier.verify(callback(TOKEN).as_bytes()).unwrap();
-    assert_eq!(key, verified.idempotency_key());
+    assert_eq!(
+        key.as_bytes(),
+        feishu_gate::callback::idempotency_key(&verified.decision)
+    );
     // HTTP/1.1 needs `Host`: the upstream URL's authority.
     let authority = up.url().parse::<http::Uri>().unwrap();
     assert_eq!(
