@@ -40,8 +40,8 @@ pub enum BodyError {
     TooDeep,
     #[error("body has more than {MAX_FIELDS} fields")]
     TooManyFields,
-    /// The name is kept for tests only: it is the caller's text, and nothing
-    /// the caller chose is echoed before authentication.
+    /// Which field is not said: its name is the caller's text, and nothing the
+    /// caller chose is echoed before authentication.
     #[error("a field appears more than once")]
     DuplicateField,
     #[error("field {0} is missing")]
@@ -49,8 +49,39 @@ pub enum BodyError {
     #[error("field {field} must be {expected}")]
     WrongType {
         field: &'static str,
-        expected: &'static str,
+        expected: Expected,
     },
+}
+
+/// What a field's value must be, said in either language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    String,
+    NonEmptyString,
+    ListOfObjects,
+    MessageId,
+}
+
+impl Expected {
+    pub fn zh(self) -> &'static str {
+        match self {
+            Self::String => "字符串",
+            Self::NonEmptyString => "非空字符串",
+            Self::ListOfObjects => "对象列表",
+            Self::MessageId => "非负 int64 数字或数字字符串",
+        }
+    }
+}
+
+impl std::fmt::Display for Expected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::String => "a string",
+            Self::NonEmptyString => "a non-empty string",
+            Self::ListOfObjects => "a list of objects",
+            Self::MessageId => "a non-negative int64 number or a string of digits",
+        })
+    }
 }
 
 /// The deepest nesting accepted. Feishu's callbacks are three levels deep at
@@ -211,7 +242,7 @@ impl<'a> Fields<'a> {
                     .map(Some)
                     .map_err(|_| BodyError::WrongType {
                         field: name,
-                        expected: "a string",
+                        expected: Expected::String,
                     })
             }
         }
@@ -222,7 +253,7 @@ impl<'a> Fields<'a> {
             Some(s) if !s.is_empty() => Ok(s),
             Some(_) => Err(BodyError::WrongType {
                 field: name,
-                expected: "a non-empty string",
+                expected: Expected::NonEmptyString,
             }),
             None => Err(BodyError::Missing(name)),
         }
@@ -431,7 +462,7 @@ struct MessageId {
 
 const MESSAGE_ID_TYPE: BodyError = BodyError::WrongType {
     field: field::MESSAGE_ID,
-    expected: "a non-negative int64 number or a string of digits",
+    expected: Expected::MessageId,
 };
 
 fn message_id(fields: &Fields<'_>) -> Result<Option<MessageId>, BodyError> {
@@ -474,7 +505,7 @@ fn check_attachments(fields: &Fields<'_>) -> Result<(), BodyError> {
     }
     let wrong = BodyError::WrongType {
         field: field::ATTACHMENTS,
-        expected: "a list of objects",
+        expected: Expected::ListOfObjects,
     };
     let mut de = serde_json::Deserializer::from_str(raw.get());
     match de

@@ -394,13 +394,7 @@ fn invalid_zh(e: &BodyError) -> String {
         BodyError::DuplicateField => "回调字段重复出现".to_owned(),
         BodyError::Missing(f) => format!("回调缺少字段 {f}"),
         BodyError::WrongType { field, expected } => {
-            let expected = match *expected {
-                "a string" => "字符串",
-                "a non-empty string" => "非空字符串",
-                "a list of objects" => "对象列表",
-                _ => "非负 int64 数字或数字字符串",
-            };
-            format!("回调字段 {field} 应为{expected}")
+            format!("回调字段 {field} 应为{}", expected.zh())
         }
     }
 }
@@ -717,6 +711,34 @@ mod tests {
             Some("amount 1000")
         );
         assert_eq!(clean(">>").as_deref(), None);
+    }
+
+    #[test]
+    fn a_wrong_type_is_named_in_both_languages() {
+        use crate::callback::Expected;
+        for (expected, en, zh) in [
+            (Expected::String, "a string", "字符串"),
+            (Expected::NonEmptyString, "a non-empty string", "非空字符串"),
+            (Expected::ListOfObjects, "a list of objects", "对象列表"),
+            (
+                Expected::MessageId,
+                "a non-negative int64 number or a string of digits",
+                "非负 int64 数字或数字字符串",
+            ),
+        ] {
+            let o = Outcome::Rejected(Rejection::Invalid(BodyError::WrongType {
+                field: "task_id",
+                expected,
+            }));
+            assert_eq!(
+                t(Lang::En).message(&o).unwrap(),
+                format!("Invalid callback: field task_id must be {en}.")
+            );
+            assert_eq!(
+                t(Lang::Zh).message(&o).unwrap(),
+                format!("回调字段 task_id 应为{zh}")
+            );
+        }
     }
 
     #[test]
