@@ -240,15 +240,20 @@ impl Gateway {
             body_read: request.body().is_end_stream(),
             ..Record::default()
         };
-        let outcome = self
-            .process(
-                upstream,
-                request,
-                started,
-                (&request_id, &trace, span.as_ref()),
-                &mut record,
-            )
-            .await;
+        let processed = CatchPanic(Box::pin(self.process(
+            upstream,
+            request,
+            started,
+            (&request_id, &trace, span.as_ref()),
+            &mut record,
+        )))
+        .await;
+        // A bug in any step is answered in Feishu's format like every other outcome,
+        // rather than by a connection dropped without an answer.
+        let outcome = processed.unwrap_or_else(|()| {
+            record.detail = Some("the gateway panicked on this callback (a bug)".to_owned());
+            Outcome::Rejected(Rejection::Internal)
+        });
 
         let mut response = self.translator.respond(&outcome);
         response
@@ -622,6 +627,22 @@ impl<F: Future + Send + 'static> Drop for Detachable<F> {
     }
 }
 
+/// A future whose panic is returned as `Err(())` instead of unwinding further.
+struct CatchPanic<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let future = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(_) => Poll::Ready(Err(())),
+        }
+    }
+}
+
 /// Counts a callback in flight for as long as it is held.
 struct InFlight<'a>(&'a Metrics);
 
@@ -754,6 +775,21 @@ fn log(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panic_is_returned_not_unwound() {
+        let ok = CatchPanic(Box::pin(async { 7 })).await;
+        assert_eq!(ok, Ok(7));
+        let failed = CatchPanic(Box::pin(async {
+            tokio::task::yield_now().await;
+            if std::hint::black_box(true) {
+                panic!("a bug in a step");
+            }
+            7
+        }))
+        .await;
+        assert_eq!(failed, Err(()));
+    }
 
     #[test]
     fn logged_fields_are_bounded_at_a_character_boundary() {

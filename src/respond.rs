@@ -58,6 +58,10 @@ pub enum Rejection {
     /// The shared duplicate memory cannot be reached and `REDIS_FAILURE=closed`:
     /// delivering could repeat a decision another replica already delivered.
     MemoryUnavailable,
+    /// A bug: the gateway panicked while handling the request. A delivery already
+    /// started runs on and settles its duplicate memory, so whether it took effect is
+    /// what the approver is asked to check.
+    Internal,
 }
 
 /// Why a callback could not be authenticated. Logged, never shown to Feishu.
@@ -125,6 +129,7 @@ impl Outcome {
                 Rejection::MethodNotAllowed => "method_not_allowed",
                 Rejection::ShuttingDown => "shutting_down",
                 Rejection::MemoryUnavailable => "memory_unavailable",
+                Rejection::Internal => "internal",
             },
             Self::Refused(r) if r.business_rule => "upstream_not_ok",
             Self::Refused(_) => "upstream_refused",
@@ -137,7 +142,13 @@ impl Outcome {
     /// itself, and no verified callback was rate limited (Feishu retries those, on the
     /// connection it has).
     pub fn closes_connection(&self) -> bool {
-        matches!(self, Self::Rejected(r) if !matches!(r, Rejection::RateLimited { .. }))
+        matches!(
+            self,
+            Self::Rejected(r) if !matches!(
+                r,
+                Rejection::RateLimited { .. } | Rejection::MemoryUnavailable | Rejection::Internal
+            )
+        )
     }
 
     /// The status Feishu receives.
@@ -156,6 +167,7 @@ impl Outcome {
                 Rejection::ShuttingDown | Rejection::MemoryUnavailable => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
+                Rejection::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             },
             // Feishu treats any status above 400 as failure; below 401 there is
             // nothing faithful to pass on, so it becomes a gateway error.
@@ -255,6 +267,11 @@ impl Translator {
                     zh,
                     "审批网关暂时无法确认此操作是否已提交，请稍后重试",
                     "The approval gateway cannot check whether this action was already submitted, please try again shortly.",
+                ),
+                Rejection::Internal => pick(
+                    zh,
+                    "审批网关处理此操作时出错，请稍后刷新确认审批结果",
+                    "The approval gateway failed on this action; refresh to check whether it took effect.",
                 ),
             },
             Outcome::Refused(r) => {
@@ -559,6 +576,7 @@ mod tests {
             Outcome::Rejected(Rejection::NotFound),
             Outcome::Rejected(Rejection::MethodNotAllowed),
             Outcome::Rejected(Rejection::ShuttingDown),
+            Outcome::Rejected(Rejection::Internal),
             Outcome::Unreachable(UpstreamError::Dropped),
             Outcome::TimedOut,
         ];

@@ -820,6 +820,7 @@ fn outcome_labels() -> BTreeSet<&'static str> {
         Outcome::Rejected(Rejection::MethodNotAllowed),
         Outcome::Rejected(Rejection::ShuttingDown),
         Outcome::Rejected(Rejection::MemoryUnavailable),
+        Outcome::Rejected(Rejection::Internal),
         refusal(false),
         refusal(true),
         Outcome::Unreachable(UpstreamError::Connect),
@@ -845,7 +846,8 @@ fn outcome_labels() -> BTreeSet<&'static str> {
                 | Rejection::NotFound
                 | Rejection::MethodNotAllowed
                 | Rejection::ShuttingDown
-                | Rejection::MemoryUnavailable => {}
+                | Rejection::MemoryUnavailable
+                | Rejection::Internal => {}
             },
         }
     }
