@@ -240,14 +240,16 @@ impl Gateway {
             body_read: request.body().is_end_stream(),
             ..Record::default()
         };
-        let processed = CatchPanic(Box::pin(self.process(
-            upstream,
-            request,
-            started,
-            (&request_id, &trace, span.as_ref()),
-            &mut record,
-        )))
-        .await;
+        let processed = {
+            let processing = std::pin::pin!(self.process(
+                upstream,
+                request,
+                started,
+                (&request_id, &trace, span.as_ref()),
+                &mut record,
+            ));
+            CatchPanic(processing).await
+        };
         // A bug in any step is answered in Feishu's format like every other outcome,
         // rather than by a connection dropped without an answer.
         let outcome = processed.unwrap_or_else(|()| {
@@ -259,10 +261,11 @@ impl Gateway {
         response
             .headers_mut()
             .insert(HeaderName::from_static(REQUEST_ID), request_id.clone());
-        if !record.body_read || outcome.closes_connection() {
+        let close = !record.body_read || outcome.closes_connection();
+        if close {
             response.extensions_mut().insert(CloseConnection);
         }
-        if keeps_alive_by_header && (!record.body_read || outcome.closes_connection()) {
+        if keeps_alive_by_header && close {
             // Refused before its body was read, the connection cannot carry another
             // request; refused before its token verified, it should not, or a client
             // without the token could hold it for ever with requests refused one by
@@ -627,10 +630,11 @@ impl<F: Future + Send + 'static> Drop for Detachable<F> {
     }
 }
 
-/// A future whose panic is returned as `Err(())` instead of unwinding further.
-struct CatchPanic<F>(Pin<Box<F>>);
+/// A future, pinned where its caller keeps it, whose panic is returned as `Err(())`
+/// instead of unwinding further.
+struct CatchPanic<'a, F>(Pin<&'a mut F>);
 
-impl<F: Future> Future for CatchPanic<F> {
+impl<F: Future> Future for CatchPanic<'_, F> {
     type Output = Result<F::Output, ()>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -778,9 +782,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_panic_is_returned_not_unwound() {
-        let ok = CatchPanic(Box::pin(async { 7 })).await;
+        let ok = CatchPanic(std::pin::pin!(async { 7 })).await;
         assert_eq!(ok, Ok(7));
-        let failed = CatchPanic(Box::pin(async {
+        let failed = CatchPanic(std::pin::pin!(async {
             tokio::task::yield_now().await;
             if std::hint::black_box(true) {
                 panic!("a bug in a step");
