@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use http::{Uri, header};
+use http::Uri;
 use tokio::net::TcpListener;
 
 use crate::config::{self, Config, ConfigErrors, EXIT_CONFIG, Loaded};
@@ -177,9 +177,11 @@ fn secret(
         );
         ExitCode::from(EXIT_CONFIG as u8)
     };
-    let bytes = config::read_secret_file(&path.to_string_lossy()).map_err(fail)?;
-    let text = String::from_utf8(bytes).map_err(|_| fail("not valid UTF-8".to_owned()))?;
-    Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()))
+    match config::read_secret_file(&path.to_string_lossy()) {
+        Ok(text) => Ok(Some(text)),
+        Err(config::SecretFileError::Unreadable(problem)) => Err(fail(problem)),
+        Err(config::SecretFileError::NotUtf8) => Err(fail("not valid UTF-8".to_owned())),
+    }
 }
 
 /// Runs the command line and returns the process's exit status.
@@ -634,13 +636,9 @@ async fn send_command(args: SendArgs) -> ExitCode {
             );
             // What the operator needs next: the id to find the log lines by, and when
             // to try again.
-            for name in [REQUEST_ID, header::RETRY_AFTER.as_str()] {
+            for (name, shown) in [(REQUEST_ID, "X-Request-Id"), ("retry-after", "Retry-After")] {
                 if let Some(value) = answer.headers.get(name) {
-                    println!(
-                        "{}: {}",
-                        title_case(name),
-                        String::from_utf8_lossy(value.as_bytes())
-                    );
+                    println!("{shown}: {}", String::from_utf8_lossy(value.as_bytes()));
                 }
             }
             if answer.status.is_success() {
@@ -654,17 +652,4 @@ async fn send_command(args: SendArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// `x-request-id` as `X-Request-Id`.
-fn title_case(name: &str) -> String {
-    name.split('-')
-        .map(|part| {
-            let mut chars = part.chars();
-            chars.next().map_or_else(String::new, |first| {
-                first.to_ascii_uppercase().to_string() + chars.as_str()
-            })
-        })
-        .collect::<Vec<_>>()
-        .join("-")
 }

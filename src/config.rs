@@ -852,15 +852,12 @@ impl Parser<'_> {
             }
             (Some(v), None) => Some(v),
             (None, Some(path)) => match read_secret_file(&path) {
-                Ok(bytes) => match String::from_utf8(bytes) {
-                    // Secrets written with `echo` or an editor end in a newline that is no part of them.
-                    Ok(text) => Some(text.trim_end_matches(['\n', '\r']).to_owned()),
-                    Err(_) => {
-                        self.fail(&file_var, format!("{} is not valid UTF-8", shown(&path)));
-                        None
-                    }
-                },
-                Err(problem) => {
+                Ok(text) => Some(text),
+                Err(SecretFileError::NotUtf8) => {
+                    self.fail(&file_var, format!("{} is not valid UTF-8", shown(&path)));
+                    None
+                }
+                Err(SecretFileError::Unreadable(problem)) => {
                     self.fail(
                         &file_var,
                         format!("cannot read {}: {problem}", shown(&path)),
@@ -1349,23 +1346,35 @@ fn has_port_text(authority: &str) -> bool {
 /// Secrets are a few dozen bytes; a file much larger is the wrong file.
 const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
 
+/// Why a secret file could not be used.
+#[derive(Debug)]
+pub(crate) enum SecretFileError {
+    Unreadable(String),
+    NotUtf8,
+}
+
 /// Reads a secret file, refusing anything but a regular file of sane size:
-/// `/dev/stdin` would block start-up and `/dev/zero` would never end.
-pub(crate) fn read_secret_file(path: &str) -> Result<Vec<u8>, String> {
+/// `/dev/stdin` would block start-up and `/dev/zero` would never end. Secrets
+/// written with `echo` or an editor end in a newline that is no part of them.
+pub(crate) fn read_secret_file(path: &str) -> Result<String, SecretFileError> {
     use std::io::Read as _;
-    let file = std::fs::File::open(path).map_err(|e| e.kind().to_string())?;
-    let meta = file.metadata().map_err(|e| e.kind().to_string())?;
+    let unreadable = |e: std::io::Error| SecretFileError::Unreadable(e.kind().to_string());
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let meta = file.metadata().map_err(unreadable)?;
     if !meta.is_file() {
-        return Err("not a regular file".to_owned());
+        return Err(SecretFileError::Unreadable("not a regular file".to_owned()));
     }
     let mut bytes = Vec::new();
     file.take(MAX_SECRET_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| e.kind().to_string())?;
+        .map_err(unreadable)?;
     if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
-        return Err(format!("larger than {MAX_SECRET_FILE_BYTES} bytes"));
+        return Err(SecretFileError::Unreadable(format!(
+            "larger than {MAX_SECRET_FILE_BYTES} bytes"
+        )));
     }
-    Ok(bytes)
+    let text = String::from_utf8(bytes).map_err(|_| SecretFileError::NotUtf8)?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
 }
 
 /// A path as shown in a problem: control characters escaped, so every
