@@ -104,22 +104,23 @@ async def flood(stop: asyncio.Event, make) -> None:
     await asyncio.gather(*(client() for _ in range(ATTACKERS)))
 
 
-async def endless_heads(stop: asyncio.Event) -> None:
-    """ATTACKERS connections each sending one header line that never ends."""
+async def on_connections(stop: asyncio.Event, first: bytes, again: bytes, every: float) -> None:
+    """ATTACKERS connections, each sending `first` and then `again` every `every` seconds
+    until the gateway closes it, when the client connects anew."""
 
     async def client() -> None:
         while not stop.is_set():
             try:
-                reader, writer = await asyncio.open_connection(HOST, PORT)
+                _, writer = await asyncio.open_connection(HOST, PORT)
             except OSError:
                 await asyncio.sleep(0.1)
                 continue
             try:
-                writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: ")
+                writer.write(first)
                 while not stop.is_set():
-                    writer.write(b"a" * 4096)
+                    writer.write(again)
                     await writer.drain()
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(every)
             except OSError:
                 pass
             finally:
@@ -128,27 +129,14 @@ async def endless_heads(stop: asyncio.Event) -> None:
     await asyncio.gather(*(client() for _ in range(ATTACKERS)))
 
 
-async def holders(stop: asyncio.Event) -> None:
-    """ATTACKERS keep-alive connections each sending `GET /anything` every 4.9 s."""
+def endless_heads(stop: asyncio.Event):
+    """One header line that never ends, on each connection."""
+    return on_connections(stop, b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: ", b"a" * 4096, 0.01)
 
-    async def client() -> None:
-        while not stop.is_set():
-            try:
-                reader, writer = await asyncio.open_connection(HOST, PORT)
-            except OSError:
-                await asyncio.sleep(0.1)
-                continue
-            try:
-                while not stop.is_set():
-                    writer.write(b"GET /anything HTTP/1.1\r\nHost: x\r\n\r\n")
-                    await writer.drain()
-                    await asyncio.sleep(4.9)
-            except OSError:
-                pass
-            finally:
-                writer.close()
 
-    await asyncio.gather(*(client() for _ in range(ATTACKERS)))
+def holders(stop: asyncio.Event):
+    """Keep-alive connections each sending `GET /anything` every 4.9 s."""
+    return on_connections(stop, b"", b"GET /anything HTTP/1.1\r\nHost: x\r\n\r\n", 4.9)
 
 
 ATTACKS = {
