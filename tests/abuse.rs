@@ -580,3 +580,42 @@ async fn long_heads_cost_a_bounded_amount_on_both_listeners() {
     );
     assert_eq!(harness::get_status(gate.admin, "/readyz").await, Some(200));
 }
+
+/// Bodies reserve their declared length from one budget shared by every connection: two
+/// clients declaring 16 MiB each and sending nothing hold all of it, so a real callback
+/// waits for their read deadline to free it, and is then answered. Memory is bounded by
+/// the budget, not by the connections open.
+#[tokio::test]
+async fn bodies_in_flight_share_one_budget() {
+    use feishu_gate::gateway::{BODY_BUDGET_BYTES, BODY_READ_TIMEOUT};
+    let up = Upstream::start(Reply::ok()).await;
+    let max_body = (BODY_BUDGET_BYTES / 2).to_string();
+    let gate = Gate::start(&up.url(), &[(config::MAX_BODY_BYTES, max_body.as_str())]).await;
+    let mut hogs = JoinSet::new();
+    for _ in 0..2 {
+        let addr = gate.addr;
+        hogs.spawn(async move {
+            let head = format!(
+                "POST / HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                BODY_BUDGET_BYTES / 2
+            );
+            raw(addr, head.as_bytes(), BODY_READ_TIMEOUT + SLACK).await
+        });
+    }
+    // The hogs' head start is the callback's margin: their reservations end at their read
+    // deadline, before its own.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let started = Instant::now();
+    let answer = post(gate.addr, "/", callback(TOKEN), &[]).await;
+    let waited = started.elapsed();
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert!(
+        waited >= BODY_READ_TIMEOUT - Duration::from_millis(1500),
+        "answered after {waited:?}, without waiting for the budget"
+    );
+    while let Some(hog) = hogs.join_next().await {
+        let hog = hog.unwrap();
+        assert!(hog.starts_with("HTTP/1.1 408"), "{hog}");
+    }
+    assert_eq!(up.count(), 1);
+}
