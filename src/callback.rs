@@ -1,16 +1,18 @@
-//! The callback's JSON object: parsing, validation, and the body the legacy
-//! system receives.
+//! Feishu's rules for the callback object, read by [`crate::json`]: which fields it must
+//! have and of what type, the decision it names, and the body the legacy system receives.
 //!
-//! Values are kept as the raw JSON text Feishu sent, never re-encoded, so a
+//! Values are forwarded as the raw JSON text Feishu sent, never re-encoded, so a
 //! `message_id` above 2^53 or any unknown field reaches the upstream exactly as
 //! it arrived, in the same order. Pure functions, no I/O.
 
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::de::{self, Deserializer, Visitor};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
+
+use crate::json::{self, Fields, JsonError};
 
 /// Field names Feishu defines.
 pub mod field {
@@ -32,18 +34,8 @@ pub mod field {
 /// so the approver (and the operator reading logs) can tell which field it was.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BodyError {
-    #[error("body is not valid JSON")]
-    NotJson,
-    #[error("body is not a JSON object")]
-    NotObject,
-    #[error("body is nested more than {MAX_DEPTH} levels deep")]
-    TooDeep,
-    #[error("body has more than {MAX_FIELDS} fields")]
-    TooManyFields,
-    /// Which field is not said: its name is the caller's text, and nothing the
-    /// caller chose is echoed before authentication.
-    #[error("a field appears more than once")]
-    DuplicateField,
+    #[error(transparent)]
+    Json(#[from] JsonError),
     #[error("field {0} is missing")]
     Missing(&'static str),
     #[error("field {field} must be {expected}")]
@@ -84,263 +76,25 @@ impl std::fmt::Display for Expected {
     }
 }
 
-/// The deepest nesting accepted. Feishu's callbacks are three levels deep at
-/// most; a deeper body could only be meant to exhaust a parser's stack,
-/// the gateway's or the legacy system's.
-pub const MAX_DEPTH: usize = 32;
-
-/// The most fields the callback object may have. Feishu's has about a dozen;
-/// the cap keeps the duplicate check (each key against the earlier ones)
-/// bounded per field, so refusing a body of many keys costs time linear in
-/// its size.
-pub const MAX_FIELDS: usize = 64;
-
-/// The deepest nesting of arrays and objects in `bytes`, counting past strings.
-/// Stops counting once `limit` is exceeded.
-///
-/// Inside a string only `"` and `\\` matter, so the scan jumps between them:
-/// most of a callback's bytes (the whole `encrypt` value, comments, URLs) are
-/// string contents.
-fn depth_exceeds(bytes: &[u8], limit: usize) -> bool {
-    let mut depth = 0usize;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => {
-                i += 1;
-                loop {
-                    match memchr::memchr2(b'"', b'\\', &bytes[i.min(bytes.len())..]) {
-                        None => return false,
-                        Some(at) if bytes[i + at] == b'"' => {
-                            i += at + 1;
-                            break;
-                        }
-                        // An escape takes the next byte with it, whatever it is.
-                        Some(at) => i += at + 2,
-                    }
-                }
-                continue;
-            }
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > limit {
-                    return true;
-                }
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        i += 1;
-    }
-    false
+/// A field's value when it is a JSON string; `Ok(None)` when absent or null.
+pub fn string<'a>(
+    fields: &Fields<'a>,
+    name: &'static str,
+) -> Result<Option<Cow<'a, str>>, BodyError> {
+    fields.string(name).map_err(|_| BodyError::WrongType {
+        field: name,
+        expected: Expected::String,
+    })
 }
 
-/// Whether a string in `bytes` holds a `\u` escape of half a surrogate pair.
-/// JSON's grammar allows one, but it encodes no Unicode text, and strict
-/// parsers (serde_json among them) refuse the whole document: passed on, it
-/// would turn a callback the gateway accepted into one the legacy system
-/// cannot read. Only meaningful for text that already parsed as JSON.
-fn has_lone_surrogate(bytes: &[u8]) -> bool {
-    // In text that parsed as JSON a backslash only ever starts an escape
-    // inside a string, so the scan jumps from one escape to the next instead
-    // of reading every byte.
-    // The previous escape was a high surrogate, so a low one must follow at once.
-    let mut want_low = false;
-    let mut i = 0;
-    while let Some(at) = memchr::memchr(b'\\', bytes.get(i..).unwrap_or_default()) {
-        let at = i + at;
-        // Anything between a high surrogate and the next escape ends the pair.
-        if want_low && at != i {
-            return true;
-        }
-        let unit = if bytes.get(at + 1) == Some(&b'u') {
-            i = at + 6;
-            bytes
-                .get(at + 2..at + 6)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u16::from_str_radix(h, 16).ok())
-        } else {
-            i = at + 2;
-            None
-        };
-        match unit {
-            Some(0xD800..=0xDBFF) if !want_low => want_low = true,
-            Some(0xDC00..=0xDFFF) if want_low => want_low = false,
-            Some(0xD800..=0xDFFF) => return true,
-            _ if want_low => return true,
-            _ => {}
-        }
-    }
-    // A high surrogate with nothing after it: at the very least the string's
-    // closing quote followed.
-    want_low
-}
-
-/// A parsed JSON object whose values are still the raw text they arrived as.
-pub struct Fields<'a> {
-    entries: Vec<(Cow<'a, str>, &'a RawValue)>,
-}
-
-impl fmt::Debug for Fields<'_> {
-    /// Lists field names only: values can hold the token.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.entries.iter().map(|(k, _)| k))
-            .finish()
-    }
-}
-
-impl<'a> Fields<'a> {
-    /// Parses a JSON object, refusing duplicate keys: with two `token` fields,
-    /// the gateway and the legacy system could disagree on which one counts.
-    pub fn parse(bytes: &'a [u8]) -> Result<Self, BodyError> {
-        if depth_exceeds(bytes, MAX_DEPTH) {
-            return Err(BodyError::TooDeep);
-        }
-        // Valid UTF-8 is checked once here instead of once per value; only
-        // a body that fails goes through the byte-level parser, which then
-        // reports exactly what it always did.
-        let entries = match std::str::from_utf8(bytes) {
-            Ok(text) => entries(serde_json::Deserializer::from_str(text)),
-            Err(_) => entries(serde_json::Deserializer::from_slice(bytes)),
-        }?;
-        if has_lone_surrogate(bytes) {
-            return Err(BodyError::NotJson);
-        }
-        Ok(Self { entries })
-    }
-
-    pub fn get(&self, name: &str) -> Option<&'a RawValue> {
-        self.entries
-            .iter()
-            .find_map(|(k, v)| (k.as_ref() == name).then_some(*v))
-    }
-
-    /// Every field in the order it arrived: the key decoded, the value raw.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &'a RawValue)> + '_ {
-        self.entries.iter().map(|(k, v)| (k.as_ref(), *v))
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// A field's value when it is a JSON string; `Ok(None)` when absent or null.
-    pub fn string(&self, name: &'static str) -> Result<Option<Cow<'a, str>>, BodyError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(raw) if raw.get() == "null" => Ok(None),
-            Some(raw) => {
-                if let Some(plain) = unescaped_string(raw) {
-                    return Ok(Some(Cow::Borrowed(plain)));
-                }
-                serde_json::from_str::<Cow<'a, str>>(raw.get())
-                    .map(Some)
-                    .map_err(|_| BodyError::WrongType {
-                        field: name,
-                        expected: Expected::String,
-                    })
-            }
-        }
-    }
-
-    fn required_string(&self, name: &'static str) -> Result<Cow<'a, str>, BodyError> {
-        match self.string(name)? {
-            Some(s) if !s.is_empty() => Ok(s),
-            Some(_) => Err(BodyError::WrongType {
-                field: name,
-                expected: Expected::NonEmptyString,
-            }),
-            None => Err(BodyError::Missing(name)),
-        }
-    }
-}
-
-/// The object's entries, or why it is not one.
-fn entries<'a, R: serde_json::de::Read<'a>>(
-    mut de: serde_json::Deserializer<R>,
-) -> Result<Vec<(Cow<'a, str>, &'a RawValue)>, BodyError> {
-    let mut duplicate = false;
-    let mut too_many = false;
-    let entries = match de.deserialize_map(ObjectVisitor {
-        duplicate: &mut duplicate,
-        too_many: &mut too_many,
-    }) {
-        Ok(entries) => entries,
-        Err(_) if too_many => return Err(BodyError::TooManyFields),
-        Err(_) if duplicate => return Err(BodyError::DuplicateField),
-        Err(e) if e.is_data() => return Err(BodyError::NotObject),
-        Err(_) => return Err(BodyError::NotJson),
-    };
-    de.end().map_err(|_| BodyError::NotJson)?;
-    Ok(entries)
-}
-
-/// A JSON string's contents when it has no escapes, borrowed as they are:
-/// the raw value was already checked to be a well-formed string.
-fn unescaped_string(raw: &RawValue) -> Option<&str> {
-    let inner = raw.get().strip_prefix('"')?.strip_suffix('"')?;
-    memchr::memchr(b'\\', inner.as_bytes())
-        .is_none()
-        .then_some(inner)
-}
-
-struct ObjectVisitor<'d> {
-    /// Set when a key repeats; which one is never reported, since the caller chose it.
-    duplicate: &'d mut bool,
-    /// Set when the object has more than [`MAX_FIELDS`] fields.
-    too_many: &'d mut bool,
-}
-
-impl<'de> Visitor<'de> for ObjectVisitor<'_> {
-    type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut entries: Self::Value = Vec::with_capacity(map.size_hint().unwrap_or(12));
-        while let Some(Key(key)) = map.next_key()? {
-            if entries.len() == MAX_FIELDS {
-                *self.too_many = true;
-                return Err(de::Error::custom("too many fields"));
-            }
-            if entries.iter().any(|(k, _)| *k == key) {
-                // At most MAX_FIELDS earlier keys: a scan beats hashing them.
-                *self.duplicate = true;
-                return Err(de::Error::custom("duplicate field"));
-            }
-            let value: &'de RawValue = map.next_value()?;
-            entries.push((key, value));
-        }
-        Ok(entries)
-    }
-}
-
-/// A key borrowed from the input when it has no escapes.
-struct Key<'de>(Cow<'de, str>);
-
-impl<'de> serde::Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string key")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(KeyVisitor)
+fn required_string<'a>(fields: &Fields<'a>, name: &'static str) -> Result<Cow<'a, str>, BodyError> {
+    match string(fields, name)? {
+        Some(s) if !s.is_empty() => Ok(s),
+        Some(_) => Err(BodyError::WrongType {
+            field: name,
+            expected: Expected::NonEmptyString,
+        }),
+        None => Err(BodyError::Missing(name)),
     }
 }
 
@@ -381,14 +135,14 @@ pub struct ForwardOptions {
 
 /// Validates an authenticated callback object and builds what is forwarded.
 pub fn validate(fields: &Fields<'_>, opts: ForwardOptions) -> Result<Callback, BodyError> {
-    let action_type = fields.required_string(field::ACTION_TYPE)?;
-    let user_id = fields.required_string(field::USER_ID)?;
-    let approval_code = fields.required_string(field::APPROVAL_CODE)?;
-    let instance_id = fields.string(field::INSTANCE_ID)?;
-    let task_id = fields.string(field::TASK_ID)?;
-    let id = fields.string(field::ID)?;
-    let action_context = fields.string(field::ACTION_CONTEXT)?;
-    fields.string(field::REASON)?;
+    let action_type = required_string(fields, field::ACTION_TYPE)?;
+    let user_id = required_string(fields, field::USER_ID)?;
+    let approval_code = required_string(fields, field::APPROVAL_CODE)?;
+    let instance_id = string(fields, field::INSTANCE_ID)?;
+    let task_id = string(fields, field::TASK_ID)?;
+    let id = string(fields, field::ID)?;
+    let action_context = string(fields, field::ACTION_CONTEXT)?;
+    string(fields, field::REASON)?;
     let message_id = message_id(fields)?;
     check_attachments(fields)?;
 
@@ -543,14 +297,13 @@ fn upstream_body(
     opts: ForwardOptions,
 ) -> Vec<u8> {
     let size: usize = fields
-        .entries
         .iter()
         .map(|(k, v)| k.len() + v.get().len() + 4)
         .sum();
     let mut out = Vec::with_capacity(size + 2);
     out.push(b'{');
     let mut first = true;
-    for (key, value) in &fields.entries {
+    for (key, value) in fields.iter() {
         if key == field::TOKEN || key == field::ENCRYPT {
             continue;
         }
@@ -558,7 +311,7 @@ fn upstream_body(
             out.push(b',');
         }
         first = false;
-        write_json_string(&mut out, key);
+        json::write_string(&mut out, key);
         out.push(b':');
         match message_id {
             Some(id) if key == field::MESSAGE_ID && id.is_number && opts.message_id_as_string => {
@@ -573,20 +326,10 @@ fn upstream_body(
     out
 }
 
-fn write_json_string(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else {
-        // Writing a `str` into a `Vec` cannot fail.
-        let _ = serde_json::to_writer(&mut *out, s);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json::{MAX_DEPTH, MAX_FIELDS};
 
     const V1: &str = r#"{"action_type":"APPROVE","action_context":"ctx-42","user_id":"b85s39b","approval_code":"A3895051-9B16-4ABA-B785-AD2986177BB1","instance_id":"people_1234","task_id":"step1","message_id":7250020197497765889,"reason":"ok","token":"sdjkljkx9lsadf110"}"#;
 
@@ -600,7 +343,7 @@ mod tests {
 
     fn err(body: &str) -> BodyError {
         match Fields::parse(body.as_bytes()) {
-            Err(e) => e,
+            Err(e) => e.into(),
             Ok(f) => validate(&f, ForwardOptions::default()).unwrap_err(),
         }
     }
@@ -675,33 +418,36 @@ mod tests {
 
     #[test]
     fn malformed_bodies() {
-        assert_eq!(err("not json"), BodyError::NotJson);
-        assert_eq!(err(""), BodyError::NotJson);
-        assert_eq!(err("[1,2]"), BodyError::NotObject);
-        assert_eq!(err("\"s\""), BodyError::NotObject);
-        assert_eq!(err("{\"a\":1"), BodyError::NotJson);
-        assert_eq!(err("{\"a\":1} x"), BodyError::NotJson);
+        assert_eq!(err("not json"), BodyError::Json(JsonError::NotJson));
+        assert_eq!(err(""), BodyError::Json(JsonError::NotJson));
+        assert_eq!(err("[1,2]"), BodyError::Json(JsonError::NotObject));
+        assert_eq!(err("\"s\""), BodyError::Json(JsonError::NotObject));
+        assert_eq!(err("{\"a\":1"), BodyError::Json(JsonError::NotJson));
+        assert_eq!(err("{\"a\":1} x"), BodyError::Json(JsonError::NotJson));
         assert_eq!(
             err(&format!(
                 "{{\"a\":{}1{}}}",
                 "[".repeat(200),
                 "]".repeat(200)
             )),
-            BodyError::TooDeep
+            BodyError::Json(JsonError::TooDeep)
         );
         assert_eq!(
             err(r#"{"token":"a","token":"b"}"#),
-            BodyError::DuplicateField
+            BodyError::Json(JsonError::DuplicateField)
         );
         let fields = |n: usize| {
             let body: Vec<String> = (0..n).map(|i| format!("\"k{i}\":1")).collect();
             format!("{{{}}}", body.join(","))
         };
         assert!(Fields::parse(fields(MAX_FIELDS).as_bytes()).is_ok());
-        assert_eq!(err(&fields(MAX_FIELDS + 1)), BodyError::TooManyFields);
+        assert_eq!(
+            err(&fields(MAX_FIELDS + 1)),
+            BodyError::Json(JsonError::TooManyFields)
+        );
         assert!(matches!(
             Fields::parse(b"{\"a\":\"\xff\"}"),
-            Err(BodyError::NotJson)
+            Err(JsonError::NotJson)
         ));
     }
 
@@ -767,7 +513,7 @@ mod tests {
         );
         ok(&at_limit);
         let over = at_limit.replacen("[", "[[", 1).replacen("]", "]]", 1);
-        assert_eq!(err(&over), BodyError::TooDeep);
+        assert_eq!(err(&over), BodyError::Json(JsonError::TooDeep));
         let brackets_in_text = format!(
             r#"{{"action_type":"A","user_id":"u","approval_code":"c","reason":"{}\"{}"}}"#,
             "[{".repeat(100),
@@ -786,7 +532,7 @@ mod tests {
             r#"{"reason":"\ud83d\n"}"#,
             r#"{"x":["ok","\uDFFF"]}"#,
         ] {
-            assert_eq!(err(bad), BodyError::NotJson, "{bad}");
+            assert_eq!(err(bad), BodyError::Json(JsonError::NotJson), "{bad}");
             assert!(
                 serde_json::from_str::<serde_json::Value>(bad).is_err(),
                 "{bad}"

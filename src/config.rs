@@ -13,6 +13,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Uri};
 
 use crate::secret::{KeySet, TokenSet};
+use crate::upstream::answer::OkRule;
 
 /// Prefix every variable shares.
 pub const PREFIX: &str = "FEISHU_GATE_";
@@ -208,97 +209,6 @@ pub struct TlsFiles {
 pub struct ClientIdentity {
     pub cert: PathBuf,
     pub key: PathBuf,
-}
-
-/// `UPSTREAM_OK`: the JSON value at `pointer` in a 2xx body must equal `expected`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OkRule {
-    pub pointer: String,
-    pub expected: serde_json::Value,
-}
-
-impl OkRule {
-    /// Parses `POINTER==VALUE`. `VALUE` is JSON when it parses as JSON
-    /// (`0`, `true`, `"0"`), otherwise a plain string (`ok`).
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let (pointer, value) = text
-            .split_once("==")
-            .ok_or_else(|| "must be POINTER==VALUE, e.g. /code==0".to_owned())?;
-        let pointer = pointer.trim();
-        if !pointer.is_empty() && !pointer.starts_with('/') {
-            return Err("the JSON pointer must start with /, e.g. /code==0".to_owned());
-        }
-        let value = value.trim();
-        let expected = serde_json::from_str(value)
-            .unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
-        Ok(Self {
-            pointer: pointer.to_owned(),
-            expected,
-        })
-    }
-
-    /// Whether an upstream body satisfies the rule.
-    pub fn holds(&self, body: &[u8]) -> bool {
-        self.check(body).is_ok()
-    }
-
-    /// Whether an upstream body satisfies the rule; if not, what was found instead, for the
-    /// operator's log. Numbers compare by value, so `0`, `0.0` and `-0` are all zero, and a
-    /// numeric rule also holds for a string that is that number written out (`"0"`), as
-    /// PHP and Java systems often answer.
-    pub fn check(&self, body: &[u8]) -> Result<(), String> {
-        let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) else {
-            return Err("the answer is not JSON".to_owned());
-        };
-        let Some(found) = doc.pointer(&self.pointer) else {
-            return Err(format!("{} is absent", self.pointer_shown()));
-        };
-        let holds = match (found, &self.expected) {
-            (serde_json::Value::Number(a), serde_json::Value::Number(b)) => same_number(a, b),
-            (serde_json::Value::String(a), serde_json::Value::Number(b)) => a
-                .parse::<serde_json::Number>()
-                .is_ok_and(|a| same_number(&a, b)),
-            (found, expected) => found == expected,
-        };
-        if holds {
-            return Ok(());
-        }
-        let what = match found {
-            serde_json::Value::Null => "null".to_owned(),
-            serde_json::Value::Bool(b) => format!("the boolean {b}"),
-            serde_json::Value::Number(n) => format!("the number {n}"),
-            serde_json::Value::String(s) => {
-                let shown: String = s.chars().take(64).collect();
-                let more = if shown.len() < s.len() { "…" } else { "" };
-                format!("the string {shown:?}{more}")
-            }
-            serde_json::Value::Array(_) => "an array".to_owned(),
-            serde_json::Value::Object(_) => "an object".to_owned(),
-        };
-        Err(format!("{} is {what}", self.pointer_shown()))
-    }
-
-    fn pointer_shown(&self) -> &str {
-        if self.pointer.is_empty() {
-            "the whole answer"
-        } else {
-            &self.pointer
-        }
-    }
-}
-
-fn same_number(a: &serde_json::Number, b: &serde_json::Number) -> bool {
-    match (a.as_i64(), b.as_i64(), a.as_u64(), b.as_u64()) {
-        (Some(x), Some(y), _, _) => x == y,
-        (_, _, Some(x), Some(y)) => x == y,
-        _ => a.as_f64() == b.as_f64(),
-    }
-}
-
-impl fmt::Display for OkRule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}=={}", self.pointer, self.expected)
-    }
 }
 
 /// Extra headers for the upstream. Values are secret; `Debug` shows names only.
@@ -1875,50 +1785,6 @@ mod tests {
         ] {
             assert_eq!(warned(&[(UPSTREAM_URL, url)], UPSTREAM_URL), warns, "{url}");
         }
-    }
-
-    #[test]
-    fn ok_rule() {
-        let r = OkRule::parse("/code==0").unwrap();
-        assert!(r.holds(br#"{"code":0}"#));
-        assert!(r.holds(br#"{"code":0.0}"#));
-        assert!(r.holds(br#"{"code":"0"}"#));
-        assert!(!r.holds(br#"{"code":"1"}"#));
-        assert!(!r.holds(br#"{"code":" 0"}"#));
-        assert!(!r.holds(br#"{"code":1}"#));
-        assert!(!r.holds(br#"{}"#));
-        assert!(!r.holds(b"<html>"));
-        assert_eq!(
-            r.check(br#"{"code":"1","msg":"no"}"#),
-            Err(r#"/code is the string "1""#.to_owned())
-        );
-        assert_eq!(
-            r.check(br#"{"code":2}"#),
-            Err("/code is the number 2".to_owned())
-        );
-        assert_eq!(
-            r.check(br#"{"ok":true}"#),
-            Err("/code is absent".to_owned())
-        );
-        assert_eq!(r.check(b"<html>"), Err("the answer is not JSON".to_owned()));
-        assert_eq!(
-            r.check(format!(r#"{{"code":"{}"}}"#, "x".repeat(100)).as_bytes()),
-            Err(format!("/code is the string {:?}…", "x".repeat(64)))
-        );
-        let r = OkRule::parse("/data/status==ok").unwrap();
-        assert!(r.holds(br#"{"data":{"status":"ok"}}"#));
-        assert_eq!(
-            r.check(br#"{"data":{"status":null}}"#),
-            Err("/data/status is null".to_owned())
-        );
-        // A string rule stays a string rule.
-        let r = OkRule::parse(r#"/code=="0""#).unwrap();
-        assert!(r.holds(br#"{"code":"0"}"#));
-        assert!(!r.holds(br#"{"code":0}"#));
-        let r = OkRule::parse("/success==true").unwrap();
-        assert!(r.holds(br#"{"success":true}"#));
-        assert!(OkRule::parse("code==0").is_err());
-        assert!(OkRule::parse("/code=0").is_err());
     }
 
     #[test]

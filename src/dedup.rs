@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::callback::Decision;
-use crate::respond::Outcome;
+use crate::outcome::Outcome;
 
 /// The most decisions remembered at once; the oldest are forgotten first.
 pub const MAX_REMEMBERED: usize = 100_000;
@@ -196,9 +196,9 @@ mod tests {
         let Admission::Wait(mut rx) = d.admit(&K) else {
             panic!()
         };
-        t.finish(&Outcome::TimedOut);
+        t.finish(&Outcome::UpstreamTimedOut);
         rx.changed().await.unwrap();
-        assert_eq!(*rx.borrow(), Some(Outcome::TimedOut));
+        assert_eq!(*rx.borrow(), Some(Outcome::UpstreamTimedOut));
         assert!(matches!(d.admit(&K), Admission::Deliver(_)));
     }
 

@@ -24,9 +24,11 @@ use crate::config::Config;
 use crate::dedup::{Admission, Dedup, Ticket};
 use crate::limit::Limits;
 use crate::metrics::Metrics;
+use crate::outcome::{BadRequest, Outcome, TryLater};
 use crate::redis_dedup::{self, SharedMemory};
-use crate::respond::{Outcome, Rejection, Translator, UpstreamError};
+use crate::respond::Translator;
 use crate::telemetry::{CallbackSpan, Telemetry};
+use crate::text::bounded;
 use crate::trace::Trace;
 use crate::upstream::{Exchange, REQUEST_ID, Upstream};
 use crate::verify::Verifier;
@@ -254,7 +256,7 @@ impl Gateway {
         // rather than by a connection dropped without an answer.
         let outcome = processed.unwrap_or_else(|()| {
             record.detail = Some("the gateway panicked on this callback (a bug)".to_owned());
-            Outcome::Rejected(Rejection::Internal)
+            Outcome::Internal
         });
 
         let mut response = self.translator.respond(&outcome);
@@ -310,26 +312,26 @@ impl Gateway {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         if request.uri().path() != self.path {
-            return Outcome::Rejected(Rejection::NotFound);
+            return Outcome::BadRequest(BadRequest::NotFound);
         }
         if request.method() != Method::POST {
-            return Outcome::Rejected(Rejection::MethodNotAllowed);
+            return Outcome::BadRequest(BadRequest::MethodNotAllowed);
         }
         if self.health.is_shutting_down() {
-            return Outcome::Rejected(Rejection::ShuttingDown);
+            return Outcome::TryLater(TryLater::ShuttingDown);
         }
         let (body, _reserved) = match self.read_body(request, started).await {
             Ok(body) => {
                 record.body_read = true;
                 body
             }
-            Err(rejection) => return Outcome::Rejected(rejection),
+            Err(outcome) => return outcome,
         };
         let callback = match self.verifier.verify(&body) {
             Ok(callback) => callback,
-            Err(rejection) => {
-                record.detail = Some(detail(&rejection));
-                return Outcome::Rejected(rejection);
+            Err(why) => {
+                record.detail = Some(detail(&why));
+                return Outcome::BadRequest(why);
             }
         };
         let Callback {
@@ -343,11 +345,11 @@ impl Gateway {
         // bounds junk instead is the CPU each refusal costs.
         if let Err(retry_after_secs) = self.limits.check_global() {
             self.metrics.count_rate_limited("global");
-            return Outcome::Rejected(Rejection::RateLimited { retry_after_secs });
+            return Outcome::TryLater(TryLater::RateLimited { retry_after_secs });
         }
         if let Err(retry_after_secs) = self.limits.check_user(&summary.user_id) {
             self.metrics.count_rate_limited("user");
-            return Outcome::Rejected(Rejection::RateLimited { retry_after_secs });
+            return Outcome::TryLater(TryLater::RateLimited { retry_after_secs });
         }
         let now = Instant::now();
         let outbound = Outbound {
@@ -365,7 +367,7 @@ impl Gateway {
         &self,
         request: Request<B>,
         started: Instant,
-    ) -> Result<(Bytes, tokio::sync::OwnedSemaphorePermit), Rejection>
+    ) -> Result<(Bytes, tokio::sync::OwnedSemaphorePermit), Outcome>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -376,7 +378,7 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body as u64) {
-            return Err(Rejection::TooLarge);
+            return Err(Outcome::BadRequest(BadRequest::TooLarge));
         }
         let limit = declared.map_or(self.max_body, |n| n as usize);
         let reserve = u32::try_from(limit.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
@@ -386,18 +388,18 @@ impl Gateway {
                 .clone()
                 .acquire_many_owned(reserve)
                 .await
-                .map_err(|_| Rejection::ShuttingDown)?;
+                .map_err(|_| Outcome::TryLater(TryLater::ShuttingDown))?;
             let limited = Limited::new(request.into_body(), self.max_body);
-            Ok::<_, Rejection>((limited.collect().await, reserved))
+            Ok::<_, Outcome>((limited.collect().await, reserved))
         };
         match timeout_at(started + BODY_READ_TIMEOUT, read).await {
-            Err(_) => Err(Rejection::SlowBody),
-            Ok(Err(rejection)) => Err(rejection),
+            Err(_) => Err(Outcome::BadRequest(BadRequest::SlowBody)),
+            Ok(Err(outcome)) => Err(outcome),
             Ok(Ok((Ok(collected), reserved))) => Ok((collected.to_bytes(), reserved)),
             Ok(Ok((Err(e), _))) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                Err(Rejection::TooLarge)
+                Err(Outcome::BadRequest(BadRequest::TooLarge))
             }
-            Ok(Ok((Err(_), _))) => Err(Rejection::Unreadable),
+            Ok(Ok((Err(_), _))) => Err(Outcome::BadRequest(BadRequest::Unreadable)),
         }
     }
 
@@ -432,11 +434,11 @@ impl Gateway {
                             .and_then(|o| o.clone())
                     };
                     return match timeout_at(deadline, settled).await {
-                        Err(_) => Outcome::TimedOut,
+                        Err(_) => Outcome::UpstreamTimedOut,
                         Ok(Some(Outcome::Delivered)) => Outcome::Duplicate,
                         Ok(Some(other)) => other,
-                        // The first copy's task vanished (a panic): its fate is unknown.
-                        Ok(None) => Outcome::Unreachable(UpstreamError::Dropped),
+                        // The first copy's delivery panicked: its fate is unknown.
+                        Ok(None) => Outcome::Internal,
                     };
                 }
             },
@@ -447,9 +449,10 @@ impl Gateway {
         let exchange_parent = self.telemetry.clone().zip(span.map(CallbackSpan::context));
         let shared = self.shared.clone();
         let metrics = Arc::clone(&self.metrics);
-        // The shared memory is asked inside the delivery too: a claim, once
-        // taken, is always settled, even if Feishu hangs up while it is taken.
-        let delivery = Detachable::new(&self.deliveries, async move {
+        // A task of its own, so a client hanging up cannot cancel a delivery half-way:
+        // once started, it completes and settles its duplicate memory, local and shared,
+        // and shutdown waits for it on the tracker.
+        let delivery = self.deliveries.spawn(async move {
             let (claim, ticket) = match &shared {
                 None => (None, ticket),
                 Some(shared) => ask_shared(shared, &decision, deadline, &metrics, ticket).await?,
@@ -480,14 +483,22 @@ impl Gateway {
             Ok(exchange)
         });
         let exchange: Exchange = match delivery.await {
-            Some(Ok(exchange)) => exchange,
+            Ok(Ok(exchange)) => exchange,
             // Answered from the shared memory, without a delivery of its own.
-            Some(Err((outcome, why))) => {
+            Ok(Err((outcome, why))) => {
                 record.detail = Some(why.to_owned());
                 return outcome;
             }
-            // Only a panic in the delivery gets here; its decision's fate is unknown.
-            None => return Outcome::Unreachable(UpstreamError::Dropped),
+            // Deliveries are never aborted: a panic, or a runtime going away under it.
+            // Either way the decision's fate is unknown.
+            Err(e) => {
+                record.detail = Some(if e.is_panic() {
+                    "the delivery panicked (a bug)".to_owned()
+                } else {
+                    "the delivery was cancelled".to_owned()
+                });
+                return Outcome::Internal;
+            }
         };
         record.upstream_status = exchange.status;
         record.upstream_elapsed = Some(exchange.elapsed);
@@ -513,10 +524,10 @@ impl Gateway {
         m.count_callback(outcome.label());
         m.callback_duration.observe(elapsed.as_secs_f64());
         let kind = match outcome {
-            Outcome::Unreachable(e) => Some(e.label()),
-            Outcome::TimedOut => Some("timeout"),
-            Outcome::Refused(r) if r.business_rule => Some("not_ok"),
-            Outcome::Refused(_) => Some("status"),
+            Outcome::UpstreamUnreachable(e) => Some(e.label()),
+            Outcome::UpstreamTimedOut => Some("timeout"),
+            Outcome::UpstreamRefused(r) if r.business_rule => Some("not_ok"),
+            Outcome::UpstreamRefused(_) => Some("status"),
             _ => None,
         };
         if let Some(kind) = kind {
@@ -545,11 +556,11 @@ async fn ask_shared(
             (Outcome::Duplicate, "delivered by another replica")
         }
         redis_dedup::Admission::TimedOut => (
-            Outcome::TimedOut,
+            Outcome::UpstreamTimedOut,
             "another replica was still delivering it at the deadline",
         ),
         redis_dedup::Admission::Unavailable => (
-            Outcome::Rejected(Rejection::MemoryUnavailable),
+            Outcome::TryLater(TryLater::MemoryUnavailable),
             "the shared duplicate memory is unreachable",
         ),
     };
@@ -563,71 +574,6 @@ async fn ask_shared(
         ticket.finish(&local);
     }
     Err((outcome, why))
-}
-
-/// A delivery, run inside the request that started it. Should that request be
-/// dropped half-way (the client hung up), what is left of the delivery
-/// becomes a task of its own: once started, a delivery always completes and
-/// settles its duplicate-detection ticket, and shutdown waits for it. It is
-/// spawned only then, not for every delivery, which is why this is not
-/// `TaskTracker::spawn` (docs/performance.md has what that is worth).
-struct Detachable<F: Future + Send + 'static> {
-    future: Option<Pin<Box<F>>>,
-    tracker: TaskTracker,
-}
-
-impl<F> Detachable<F>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn new(tracker: &TaskTracker, future: F) -> Self {
-        Self {
-            future: Some(Box::pin(future)),
-            tracker: tracker.clone(),
-        }
-    }
-}
-
-impl<F> Future for Detachable<F>
-where
-    F: Future + Send + 'static,
-{
-    /// `None` when the delivery panicked, as a task's `JoinError` would say.
-    type Output = Option<F::Output>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(future) = self.future.as_mut() else {
-            return Poll::Ready(None);
-        };
-        // A panic ends this delivery only, as it would end its own task.
-        match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(output)) => {
-                self.future = None;
-                Poll::Ready(Some(output))
-            }
-            Err(_) => {
-                self.future = None;
-                Poll::Ready(None)
-            }
-        }
-    }
-}
-
-impl<F: Future + Send + 'static> Drop for Detachable<F> {
-    fn drop(&mut self) {
-        let Some(future) = self.future.take() else {
-            return;
-        };
-        // Outside a runtime (it is being torn down) nothing could finish it.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let tracker = self.tracker.clone();
-            runtime.spawn(tracker.track_future(async move {
-                let _ = future.await;
-            }));
-        }
-    }
 }
 
 /// A future, pinned where its caller keeps it, whose panic is returned as `Err(())`
@@ -704,26 +650,12 @@ impl RequestIds {
     }
 }
 
-fn detail(rejection: &Rejection) -> String {
-    match rejection {
-        Rejection::Unauthorized(why) => why.to_string(),
-        Rejection::Invalid(why) => why.to_string(),
+fn detail(why: &BadRequest) -> String {
+    match why {
+        BadRequest::Unauthorized(why) => why.to_string(),
+        BadRequest::Invalid(why) => why.to_string(),
         other => format!("{other:?}"),
     }
-}
-
-/// The most of a field from the callback a log line carries, in bytes: Feishu's ids are
-/// under 64, and a line must not grow with whatever a caller puts in a field.
-const MAX_LOGGED_FIELD_BYTES: usize = 128;
-
-/// `text` cut to [`MAX_LOGGED_FIELD_BYTES`] at a character boundary; span
-/// attributes are cut alike.
-pub(crate) fn bounded(text: &str) -> &str {
-    let mut end = text.len().min(MAX_LOGGED_FIELD_BYTES);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 /// Milliseconds to the microsecond: `2.226`, not the `2.2260079999999998` that
@@ -768,11 +700,10 @@ fn log(
     let id = request_id.to_str().unwrap_or("-");
     let trace_id = trace.trace_id_hex();
     let trace_id = trace_id.as_str();
-    match outcome {
-        Outcome::Refused(_) | Outcome::Unreachable(_) | Outcome::TimedOut => {
-            callback_line!(warn, outcome, status, id, trace_id, elapsed, record)
-        }
-        _ => callback_line!(info, outcome, status, id, trace_id, elapsed, record),
+    if outcome.is_upstream_failure() {
+        callback_line!(warn, outcome, status, id, trace_id, elapsed, record)
+    } else {
+        callback_line!(info, outcome, status, id, trace_id, elapsed, record)
     }
 }
 
@@ -793,16 +724,6 @@ mod tests {
         }))
         .await;
         assert_eq!(failed, Err(()));
-    }
-
-    #[test]
-    fn logged_fields_are_bounded_at_a_character_boundary() {
-        assert_eq!(bounded("task-1"), "task-1");
-        let long = "审".repeat(100);
-        let cut = bounded(&long);
-        assert!(cut.len() <= MAX_LOGGED_FIELD_BYTES && cut.len() > MAX_LOGGED_FIELD_BYTES - 3);
-        assert!(long.starts_with(cut));
-        assert_eq!(bounded(&"x".repeat(1000)).len(), MAX_LOGGED_FIELD_BYTES);
     }
 
     #[test]

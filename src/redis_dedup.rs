@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use crate::callback::{Decision, idempotency_key};
 use crate::config::{FailureMode, RedisSettings, RedisUrl};
 use crate::metrics::Metrics;
-use crate::respond::Outcome;
+use crate::outcome::Outcome;
 
 /// The most one Redis operation may take. A round trip inside a zone is well
 /// under a millisecond; this leaves room for a busy server while costing a

@@ -28,8 +28,8 @@ use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span};
 
 use crate::callback::Summary;
 use crate::config::Traces;
-use crate::gateway::bounded;
-use crate::respond::Outcome;
+use crate::outcome::Outcome;
+use crate::text::bounded;
 use crate::trace::Trace;
 use crate::upstream::Exchange;
 
@@ -209,10 +209,7 @@ impl CallbackSpan {
         self.span.set_attributes(attributes);
         // Failures of the gateway or the legacy system; a refusal of a bad
         // callback is the gateway doing its job.
-        if matches!(
-            outcome,
-            Outcome::Refused(_) | Outcome::Unreachable(_) | Outcome::TimedOut
-        ) {
+        if outcome.is_upstream_failure() || *outcome == Outcome::Internal {
             self.span.set_status(Status::error(outcome.label()));
         }
         self.span.end();

@@ -19,17 +19,14 @@ use tokio::time::{Instant, timeout_at};
 use tower_service::Service as _;
 
 use crate::callback::{self, Decision};
-use crate::config::{Config, OkRule, UpstreamHeaders};
-use crate::respond::{Outcome, Refusal, UpstreamError, upstream_message};
+use crate::config::{Config, UpstreamHeaders};
+use crate::outcome::Outcome;
 use crate::tls;
 use crate::trace::{TRACEPARENT, TRACESTATE, Trace};
 
-/// The most of an upstream answer the gateway reads: enough for any error
-/// message, small enough that a runaway answer costs nothing.
-const MAX_ANSWER_BYTES: usize = 64 * 1024;
+pub mod answer;
 
-/// The most of a value from the answer (a `Location`) a log detail holds.
-const MAX_DETAIL_CHARS: usize = 512;
+use answer::{MAX_ANSWER_BYTES, OkRule, Unread};
 
 /// Idle pooled connections are dropped before common servers drop them
 /// (Node.js closes after 5 s), so a reused connection is rarely found dead
@@ -50,6 +47,37 @@ type Sender = http1::SendRequest<Full<Bytes>>;
 /// How many pooled connections a request tries that turn out to have been
 /// closed before it could be written, before it opens a new one.
 const STALE_TRIES: usize = 4;
+
+/// The legacy system's answer when it did not accept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The status it answered with.
+    pub upstream_status: StatusCode,
+    /// Its own message, markup and control characters already removed but not yet cut to
+    /// length, so that a secret is looked for in the whole text before any of it is cut.
+    pub message: Option<String>,
+    /// A 2xx whose body failed `UPSTREAM_OK`.
+    pub business_rule: bool,
+}
+
+/// How an upstream exchange failed before an answer arrived. A bounded set,
+/// so it can label metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// Nothing was delivered: the connection could not be made.
+    Connect,
+    /// The request may have been delivered, but no complete answer came back.
+    Dropped,
+}
+
+impl UpstreamError {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Dropped => "dropped",
+        }
+    }
+}
 
 /// The legacy system, as the gateway reaches it: where it is and how to
 /// talk to it, and this worker's connections to it.
@@ -316,7 +344,10 @@ impl Upstream {
             Ok(r) => r,
             Err(e) => {
                 return (
-                    done(Outcome::Unreachable(UpstreamError::Connect), e.to_string()),
+                    done(
+                        Outcome::UpstreamUnreachable(UpstreamError::Connect),
+                        e.to_string(),
+                    ),
                     None,
                 );
             }
@@ -325,7 +356,10 @@ impl Upstream {
             match timeout_at(deadline, self.send(request, Instant::now())).await {
                 Err(_) => {
                     return (
-                        done(Outcome::TimedOut, "no answer before the deadline".into()),
+                        done(
+                            Outcome::UpstreamTimedOut,
+                            "no answer before the deadline".into(),
+                        ),
                         None,
                     );
                 }
@@ -333,7 +367,7 @@ impl Upstream {
                     let retry = never_sent(&*e).then_some(Retry::Unsent);
                     return (
                         done(
-                            Outcome::Unreachable(UpstreamError::Connect),
+                            Outcome::UpstreamUnreachable(UpstreamError::Connect),
                             format!("connecting: {}", error_chain(&*e)),
                         ),
                         retry,
@@ -342,7 +376,7 @@ impl Upstream {
                 Ok(Err(SendError::Unsent(e))) => {
                     return (
                         done(
-                            Outcome::Unreachable(UpstreamError::Connect),
+                            Outcome::UpstreamUnreachable(UpstreamError::Connect),
                             format!("closed before the request was written: {}", error_chain(&e)),
                         ),
                         // A refused certificate stays refused.
@@ -355,7 +389,10 @@ impl Upstream {
                     } else {
                         UpstreamError::Dropped
                     };
-                    return (done(Outcome::Unreachable(kind), error_chain(&e)), None);
+                    return (
+                        done(Outcome::UpstreamUnreachable(kind), error_chain(&e)),
+                        None,
+                    );
                 }
                 Ok(Ok(sent)) => sent,
             };
@@ -364,16 +401,8 @@ impl Upstream {
             .then(|| retry_after(response.headers()))
             .flatten()
             .map(Retry::After);
-        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-        let location = status
-            .is_redirection()
-            .then(|| response.headers().get(header::LOCATION).cloned())
-            .flatten();
-        let answer = timeout_at(
-            deadline,
-            Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect(),
-        )
-        .await;
+        let (parts, body) = response.into_parts();
+        let answer = timeout_at(deadline, Limited::new(body, MAX_ANSWER_BYTES).collect()).await;
         let answered = Instant::now();
         let answer: Result<Bytes, Unread> = match answer {
             Ok(Ok(collected)) => {
@@ -386,17 +415,8 @@ impl Upstream {
             Ok(Err(e)) => Err(Unread::Broken(format!("reading the answer: {e}"))),
             Err(_) => Err(Unread::Late),
         };
-        let (outcome, mut detail) = self.judge(status, content_type.as_ref(), answer);
-        if let Some(location) = location {
-            // Where a login or maintenance page sent us: the quickest clue to why.
-            let location = String::from_utf8_lossy(location.as_bytes());
-            let location: String = location.chars().take(MAX_DETAIL_CHARS).collect();
-            let redirect = format!("redirected to {location}");
-            detail = Some(match detail {
-                Some(d) => format!("{redirect}; {d}"),
-                None => redirect,
-            });
-        }
+        let (outcome, detail) =
+            answer::judge(status, &parts.headers, answer, self.route.ok_rule.as_ref());
         let exchange = Exchange {
             outcome,
             status: Some(status),
@@ -405,75 +425,6 @@ impl Upstream {
             retries: Retries::default(),
         };
         (exchange, retry)
-    }
-
-    /// What an answer with `status` comes to, given its body or why the
-    /// body could not be read; with a detail for the operator's log.
-    fn judge(
-        &self,
-        status: StatusCode,
-        content_type: Option<&HeaderValue>,
-        answer: Result<Bytes, Unread>,
-    ) -> (Outcome, Option<String>) {
-        if status.is_success() {
-            let Some(rule) = &self.route.ok_rule else {
-                // The status is the acceptance, but only of an answer that arrived whole: a
-                // server that stalls or breaks off after its status line may have failed
-                // after writing it (RFC 9112 §8). One too long to read was sent whole as far
-                // as anyone can tell, and without a rule its body does not matter.
-                return match answer {
-                    Ok(_) => (Outcome::Delivered, None),
-                    Err(Unread::TooLong) => (Outcome::Delivered, Some(Unread::TooLong.detail())),
-                    Err(Unread::Late) => (Outcome::TimedOut, Some(Unread::Late.detail())),
-                    Err(Unread::Broken(detail)) => {
-                        (Outcome::Unreachable(UpstreamError::Dropped), Some(detail))
-                    }
-                };
-            };
-            let verdict = answer.as_ref().ok().map(|body| rule.check(body));
-            return match answer {
-                Ok(_) if matches!(verdict, Some(Ok(()))) => (Outcome::Delivered, None),
-                // Without the body nobody knows whether the rule held: the decision's
-                // fate is as unknown as when no answer came at all.
-                Err(Unread::Late) => (Outcome::TimedOut, Some(Unread::Late.detail())),
-                Err(Unread::Broken(detail)) => {
-                    (Outcome::Unreachable(UpstreamError::Dropped), Some(detail))
-                }
-                Ok(body) => (
-                    Outcome::Refused(Refusal {
-                        upstream_status: status,
-                        message: upstream_message(content_type, &body),
-                        business_rule: true,
-                    }),
-                    Some(format!(
-                        "{} {rule} does not hold: {}",
-                        crate::config::UPSTREAM_OK,
-                        verdict.and_then(Result::err).unwrap_or_default()
-                    )),
-                ),
-                // An answer too long to judge is not a confirmation.
-                Err(Unread::TooLong) => (
-                    Outcome::Refused(Refusal {
-                        upstream_status: status,
-                        message: None,
-                        business_rule: true,
-                    }),
-                    Some(Unread::TooLong.detail()),
-                ),
-            };
-        }
-        let (message, detail) = match answer {
-            Ok(body) => (upstream_message(content_type, &body), None),
-            Err(unread) => (None, Some(unread.detail())),
-        };
-        (
-            Outcome::Refused(Refusal {
-                upstream_status: status,
-                message,
-                business_rule: false,
-            }),
-            detail,
-        )
     }
 
     fn request(
@@ -656,26 +607,6 @@ fn jittered(base: Duration) -> Duration {
     let spread = base.as_micros() as u64;
     let random = getrandom::u64().unwrap_or(spread / 2);
     base / 2 + Duration::from_micros(random % spread.max(1))
-}
-
-/// Why an answer's body could not be used.
-enum Unread {
-    /// Longer than [`MAX_ANSWER_BYTES`].
-    TooLong,
-    /// The connection failed part-way.
-    Broken(String),
-    /// Still arriving at the deadline.
-    Late,
-}
-
-impl Unread {
-    fn detail(self) -> String {
-        match self {
-            Self::TooLong => format!("the answer is longer than {MAX_ANSWER_BYTES} bytes"),
-            Self::Broken(detail) => detail,
-            Self::Late => "the answer's body did not arrive before the deadline".into(),
-        }
-    }
 }
 
 /// The whole cause chain of an error, for logs and command output.

@@ -1,11 +1,29 @@
 //! Proving a callback came from Feishu and turning it into what is forwarded:
 //! open the envelope, check the token, validate. Pure: no I/O, no clock.
 
-use crate::callback::{self, Callback, Fields, ForwardOptions, field};
+use crate::callback::{self, Callback, ForwardOptions, field};
 use crate::config::Config;
 use crate::envelope::EnvelopeError;
-use crate::respond::{AuthFailure, Rejection};
+use crate::json::Fields;
+use crate::outcome::BadRequest;
 use crate::secret::{KeySet, TokenSet};
+
+/// Why a callback could not be authenticated. Logged, never shown to Feishu.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    #[error("token missing")]
+    MissingToken,
+    #[error("token does not match")]
+    WrongToken,
+    #[error("{0}")]
+    Undecryptable(EnvelopeError),
+    #[error("decrypted payload is not a JSON object (wrong key?)")]
+    NotJsonInside,
+    #[error("plaintext callback while a key is configured")]
+    PlaintextRefused,
+    #[error("encrypted callback but no key is configured")]
+    NoKeyConfigured,
+}
 
 /// Everything needed to accept or refuse a callback body.
 #[derive(Debug, Clone)]
@@ -33,10 +51,10 @@ impl Verifier {
     ///
     /// The token is checked before any field is validated, so an unauthenticated
     /// caller learns nothing about what a valid callback looks like.
-    pub fn verify(&self, body: &[u8]) -> Result<Callback, Rejection> {
-        let outer = Fields::parse(body).map_err(Rejection::Invalid)?;
+    pub fn verify(&self, body: &[u8]) -> Result<Callback, BadRequest> {
+        let outer = Fields::parse(body).map_err(|e| BadRequest::Invalid(e.into()))?;
         let plaintext;
-        let fields = match outer.string(field::ENCRYPT).map_err(Rejection::Invalid)? {
+        let fields = match callback::string(&outer, field::ENCRYPT).map_err(BadRequest::Invalid)? {
             Some(encrypt) => {
                 plaintext = self.open(&encrypt)?;
                 // Only what was sealed counts: fields beside `encrypt` are ignored.
@@ -54,7 +72,7 @@ impl Verifier {
         if !self.tokens.accepts(&token) {
             return Err(unauthorized(AuthFailure::WrongToken));
         }
-        callback::validate(&fields, self.forward).map_err(Rejection::Invalid)
+        callback::validate(&fields, self.forward).map_err(BadRequest::Invalid)
     }
 
     /// Tries each key in order. A wrong key passes the padding check about
@@ -63,7 +81,7 @@ impl Verifier {
     /// A bad padding is refused after the same work as a good one whose plaintext is not
     /// JSON (decrypting every block, then parsing what came out), so the time a refusal
     /// takes does not tell which it was.
-    fn open(&self, encrypt: &str) -> Result<Vec<u8>, Rejection> {
+    fn open(&self, encrypt: &str) -> Result<Vec<u8>, BadRequest> {
         let mut failure = AuthFailure::NoKeyConfigured;
         let keys = self.keys.keys();
         for (i, key) in keys.iter().enumerate() {
@@ -91,6 +109,6 @@ impl Verifier {
     }
 }
 
-fn unauthorized(why: AuthFailure) -> Rejection {
-    Rejection::Unauthorized(why)
+fn unauthorized(why: AuthFailure) -> BadRequest {
+    BadRequest::Unauthorized(why)
 }

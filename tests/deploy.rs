@@ -9,8 +9,11 @@ use std::path::{Path, PathBuf};
 
 use feishu_gate::callback::BodyError;
 use feishu_gate::config::{self, Config, SECRET_VARIABLES, VARIABLES};
+use feishu_gate::json::JsonError;
 use feishu_gate::metrics::{LATENCY_BUCKETS, Metrics, NAMES};
-use feishu_gate::respond::{AuthFailure, Outcome, Refusal, Rejection, UpstreamError};
+use feishu_gate::outcome::{BadRequest, Outcome, TryLater};
+use feishu_gate::upstream::{Refusal, UpstreamError};
+use feishu_gate::verify::AuthFailure;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -799,7 +802,7 @@ fn dashboard_queries() -> Vec<(String, String)> {
 /// Every label `outcome` can take: one value per way a callback ends.
 fn outcome_labels() -> BTreeSet<&'static str> {
     let refusal = |business_rule| {
-        Outcome::Refused(Refusal {
+        Outcome::UpstreamRefused(Refusal {
             upstream_status: http::StatusCode::CONFLICT,
             message: None,
             business_rule,
@@ -808,24 +811,24 @@ fn outcome_labels() -> BTreeSet<&'static str> {
     let outcomes = [
         Outcome::Delivered,
         Outcome::Duplicate,
-        Outcome::Rejected(Rejection::Unauthorized(AuthFailure::MissingToken)),
-        Outcome::Rejected(Rejection::Invalid(BodyError::NotJson)),
-        Outcome::Rejected(Rejection::TooLarge),
-        Outcome::Rejected(Rejection::SlowBody),
-        Outcome::Rejected(Rejection::Unreadable),
-        Outcome::Rejected(Rejection::RateLimited {
+        Outcome::BadRequest(BadRequest::Unauthorized(AuthFailure::MissingToken)),
+        Outcome::BadRequest(BadRequest::Invalid(BodyError::Json(JsonError::NotJson))),
+        Outcome::BadRequest(BadRequest::TooLarge),
+        Outcome::BadRequest(BadRequest::SlowBody),
+        Outcome::BadRequest(BadRequest::Unreadable),
+        Outcome::TryLater(TryLater::RateLimited {
             retry_after_secs: 1,
         }),
-        Outcome::Rejected(Rejection::NotFound),
-        Outcome::Rejected(Rejection::MethodNotAllowed),
-        Outcome::Rejected(Rejection::ShuttingDown),
-        Outcome::Rejected(Rejection::MemoryUnavailable),
-        Outcome::Rejected(Rejection::Internal),
+        Outcome::BadRequest(BadRequest::NotFound),
+        Outcome::BadRequest(BadRequest::MethodNotAllowed),
+        Outcome::TryLater(TryLater::ShuttingDown),
+        Outcome::TryLater(TryLater::MemoryUnavailable),
+        Outcome::Internal,
         refusal(false),
         refusal(true),
-        Outcome::Unreachable(UpstreamError::Connect),
-        Outcome::Unreachable(UpstreamError::Dropped),
-        Outcome::TimedOut,
+        Outcome::UpstreamUnreachable(UpstreamError::Connect),
+        Outcome::UpstreamUnreachable(UpstreamError::Dropped),
+        Outcome::UpstreamTimedOut,
     ];
     // A new way to end stops this from compiling: add it above, so that the dashboard and
     // the alerts are checked against its label.
@@ -833,21 +836,23 @@ fn outcome_labels() -> BTreeSet<&'static str> {
         match outcome {
             Outcome::Delivered
             | Outcome::Duplicate
-            | Outcome::Refused(_)
-            | Outcome::Unreachable(_)
-            | Outcome::TimedOut => {}
-            Outcome::Rejected(r) => match r {
-                Rejection::Unauthorized(_)
-                | Rejection::Invalid(_)
-                | Rejection::TooLarge
-                | Rejection::SlowBody
-                | Rejection::Unreadable
-                | Rejection::RateLimited { .. }
-                | Rejection::NotFound
-                | Rejection::MethodNotAllowed
-                | Rejection::ShuttingDown
-                | Rejection::MemoryUnavailable
-                | Rejection::Internal => {}
+            | Outcome::UpstreamRefused(_)
+            | Outcome::UpstreamUnreachable(_)
+            | Outcome::UpstreamTimedOut
+            | Outcome::Internal => {}
+            Outcome::BadRequest(r) => match r {
+                BadRequest::NotFound
+                | BadRequest::MethodNotAllowed
+                | BadRequest::TooLarge
+                | BadRequest::SlowBody
+                | BadRequest::Unreadable
+                | BadRequest::Unauthorized(_)
+                | BadRequest::Invalid(_) => {}
+            },
+            Outcome::TryLater(t) => match t {
+                TryLater::ShuttingDown
+                | TryLater::RateLimited { .. }
+                | TryLater::MemoryUnavailable => {}
             },
         }
     }

@@ -12,9 +12,10 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 
 use common::*;
-use feishu_gate::callback::{self, BodyError, Fields, ForwardOptions, MAX_DEPTH};
+use feishu_gate::callback::{self, ForwardOptions};
 use feishu_gate::config;
 use feishu_gate::envelope::CallbackKey;
+use feishu_gate::json::{Fields, JsonError, MAX_DEPTH};
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
@@ -79,7 +80,7 @@ proptest! {
             }
             Err(e) => {
                 prop_assert!(depth >= MAX_DEPTH, "depth {} refused: {e}", depth + 1);
-                prop_assert_eq!(e, BodyError::TooDeep);
+                prop_assert_eq!(e, JsonError::TooDeep);
             }
         }
     }

@@ -3,7 +3,8 @@
 //! value and in order, and forwarding it again changes nothing.
 #![no_main]
 
-use feishu_gate::callback::{self, Fields, ForwardOptions, MAX_DEPTH};
+use feishu_gate::callback::{self, ForwardOptions};
+use feishu_gate::json::{Fields, MAX_DEPTH};
 use libfuzzer_sys::fuzz_target;
 
 #[path = "strict.rs"]

@@ -3,7 +3,10 @@
 #![no_main]
 
 use feishu_gate::config::Lang;
-use feishu_gate::respond::{self, MAX_MESSAGE_CHARS, Outcome, Refusal, Translator};
+use feishu_gate::outcome::Outcome;
+use feishu_gate::respond::Translator;
+use feishu_gate::text::{self, MAX_MESSAGE_CHARS};
+use feishu_gate::upstream::{Refusal, answer};
 use http::StatusCode;
 use libfuzzer_sys::fuzz_target;
 
@@ -37,14 +40,14 @@ fuzz_target!(|data: &[u8]| {
         .first()
         .and_then(|b| CONTENT_TYPES[usize::from(*b) % CONTENT_TYPES.len()])
         .map(http::HeaderValue::from_static);
-    let extracted = respond::upstream_message(content_type.as_ref(), data);
+    let extracted = answer::message(content_type.as_ref(), data);
     if let Some(m) = &extracted {
         check_folded(m);
     }
-    if let Some(m) = respond::clean(&String::from_utf8_lossy(data)) {
+    if let Some(m) = text::clean(&String::from_utf8_lossy(data)) {
         check(&m);
     }
-    let outcome = Outcome::Refused(Refusal {
+    let outcome = Outcome::UpstreamRefused(Refusal {
         upstream_status: StatusCode::CONFLICT,
         message: extracted,
         business_rule: data.first().is_some_and(|b| b & 1 != 0),

@@ -4,10 +4,13 @@
 //! Feishu's card.
 #![no_main]
 
-use feishu_gate::callback::{Fields, ForwardOptions};
+use feishu_gate::callback::ForwardOptions;
+use feishu_gate::json::Fields;
 use feishu_gate::config::Lang;
 use feishu_gate::envelope::CallbackKey;
-use feishu_gate::respond::{MAX_MESSAGE_CHARS, Outcome, Translator};
+use feishu_gate::outcome::Outcome;
+use feishu_gate::respond::Translator;
+use feishu_gate::text::MAX_MESSAGE_CHARS;
 use feishu_gate::secret::{KeySet, TokenSet};
 use feishu_gate::verify::Verifier;
 use libfuzzer_sys::fuzz_target;
@@ -62,8 +65,8 @@ fuzz_target!(|data: &[u8]| {
                 let key = feishu_gate::callback::idempotency_key(&callback.decision);
                 assert!(key.iter().all(u8::is_ascii_hexdigit));
             }
-            Err(rejection) => {
-                let outcome = Outcome::Rejected(rejection);
+            Err(why) => {
+                let outcome = Outcome::BadRequest(why);
                 assert!(outcome.status().as_u16() > 400);
                 for t in &translators {
                     check_message(&t.message(&outcome).expect("a refusal has a message"));
