@@ -711,6 +711,47 @@ fn log(
 mod tests {
     use super::*;
 
+    /// A request body whose first read panics, as a bug in any step would.
+    struct Panics;
+
+    impl Body for Panics {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            panic!("a bug while reading the body")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_while_handling_a_callback_is_answered_in_feishus_format_and_counted() {
+        let loaded = Config::from_vars([
+            (crate::config::UPSTREAM_URL, "http://127.0.0.1:9/"),
+            (crate::config::TOKEN, "s3cret-token-for-tests"),
+        ])
+        .unwrap();
+        let gateway = Gateway::new(&loaded.config).unwrap();
+        let upstream = gateway.upstream_for_worker();
+        let request = Request::post(loaded.config.callback_path.as_str())
+            .body(Panics)
+            .unwrap();
+        let response = gateway.handle(&upstream, request).await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(response.headers().contains_key(REQUEST_ID));
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["without_prefix"], "true");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+        let metrics = gateway.metrics.render();
+        assert!(
+            metrics.contains("feishu_gate_callbacks_total{outcome=\"internal\"} 1"),
+            "{metrics}"
+        );
+    }
+
     #[tokio::test]
     async fn a_panic_is_returned_not_unwound() {
         let ok = CatchPanic(std::pin::pin!(async { 7 })).await;
