@@ -332,72 +332,29 @@ async fn run_gateway() -> ExitCode {
 }
 
 /// The start-up line: each effective setting a field of its own, named as its variable
-/// without the prefix, in lower case (`upstream_timeout_ms`), secrets redacted.
+/// without the prefix, in lower case (`upstream_timeout_ms`), secrets redacted. The
+/// fields are those `config::variables!` marks `logged as`: tracing needs each name
+/// written out where the event is.
 fn log_start(settings: &[(&'static str, String)]) {
+    let value = |name: &str| {
+        settings
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    };
     macro_rules! starting {
-        ($($field:ident),* $(,)?) => {{
-            let value = |field: &str| {
-                settings
-                    .iter()
-                    .find(|(name, _)| name_of(name) == field)
-                    .map(|(_, value)| value.as_str())
-            };
-            // A setting this list does not name yet is still logged, not dropped.
-            let named = [$(stringify!($field)),*];
-            let rest: Vec<String> = settings
-                .iter()
-                .filter(|(name, _)| !named.contains(&name_of(name).as_str()))
-                .map(|(name, value)| format!("{name}={value}"))
-                .collect();
+        ($(
+            $(#[$doc:meta])* $konst:ident = $name:literal $(, logged as $field:ident)?
+            { $($entry:tt)* }
+        )*) => {
             tracing::info!(
                 version = env!("CARGO_PKG_VERSION"),
-                $($field = value(stringify!($field)),)*
-                other_settings = (!rest.is_empty()).then(|| rest.join(" ")),
+                $($($field = value(config::$konst),)?)*
                 "starting"
-            );
-        }};
+            )
+        };
     }
-    fn name_of(variable: &str) -> String {
-        variable
-            .strip_prefix(config::PREFIX)
-            .unwrap_or(variable)
-            .to_ascii_lowercase()
-    }
-    starting!(
-        listen,
-        admin_listen,
-        callback_path,
-        upstream_url,
-        upstream_timeout_ms,
-        answer_within_ms,
-        upstream_headers,
-        upstream_ca_file,
-        upstream_client_cert,
-        upstream_client_key,
-        upstream_ok,
-        token,
-        key,
-        allow_plaintext,
-        tls_cert,
-        tls_key,
-        max_body_bytes,
-        rate_limit_rps,
-        user_rate_limit_rps,
-        dedup_ttl_secs,
-        message_id_as_string,
-        lang,
-        log_format,
-        shutdown_grace_ms,
-        max_connections,
-        redis_url,
-        redis_prefix,
-        redis_ca_file,
-        redis_failure,
-        workers,
-        otel_exporter_otlp_traces_endpoint,
-        otel_service_name,
-        otel_traces_sampler,
-    );
+    config::variables!(starting);
 }
 
 async fn bind(config: &Config) -> Result<Listeners, String> {

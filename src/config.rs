@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,135 +19,346 @@ use crate::upstream::answer::OkRule;
 /// Prefix every variable shares.
 pub const PREFIX: &str = "FEISHU_GATE_";
 
-/// Address Feishu's callbacks arrive on.
-pub const LISTEN: &str = "FEISHU_GATE_LISTEN";
-/// Address of `/livez`, `/readyz` and `/metrics`; never the callback port.
-pub const ADMIN_LISTEN: &str = "FEISHU_GATE_ADMIN_LISTEN";
-/// The one path that accepts callbacks.
-pub const CALLBACK_PATH: &str = "FEISHU_GATE_CALLBACK_PATH";
-/// The legacy system's endpoint.
-pub const UPSTREAM_URL: &str = "FEISHU_GATE_UPSTREAM_URL";
-/// Bound on the whole upstream exchange, in milliseconds.
-pub const UPSTREAM_TIMEOUT_MS: &str = "FEISHU_GATE_UPSTREAM_TIMEOUT_MS";
-/// The latest moment after a callback arrived by which its caller is
-/// answered: Feishu's page waits 10 s, Lark's 5 s.
-pub const ANSWER_WITHIN_MS: &str = "FEISHU_GATE_ANSWER_WITHIN_MS";
-/// Extra request headers for the legacy system, `name=value,name=value`
-/// (values percent-encoded). Secret: they usually carry credentials.
-pub const UPSTREAM_HEADERS: &str = "FEISHU_GATE_UPSTREAM_HEADERS";
-/// Extra trust anchors (PEM) for an `https://` upstream.
-pub const UPSTREAM_CA_FILE: &str = "FEISHU_GATE_UPSTREAM_CA_FILE";
-/// Client certificate chain (PEM) for mutual TLS to the upstream.
-pub const UPSTREAM_CLIENT_CERT: &str = "FEISHU_GATE_UPSTREAM_CLIENT_CERT";
-/// Private key (PEM) for [`UPSTREAM_CLIENT_CERT`].
-pub const UPSTREAM_CLIENT_KEY: &str = "FEISHU_GATE_UPSTREAM_CLIENT_KEY";
-/// Business-success rule for a 2xx answer, `POINTER==VALUE`.
-pub const UPSTREAM_OK: &str = "FEISHU_GATE_UPSTREAM_OK";
-/// Feishu's `action_callback_token`; comma-separated during rotation.
-pub const TOKEN: &str = "FEISHU_GATE_TOKEN";
-/// Feishu's `action_callback_key`; comma-separated during rotation.
-pub const KEY: &str = "FEISHU_GATE_KEY";
-/// With a key set, also accept unencrypted callbacks.
-pub const ALLOW_PLAINTEXT: &str = "FEISHU_GATE_ALLOW_PLAINTEXT";
-/// PEM certificate chain for the callback listener.
-pub const TLS_CERT: &str = "FEISHU_GATE_TLS_CERT";
-/// PEM private key for the callback listener.
-pub const TLS_KEY: &str = "FEISHU_GATE_TLS_KEY";
-/// Larger bodies are refused before they are read.
-pub const MAX_BODY_BYTES: &str = "FEISHU_GATE_MAX_BODY_BYTES";
-/// Callbacks per second, all approvers together; `0` turns the limit off.
-pub const RATE_LIMIT_RPS: &str = "FEISHU_GATE_RATE_LIMIT_RPS";
-/// Burst allowance of the global limit.
-pub const RATE_LIMIT_BURST: &str = "FEISHU_GATE_RATE_LIMIT_BURST";
-/// Callbacks per second per approver `user_id`; `0` (default) is off.
-pub const USER_RATE_LIMIT_RPS: &str = "FEISHU_GATE_USER_RATE_LIMIT_RPS";
-/// Burst allowance of the per-approver limit.
-pub const USER_RATE_LIMIT_BURST: &str = "FEISHU_GATE_USER_RATE_LIMIT_BURST";
-/// How long a delivered decision is remembered; `0` turns suppression off.
-pub const DEDUP_TTL_SECS: &str = "FEISHU_GATE_DEDUP_TTL_SECS";
-/// Forward `message_id` as a decimal string.
-pub const MESSAGE_ID_AS_STRING: &str = "FEISHU_GATE_MESSAGE_ID_AS_STRING";
-/// Language of the gateway's own messages to approvers.
-pub const LANG: &str = "FEISHU_GATE_LANG";
-/// `json` or `text`.
-pub const LOG_FORMAT: &str = "FEISHU_GATE_LOG_FORMAT";
-/// How long in-flight callbacks may finish after SIGTERM.
-pub const SHUTDOWN_GRACE_MS: &str = "FEISHU_GATE_SHUTDOWN_GRACE_MS";
-/// Callback connections served at once. At the cap the gateway stops
-/// accepting: further clients wait in the kernel's listen backlog and are
-/// served as soon as a connection closes, which an idle one does within
-/// [`crate::server::HEADER_READ_TIMEOUT`].
-pub const MAX_CONNECTIONS: &str = "FEISHU_GATE_MAX_CONNECTIONS";
-/// Worker threads serving callback connections, each on its own event loop;
-/// unset, one per CPU the process may use (a cgroup CPU limit included).
-pub const WORKERS: &str = "FEISHU_GATE_WORKERS";
-/// `redis://` or `rediss://`: the duplicate memory shared by every replica
-/// naming it. Secret: the URL usually carries a password.
-pub const REDIS_URL: &str = "FEISHU_GATE_REDIS_URL";
-/// Key prefix, so several gateways can share one Redis.
-pub const REDIS_PREFIX: &str = "FEISHU_GATE_REDIS_PREFIX";
-/// PEM trust anchors for a `rediss://` Redis, instead of the system's: a Redis
-/// inside the cluster usually has a certificate from a private CA.
-pub const REDIS_CA_FILE: &str = "FEISHU_GATE_REDIS_CA_FILE";
-/// While Redis is unreachable: `open` keeps answering on local memory,
-/// `closed` answers 503.
-pub const REDIS_FAILURE: &str = "FEISHU_GATE_REDIS_FAILURE";
+/// Every variable the gateway reads, each declared once: its name constant with the
+/// doc comment, its start-up log field (`logged as`: the name without [`PREFIX`], in
+/// lower case), and its [`Variable`] entry. The list is handed to the macro named
+/// `$then`, so `check-config`, the unknown-variable warning, the `_FILE` forms and the
+/// start-up line (`cli::log_start`, where tracing needs each field name written out)
+/// all follow from it; `Parser::config` reads each variable into [`Config`].
+///
+/// The list is ordered as `check-config` prints it.
+macro_rules! variables {
+    ($then:ident) => {
+        $then! {
+            /// Address Feishu's callbacks arrive on.
+            LISTEN = "FEISHU_GATE_LISTEN", logged as listen {
+                shown: Some(|c| c.listen.to_string()),
+            }
+            /// Address of `/livez`, `/readyz` and `/metrics`; never the callback port.
+            ADMIN_LISTEN = "FEISHU_GATE_ADMIN_LISTEN", logged as admin_listen {
+                shown: Some(|c| c.admin_listen.to_string()),
+            }
+            /// The one path that accepts callbacks.
+            CALLBACK_PATH = "FEISHU_GATE_CALLBACK_PATH", logged as callback_path {
+                shown: Some(|c| c.callback_path.clone()),
+            }
+            /// The legacy system's endpoint.
+            UPSTREAM_URL = "FEISHU_GATE_UPSTREAM_URL", logged as upstream_url {
+                shown: Some(|c| c.upstream_url.to_string()),
+            }
+            /// Bound on the whole upstream exchange, in milliseconds.
+            UPSTREAM_TIMEOUT_MS = "FEISHU_GATE_UPSTREAM_TIMEOUT_MS",
+            logged as upstream_timeout_ms {
+                range: Some(1..=MAX_UPSTREAM_TIMEOUT_MS),
+                shown: Some(|c| c.upstream_timeout.as_millis().to_string()),
+            }
+            /// The latest moment after a callback arrived by which its caller is
+            /// answered: Feishu's page waits 10 s, Lark's 5 s.
+            ANSWER_WITHIN_MS = "FEISHU_GATE_ANSWER_WITHIN_MS", logged as answer_within_ms {
+                range: Some(MIN_ANSWER_WITHIN_MS..=MAX_ANSWER_WITHIN_MS),
+                shown: Some(|c| c.answer_within.as_millis().to_string()),
+            }
+            /// Extra request headers for the legacy system, `name=value,name=value`
+            /// (values percent-encoded). Secret: they usually carry credentials.
+            UPSTREAM_HEADERS = "FEISHU_GATE_UPSTREAM_HEADERS", logged as upstream_headers {
+                secret: true,
+                shown: Some(|c| shown_headers(&c.upstream_headers)),
+            }
+            /// Extra trust anchors (PEM) for an `https://` upstream.
+            UPSTREAM_CA_FILE = "FEISHU_GATE_UPSTREAM_CA_FILE", logged as upstream_ca_file {
+                shown: Some(|c| shown_path(c.upstream_ca_file.as_ref())),
+            }
+            /// Client certificate chain (PEM) for mutual TLS to the upstream.
+            UPSTREAM_CLIENT_CERT = "FEISHU_GATE_UPSTREAM_CLIENT_CERT",
+            logged as upstream_client_cert {
+                shown: Some(|c| shown_path(c.upstream_client.as_ref().map(|i| &i.cert))),
+            }
+            /// Private key (PEM) for [`UPSTREAM_CLIENT_CERT`].
+            UPSTREAM_CLIENT_KEY = "FEISHU_GATE_UPSTREAM_CLIENT_KEY",
+            logged as upstream_client_key {
+                shown: Some(|c| shown_path(c.upstream_client.as_ref().map(|i| &i.key))),
+            }
+            /// Business-success rule for a 2xx answer, `POINTER==VALUE`.
+            UPSTREAM_OK = "FEISHU_GATE_UPSTREAM_OK", logged as upstream_ok {
+                shown: Some(|c| c.upstream_ok.as_ref().map_or_else(none, ToString::to_string)),
+            }
+            /// Feishu's `action_callback_token`; comma-separated during rotation.
+            TOKEN = "FEISHU_GATE_TOKEN", logged as token {
+                secret: true,
+                shown: Some(|c| format!("<redacted: {}>", c.tokens.len())),
+            }
+            /// Feishu's `action_callback_key`; comma-separated during rotation.
+            KEY = "FEISHU_GATE_KEY", logged as key {
+                secret: true,
+                shown: Some(|c| match c.keys.len() {
+                    0 => none(),
+                    n => format!("<redacted: {n}>"),
+                }),
+            }
+            /// With a key set, also accept unencrypted callbacks.
+            ALLOW_PLAINTEXT = "FEISHU_GATE_ALLOW_PLAINTEXT", logged as allow_plaintext {
+                shown: Some(|c| c.allow_plaintext.to_string()),
+            }
+            /// PEM certificate chain for the callback listener.
+            TLS_CERT = "FEISHU_GATE_TLS_CERT", logged as tls_cert {
+                shown: Some(|c| shown_path(c.tls.as_ref().map(|t| &t.cert))),
+            }
+            /// PEM private key for the callback listener.
+            TLS_KEY = "FEISHU_GATE_TLS_KEY", logged as tls_key {
+                shown: Some(|c| shown_path(c.tls.as_ref().map(|t| &t.key))),
+            }
+            /// Larger bodies are refused before they are read.
+            MAX_BODY_BYTES = "FEISHU_GATE_MAX_BODY_BYTES", logged as max_body_bytes {
+                range: Some(1_024..=16 * 1024 * 1024),
+                shown: Some(|c| c.max_body_bytes.to_string()),
+            }
+            /// Callbacks per second, all approvers together; `0` turns the limit off.
+            RATE_LIMIT_RPS = "FEISHU_GATE_RATE_LIMIT_RPS", logged as rate_limit_rps {
+                range: Some(0..=1_000_000),
+                shown: Some(|c| shown_limit(c.rate_limit)),
+            }
+            /// Burst allowance of the global limit.
+            RATE_LIMIT_BURST = "FEISHU_GATE_RATE_LIMIT_BURST" {
+                range: Some(1..=10_000_000),
+            }
+            /// Callbacks per second per approver `user_id`; `0` (default) is off.
+            USER_RATE_LIMIT_RPS = "FEISHU_GATE_USER_RATE_LIMIT_RPS",
+            logged as user_rate_limit_rps {
+                range: Some(0..=1_000_000),
+                shown: Some(|c| shown_limit(c.user_rate_limit)),
+            }
+            /// Burst allowance of the per-approver limit.
+            USER_RATE_LIMIT_BURST = "FEISHU_GATE_USER_RATE_LIMIT_BURST" {
+                range: Some(1..=10_000_000),
+            }
+            /// How long a delivered decision is remembered; `0` turns suppression off.
+            DEDUP_TTL_SECS = "FEISHU_GATE_DEDUP_TTL_SECS", logged as dedup_ttl_secs {
+                range: Some(0..=7 * 24 * 3600),
+                shown: Some(|c| c.dedup_ttl.map_or_else(off, |d| d.as_secs().to_string())),
+            }
+            /// Forward `message_id` as a decimal string.
+            MESSAGE_ID_AS_STRING = "FEISHU_GATE_MESSAGE_ID_AS_STRING",
+            logged as message_id_as_string {
+                shown: Some(|c| c.message_id_as_string.to_string()),
+            }
+            /// Language of the gateway's own messages to approvers.
+            LANG = "FEISHU_GATE_LANG", logged as lang {
+                shown: Some(|c| match c.lang {
+                    Lang::Zh => "zh".to_owned(),
+                    Lang::En => "en".to_owned(),
+                }),
+            }
+            /// `json` or `text`.
+            LOG_FORMAT = "FEISHU_GATE_LOG_FORMAT", logged as log_format {
+                shown: Some(|c| match c.log_format {
+                    LogFormat::Json => "json".to_owned(),
+                    LogFormat::Text => "text".to_owned(),
+                }),
+            }
+            /// How long in-flight callbacks may finish after SIGTERM.
+            SHUTDOWN_GRACE_MS = "FEISHU_GATE_SHUTDOWN_GRACE_MS", logged as shutdown_grace_ms {
+                range: Some(0..=3_600_000),
+                shown: Some(|c| c.shutdown_grace.as_millis().to_string()),
+            }
+            /// Callback connections served at once. At the cap the gateway stops
+            /// accepting: further clients wait in the kernel's listen backlog and are
+            /// served as soon as a connection closes, which an idle one does within
+            /// [`crate::server::HEADER_READ_TIMEOUT`].
+            MAX_CONNECTIONS = "FEISHU_GATE_MAX_CONNECTIONS", logged as max_connections {
+                range: Some(1..=1_000_000),
+                shown: Some(|c| c.max_connections.to_string()),
+            }
+            /// Worker threads serving callback connections, each on its own event loop;
+            /// unset, one per CPU the process may use (a cgroup CPU limit included).
+            WORKERS = "FEISHU_GATE_WORKERS", logged as workers {
+                range: Some(1..=MAX_WORKERS),
+                shown: Some(|c| c.workers.map_or_else(|| "auto".to_owned(), |n| n.to_string())),
+            }
+            /// OpenTelemetry's standard variables that turn span export on: the base URL
+            /// (`/v1/traces` is appended) or the traces URL as it is. The exporter reads
+            /// the rest of its standard variables itself (`OTEL_EXPORTER_OTLP_HEADERS`,
+            /// `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`...).
+            OTEL_EXPORTER_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT" {}
+            /// The traces URL as it is; see [`OTEL_EXPORTER_OTLP_ENDPOINT`].
+            OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            logged as otel_exporter_otlp_traces_endpoint {
+                shown: Some(|c| {
+                    c.traces.as_ref().map_or_else(off, |t| shown_endpoint(&t.endpoint))
+                }),
+            }
+            /// Only `http/protobuf` is spoken; another protocol is a configuration error.
+            OTEL_EXPORTER_OTLP_PROTOCOL = "OTEL_EXPORTER_OTLP_PROTOCOL" {}
+            /// The traces protocol; see [`OTEL_EXPORTER_OTLP_PROTOCOL`].
+            OTEL_EXPORTER_OTLP_TRACES_PROTOCOL = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" {}
+            /// The exported service's name; `feishu-gate` unless set.
+            OTEL_SERVICE_NAME = "OTEL_SERVICE_NAME", logged as otel_service_name {
+                shown: Some(|c| c.traces.as_ref().map_or_else(off, |t| t.service_name.clone())),
+            }
+            /// `true` turns export off whatever else is set.
+            OTEL_SDK_DISABLED = "OTEL_SDK_DISABLED" {}
+            /// Shown by `check-config`; the exporter reads it.
+            OTEL_TRACES_SAMPLER = "OTEL_TRACES_SAMPLER", logged as otel_traces_sampler {
+                shown: Some(|c| c.traces.as_ref().map_or_else(off, |t| t.sampler.clone())),
+            }
+            /// `redis://` or `rediss://`: the duplicate memory shared by every replica
+            /// naming it. Secret: the URL usually carries a password.
+            REDIS_URL = "FEISHU_GATE_REDIS_URL", logged as redis_url {
+                secret: true,
+                shown: Some(|c| c.redis.as_ref().map_or_else(none, |r| r.url.shown().to_owned())),
+            }
+            /// Key prefix, so several gateways can share one Redis.
+            REDIS_PREFIX = "FEISHU_GATE_REDIS_PREFIX", logged as redis_prefix {
+                shown: Some(|c| c.redis.as_ref().map_or_else(unused, |r| r.prefix.clone())),
+            }
+            /// PEM trust anchors for a `rediss://` Redis, instead of the system's: a Redis
+            /// inside the cluster usually has a certificate from a private CA.
+            REDIS_CA_FILE = "FEISHU_GATE_REDIS_CA_FILE", logged as redis_ca_file {
+                shown: Some(|c| match &c.redis {
+                    Some(r) if r.url.is_tls() => r.ca_file.as_ref().map_or_else(
+                        || "system roots".to_owned(),
+                        |p| p.display().to_string(),
+                    ),
+                    _ => unused(),
+                }),
+            }
+            /// While Redis is unreachable: `open` keeps answering on local memory,
+            /// `closed` answers 503.
+            REDIS_FAILURE = "FEISHU_GATE_REDIS_FAILURE", logged as redis_failure {
+                shown: Some(|c| {
+                    c.redis.as_ref().map_or_else(unused, |r| r.failure.label().to_owned())
+                }),
+            }
+        }
+    };
+}
+pub(crate) use variables;
 
-/// OpenTelemetry's standard variables that turn span export on: the base URL
-/// (`/v1/traces` is appended) or the traces URL as it is. The exporter reads
-/// the rest of its standard variables itself (`OTEL_EXPORTER_OTLP_HEADERS`,
-/// `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`...).
-pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
-pub const OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
-/// Only `http/protobuf` is spoken; another protocol is a configuration error.
-pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
-pub const OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
-/// The exported service's name; `feishu-gate` unless set.
-pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
-/// `true` turns export off whatever else is set.
-pub const OTEL_SDK_DISABLED: &str = "OTEL_SDK_DISABLED";
-/// Shown by `check-config`; the exporter reads it.
-pub const OTEL_TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";
+/// Expands [`variables!`] into the name constants and [`TABLE`].
+macro_rules! declare {
+    ($(
+        $(#[$doc:meta])* $konst:ident = $name:literal $(, logged as $field:ident)?
+        { $($key:ident: $value:expr),* $(,)? }
+    )*) => {
+        $($(#[$doc])* pub const $konst: &str = $name;)*
+
+        /// What the gateway knows of each variable, in `check-config`'s order.
+        const TABLE: &[Variable] = &[$(Variable { name: $konst, $($key: $value,)* ..PLAIN }),*];
+    };
+}
+variables!(declare);
+
+/// One variable, as [`variables!`] declares it.
+struct Variable {
+    name: &'static str,
+    /// May instead be read from the file named by `<NAME>_FILE`.
+    secret: bool,
+    /// The whole numbers `Parser::number` accepts for it.
+    range: Option<RangeInclusive<u64>>,
+    /// Its value in `check-config`'s output and the start-up line. `None` for a
+    /// variable shown in another's line (a burst beside its rate) or that only
+    /// steers another (the OTLP base URL and protocol).
+    shown: Option<fn(&Config) -> String>,
+}
+
+/// What an entry of [`variables!`] leaves out.
+const PLAIN: Variable = Variable {
+    name: "",
+    secret: false,
+    range: None,
+    shown: None,
+};
+
 const OTEL_PREFIX: &str = "OTEL_";
 
-/// Every variable the gateway reads (secrets also have a `_FILE` form).
-pub const VARIABLES: &[&str] = &[
-    LISTEN,
-    ADMIN_LISTEN,
-    CALLBACK_PATH,
-    UPSTREAM_URL,
-    UPSTREAM_TIMEOUT_MS,
-    ANSWER_WITHIN_MS,
-    UPSTREAM_HEADERS,
-    UPSTREAM_CA_FILE,
-    UPSTREAM_CLIENT_CERT,
-    UPSTREAM_CLIENT_KEY,
-    UPSTREAM_OK,
-    TOKEN,
-    KEY,
-    ALLOW_PLAINTEXT,
-    TLS_CERT,
-    TLS_KEY,
-    MAX_BODY_BYTES,
-    RATE_LIMIT_RPS,
-    RATE_LIMIT_BURST,
-    USER_RATE_LIMIT_RPS,
-    USER_RATE_LIMIT_BURST,
-    DEDUP_TTL_SECS,
-    MESSAGE_ID_AS_STRING,
-    LANG,
-    LOG_FORMAT,
-    SHUTDOWN_GRACE_MS,
-    MAX_CONNECTIONS,
-    WORKERS,
-    REDIS_URL,
-    REDIS_PREFIX,
-    REDIS_CA_FILE,
-    REDIS_FAILURE,
-];
+/// Every variable of ours the gateway reads (secrets also have a `_FILE` form).
+pub const VARIABLES: &[&str] = &names::<{ count(Pick::Ours) }>(Pick::Ours);
 
 /// Variables that may instead be read from the file named by `<NAME>_FILE`.
-pub const SECRET_VARIABLES: &[&str] = &[TOKEN, KEY, UPSTREAM_HEADERS, REDIS_URL];
+pub const SECRET_VARIABLES: &[&str] = &names::<{ count(Pick::Secret) }>(Pick::Secret);
+
+/// Which names of [`TABLE`] a list holds.
+#[derive(Clone, Copy)]
+enum Pick {
+    /// Those under [`PREFIX`], not OpenTelemetry's.
+    Ours,
+    Secret,
+}
+
+const fn picks(pick: Pick, variable: &Variable) -> bool {
+    match pick {
+        Pick::Ours => {
+            let (name, prefix) = (variable.name.as_bytes(), PREFIX.as_bytes());
+            let mut i = 0;
+            while i < prefix.len() {
+                if i >= name.len() || name[i] != prefix[i] {
+                    return false;
+                }
+                i += 1;
+            }
+            true
+        }
+        Pick::Secret => variable.secret,
+    }
+}
+
+const fn count(pick: Pick) -> usize {
+    let (mut n, mut i) = (0, 0);
+    while i < TABLE.len() {
+        if picks(pick, &TABLE[i]) {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+}
+
+/// The names `pick` selects, in [`TABLE`]'s order; `N` is their [`count`].
+const fn names<const N: usize>(pick: Pick) -> [&'static str; N] {
+    let mut out = [""; N];
+    let (mut n, mut i) = (0, 0);
+    while i < TABLE.len() {
+        if picks(pick, &TABLE[i]) {
+            out[n] = TABLE[i].name;
+            n += 1;
+        }
+        i += 1;
+    }
+    out
+}
+
+fn none() -> String {
+    "none".to_owned()
+}
+
+fn off() -> String {
+    "off".to_owned()
+}
+
+/// A Redis setting while no Redis is configured.
+fn unused() -> String {
+    "-".to_owned()
+}
+
+fn shown_path(path: Option<&PathBuf>) -> String {
+    path.map_or_else(none, |p| p.display().to_string())
+}
+
+fn shown_limit(limit: Option<RateLimit>) -> String {
+    limit.map_or_else(off, |l| format!("{}/s burst {}", l.per_second, l.burst))
+}
+
+/// Header names only: the values are credentials.
+fn shown_headers(headers: &UpstreamHeaders) -> String {
+    if headers.0.is_empty() {
+        return none();
+    }
+    let names: Vec<String> = headers
+        .0
+        .iter()
+        .map(|(n, _)| format!("{n}=<redacted>"))
+        .collect();
+    names.join(",")
+}
 
 /// Feishu stops waiting for an answer after this long.
 pub const FEISHU_DEADLINE: Duration = Duration::from_secs(10);
@@ -490,144 +702,10 @@ impl Config {
 
     /// The effective settings, one `NAME=value` per entry, secrets redacted.
     pub fn describe(&self) -> Vec<(&'static str, String)> {
-        let off = || "off".to_owned();
-        let limit = |l: &Option<RateLimit>| {
-            l.map_or_else(off, |l| format!("{}/s burst {}", l.per_second, l.burst))
-        };
-        let path = |p: &Option<PathBuf>| {
-            p.as_ref()
-                .map_or_else(|| "none".to_owned(), |p| p.display().to_string())
-        };
-        vec![
-            (LISTEN, self.listen.to_string()),
-            (ADMIN_LISTEN, self.admin_listen.to_string()),
-            (CALLBACK_PATH, self.callback_path.clone()),
-            (UPSTREAM_URL, self.upstream_url.to_string()),
-            (
-                UPSTREAM_TIMEOUT_MS,
-                self.upstream_timeout.as_millis().to_string(),
-            ),
-            (ANSWER_WITHIN_MS, self.answer_within.as_millis().to_string()),
-            (
-                UPSTREAM_HEADERS,
-                if self.upstream_headers.0.is_empty() {
-                    "none".to_owned()
-                } else {
-                    self.upstream_headers
-                        .0
-                        .iter()
-                        .map(|(n, _)| format!("{n}=<redacted>"))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                },
-            ),
-            (UPSTREAM_CA_FILE, path(&self.upstream_ca_file)),
-            (
-                UPSTREAM_CLIENT_CERT,
-                path(&self.upstream_client.as_ref().map(|c| c.cert.clone())),
-            ),
-            (
-                UPSTREAM_CLIENT_KEY,
-                path(&self.upstream_client.as_ref().map(|c| c.key.clone())),
-            ),
-            (
-                UPSTREAM_OK,
-                self.upstream_ok
-                    .as_ref()
-                    .map_or_else(|| "none".to_owned(), ToString::to_string),
-            ),
-            (TOKEN, format!("<redacted: {}>", self.tokens.len())),
-            (
-                KEY,
-                if self.keys.is_empty() {
-                    "none".to_owned()
-                } else {
-                    format!("<redacted: {}>", self.keys.len())
-                },
-            ),
-            (ALLOW_PLAINTEXT, self.allow_plaintext.to_string()),
-            (TLS_CERT, path(&self.tls.as_ref().map(|t| t.cert.clone()))),
-            (TLS_KEY, path(&self.tls.as_ref().map(|t| t.key.clone()))),
-            (MAX_BODY_BYTES, self.max_body_bytes.to_string()),
-            (RATE_LIMIT_RPS, limit(&self.rate_limit)),
-            (USER_RATE_LIMIT_RPS, limit(&self.user_rate_limit)),
-            (
-                DEDUP_TTL_SECS,
-                self.dedup_ttl.map_or_else(off, |d| d.as_secs().to_string()),
-            ),
-            (MESSAGE_ID_AS_STRING, self.message_id_as_string.to_string()),
-            (
-                LANG,
-                match self.lang {
-                    Lang::Zh => "zh",
-                    Lang::En => "en",
-                }
-                .to_owned(),
-            ),
-            (
-                LOG_FORMAT,
-                match self.log_format {
-                    LogFormat::Json => "json",
-                    LogFormat::Text => "text",
-                }
-                .to_owned(),
-            ),
-            (
-                SHUTDOWN_GRACE_MS,
-                self.shutdown_grace.as_millis().to_string(),
-            ),
-            (MAX_CONNECTIONS, self.max_connections.to_string()),
-            (
-                WORKERS,
-                self.workers
-                    .map_or_else(|| "auto".to_owned(), |n| n.to_string()),
-            ),
-            (
-                OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
-                self.traces
-                    .as_ref()
-                    .map_or_else(off, |t| shown_endpoint(&t.endpoint)),
-            ),
-            (
-                OTEL_SERVICE_NAME,
-                self.traces
-                    .as_ref()
-                    .map_or_else(off, |t| t.service_name.clone()),
-            ),
-            (
-                OTEL_TRACES_SAMPLER,
-                self.traces.as_ref().map_or_else(off, |t| t.sampler.clone()),
-            ),
-            (
-                REDIS_URL,
-                self.redis
-                    .as_ref()
-                    .map_or_else(|| "none".to_owned(), |r| r.url.shown().to_owned()),
-            ),
-            (
-                REDIS_PREFIX,
-                self.redis
-                    .as_ref()
-                    .map_or_else(|| "-".to_owned(), |r| r.prefix.clone()),
-            ),
-            (
-                REDIS_CA_FILE,
-                match &self.redis {
-                    None => "-".to_owned(),
-                    Some(r) if !r.url.is_tls() => "-".to_owned(),
-                    Some(r) => r
-                        .ca_file
-                        .as_ref()
-                        .map_or_else(|| "system roots".to_owned(), |p| p.display().to_string()),
-                },
-            ),
-            (
-                REDIS_FAILURE,
-                self.redis
-                    .as_ref()
-                    .map_or_else(|| "-".to_owned(), |r| r.failure.label().to_owned()),
-            ),
-        ]
+        TABLE
+            .iter()
+            .filter_map(|v| Some((v.name, (v.shown?)(self))))
+            .collect()
     }
 }
 
@@ -655,10 +733,9 @@ fn unknown_variables(vars: &HashMap<String, String>) -> Vec<String> {
         .keys()
         .filter(|k| k.starts_with(PREFIX))
         .filter(|k| {
-            let known = VARIABLES.contains(&k.as_str())
-                || SECRET_VARIABLES
-                    .iter()
-                    .any(|s| k.strip_suffix("_FILE") == Some(s));
+            let known = TABLE.iter().any(|v| {
+                k.as_str() == v.name || (v.secret && k.strip_suffix("_FILE") == Some(v.name))
+            });
             !known && !is_service_link(k)
         })
         .map(|k| format!("{k} is not a feishu-gate setting and is ignored"))
@@ -801,7 +878,19 @@ impl Parser<'_> {
         }
     }
 
-    fn number(&mut self, name: &str, default: u64, min: u64, max: u64) -> u64 {
+    /// A whole number in the range [`TABLE`] gives the variable.
+    fn number(&mut self, name: &str, default: u64) -> u64 {
+        let Some((min, max)) = TABLE
+            .iter()
+            .find(|v| v.name == name)
+            .and_then(|v| v.range.clone())
+            .map(RangeInclusive::into_inner)
+        else {
+            // Only a variable added without its range gets here, and then every
+            // configuration fails, so the omission cannot go unnoticed.
+            self.fail(name, "has no range in the variable table");
+            return default;
+        };
         let what = format!("a whole number from {min} to {max}");
         let n = self.parsed(name, default, &what);
         if (min..=max).contains(&n) {
@@ -868,8 +957,8 @@ impl Parser<'_> {
     }
 
     fn rate(&mut self, rps_var: &str, burst_var: &str, default_rps: u64) -> Option<RateLimit> {
-        let rps = self.number(rps_var, default_rps, 0, 1_000_000);
-        let burst = self.number(burst_var, rps.saturating_mul(2).max(1), 1, 10_000_000);
+        let rps = self.number(rps_var, default_rps);
+        let burst = self.number(burst_var, rps.saturating_mul(2).max(1));
         let per_second = u32::try_from(rps).ok()?;
         let burst = u32::try_from(burst).ok()?;
         (per_second > 0).then_some(RateLimit { per_second, burst })
@@ -897,17 +986,10 @@ impl Parser<'_> {
             );
         }
         let upstream_url = self.upstream_url();
-        let answer_within_ms = self.number(
-            ANSWER_WITHIN_MS,
-            MAX_ANSWER_WITHIN_MS,
-            MIN_ANSWER_WITHIN_MS,
-            MAX_ANSWER_WITHIN_MS,
-        );
+        let answer_within_ms = self.number(ANSWER_WITHIN_MS, MAX_ANSWER_WITHIN_MS);
         let upstream_timeout_ms = self.number(
             UPSTREAM_TIMEOUT_MS,
             default_upstream_timeout_ms(answer_within_ms),
-            1,
-            MAX_UPSTREAM_TIMEOUT_MS,
         );
         // Only an explicit timeout can exceed the bound: the default follows it.
         if upstream_timeout_ms > answer_within_ms {
@@ -940,10 +1022,10 @@ impl Parser<'_> {
         let tls = self
             .pair(TLS_CERT, TLS_KEY)
             .map(|(cert, key)| TlsFiles { cert, key });
-        let max_body_bytes = self.number(MAX_BODY_BYTES, 65_536, 1_024, 16 * 1024 * 1024);
+        let max_body_bytes = self.number(MAX_BODY_BYTES, 65_536);
         let rate_limit = self.rate(RATE_LIMIT_RPS, RATE_LIMIT_BURST, 200);
         let user_rate_limit = self.rate(USER_RATE_LIMIT_RPS, USER_RATE_LIMIT_BURST, 0);
-        let dedup_secs = self.number(DEDUP_TTL_SECS, 600, 0, 7 * 24 * 3600);
+        let dedup_secs = self.number(DEDUP_TTL_SECS, 600);
         let message_id_as_string = self.boolean(MESSAGE_ID_AS_STRING);
         let lang = self.raw(LANG).map_or(Lang::Zh, |v| {
             // `zh_CN.UTF-8`, `zh-Hans`, `EN_us`: what a locale variable holds is accepted too.
@@ -970,18 +1052,9 @@ impl Parser<'_> {
                 }
             }
         });
-        let shutdown_grace =
-            Duration::from_millis(self.number(SHUTDOWN_GRACE_MS, 8_000, 0, 3_600_000));
-        let max_connections = self.number(
-            MAX_CONNECTIONS,
-            crate::server::MAX_CONNECTIONS as u64,
-            1,
-            1_000_000,
-        );
-        let workers = self
-            .raw(WORKERS)
-            .is_some()
-            .then(|| self.number(WORKERS, 1, 1, MAX_WORKERS));
+        let shutdown_grace = Duration::from_millis(self.number(SHUTDOWN_GRACE_MS, 8_000));
+        let max_connections = self.number(MAX_CONNECTIONS, crate::server::MAX_CONNECTIONS as u64);
+        let workers = self.raw(WORKERS).is_some().then(|| self.number(WORKERS, 1));
         let traces = self.traces();
         let redis = self.redis(dedup_secs > 0);
 
@@ -1351,6 +1424,103 @@ mod tests {
             .into_iter()
             .map(|e| e.to_string())
             .collect()
+    }
+
+    #[test]
+    fn each_shown_variable_is_logged_under_its_lower_case_name() {
+        macro_rules! logged {
+            ($(
+                $(#[$doc:meta])* $konst:ident = $name:literal $(, logged as $field:ident)?
+                { $($entry:tt)* }
+            )*) => {
+                [$(($name, &[$(stringify!($field))?][..])),*]
+            };
+        }
+        let logged = variables!(logged);
+        assert_eq!(logged.len(), TABLE.len());
+        for ((name, field), v) in logged.into_iter().zip(TABLE) {
+            let field = field.first().copied();
+            assert_eq!(name, v.name);
+            let lower = name
+                .strip_prefix(PREFIX)
+                .unwrap_or(name)
+                .to_ascii_lowercase();
+            assert_eq!(field, v.shown.is_some().then_some(lower.as_str()), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_name_lists_follow_the_table() {
+        assert_eq!(VARIABLES.len(), 32);
+        assert!(VARIABLES.iter().all(|v| v.starts_with(PREFIX)));
+        assert_eq!(
+            TABLE
+                .iter()
+                .filter(|v| v.name.starts_with(OTEL_PREFIX))
+                .count()
+                + VARIABLES.len(),
+            TABLE.len()
+        );
+        let mut secrets = SECRET_VARIABLES.to_vec();
+        secrets.sort_unstable();
+        assert_eq!(secrets, [KEY, REDIS_URL, TOKEN, UPSTREAM_HEADERS]);
+        let described: Vec<&str> = with(&[])
+            .unwrap()
+            .config
+            .describe()
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        let shown: Vec<&str> = TABLE
+            .iter()
+            .filter(|v| v.shown.is_some())
+            .map(|v| v.name)
+            .collect();
+        assert_eq!(described, shown);
+    }
+
+    #[test]
+    fn every_secret_and_only_a_secret_is_read_from_its_file() {
+        for v in TABLE.iter().filter(|v| v.name.starts_with(PREFIX)) {
+            let file = format!("{}_FILE", v.name);
+            let mut vars = minimal();
+            // Set both ways, a secret is refused before its file is read.
+            vars.retain(|(name, _)| !(v.secret && name == v.name));
+            vars.push((file.clone(), "/no/such/secret".to_owned()));
+            let loaded = Config::from_vars(vars);
+            if v.secret {
+                let e = loaded.unwrap_err().to_string();
+                assert_eq!(
+                    e,
+                    format!("{file}: cannot read /no/such/secret: entity not found")
+                );
+            } else {
+                let w = loaded.unwrap().warnings;
+                let unknown = format!("{file} is not a feishu-gate setting and is ignored");
+                assert!(w.contains(&unknown), "{w:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_number_is_read_within_the_range_of_its_entry() {
+        for v in TABLE {
+            let Some(range) = v.range.clone() else {
+                continue;
+            };
+            let (min, max) = range.into_inner();
+            let outside = [min.checked_sub(1), max.checked_add(1)];
+            for n in outside.into_iter().flatten() {
+                let e = errors(&[(v.name, &n.to_string())]);
+                assert_eq!(
+                    e,
+                    vec![format!(
+                        "{}: {n} is out of range: must be a whole number from {min} to {max}",
+                        v.name
+                    )]
+                );
+            }
+        }
     }
 
     #[test]
