@@ -70,8 +70,7 @@ impl CallbackKey {
         self.decrypt_in_place(decoded.to_vec())
     }
 
-    /// Decrypts in the buffer the bytes arrived in: one allocation per
-    /// callback instead of two.
+    /// Decrypts in the buffer the decoded bytes arrived in.
     fn decrypt_in_place(&self, decoded: Vec<u8>) -> Result<Vec<u8>, EnvelopeError> {
         let (plain, padded) = self.open_in_place(decoded)?;
         if padded {

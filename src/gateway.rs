@@ -613,8 +613,8 @@ impl Drop for InFlight<'_> {
 /// otherwise a new random UUID; and the ids of a new trace or span.
 #[derive(Debug, Default)]
 struct RequestIds {
-    /// SipHash keyed once from the operating system's randomness: each id
-    /// costs two hashes of a counter instead of a system call.
+    /// SipHash keyed once from the operating system's randomness, over a counter:
+    /// ids no caller can predict, without asking the kernel for each one.
     keys: RandomState,
     next: AtomicU64,
 }

@@ -158,7 +158,7 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
                 return Err(de::Error::custom("too many fields"));
             }
             if entries.iter().any(|(k, _)| *k == key) {
-                // At most MAX_FIELDS earlier keys: a scan beats hashing them.
+                // At most MAX_FIELDS earlier keys, so the scan is bounded.
                 *self.duplicate = true;
                 return Err(de::Error::custom("duplicate field"));
             }
