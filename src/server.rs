@@ -277,7 +277,6 @@ impl Worker {
     ) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .on_thread_park(crate::logging::flush)
             .build()?;
         let (queue, mut incoming) = mpsc::unbounded_channel::<Accepted>();
         let (drained_tx, drained) = oneshot::channel();
@@ -348,7 +347,6 @@ impl Worker {
                 });
                 // Connections still open past the grace end here.
                 drop(runtime);
-                crate::logging::flush();
                 let _ = finished_tx.send(());
             })?;
         Ok(Self {
