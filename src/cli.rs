@@ -256,7 +256,6 @@ fn serve() -> ExitCode {
     // signals, so it needs no pool of its own.
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .on_thread_park(logging::flush)
         .build()
     {
         Ok(rt) => rt,
@@ -327,7 +326,7 @@ async fn run_gateway() -> ExitCode {
         // flush blocks a thread of its own.
         let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     }
-    logging::flush();
+    logging::finish();
     ExitCode::SUCCESS
 }
 

@@ -16,10 +16,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
 use crate::admin;
 use crate::gateway::{CloseConnection, Gateway};
@@ -96,8 +96,10 @@ pub async fn serve(
         }
     });
 
+    // Every callback connection from its accept to its end, on any worker.
+    let connections = TaskTracker::new();
     let stop = CancellationToken::new();
-    let mut workers = match Workers::start(&gateway, tls.as_ref(), &stop) {
+    let workers = match Workers::start(&gateway, tls.as_ref(), &stop) {
         Ok(workers) => workers,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the worker threads");
@@ -112,7 +114,7 @@ pub async fn serve(
     tracing::info!(
         listen = %listeners.callback.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         tls = tls.is_some(),
-        workers = workers.len(),
+        workers = workers.queues.len(),
         "serving callbacks"
     );
 
@@ -140,18 +142,10 @@ pub async fn serve(
         // Callbacks are small request/response pairs; Nagle only adds latency.
         let _ = stream.set_nodelay(true);
         // Leaves this runtime's event loop for the worker's.
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "accepted connection unusable");
-                continue;
-            }
-        };
-        workers.dispatch(Accepted {
-            stream,
-            peer,
-            permit,
-        });
+        match stream.into_std() {
+            Ok(stream) => workers.dispatch(stream, peer, (permit, connections.token())),
+            Err(e) => tracing::debug!(%peer, error = %e, "accepted connection unusable"),
+        }
     }
 
     gateway.begin_shutdown();
@@ -160,8 +154,11 @@ pub async fn serve(
         grace_ms = grace.as_millis() as u64,
         "shutting down: draining in-flight callbacks"
     );
+    // Each worker closes its connections, each as soon as it carries no request.
+    let threads = workers.close();
     let drained = tokio::time::timeout(grace, async {
-        workers.drain().await;
+        connections.close();
+        connections.wait().await;
         gateway.deliveries.close();
         gateway.deliveries.wait().await;
     })
@@ -172,32 +169,29 @@ pub async fn serve(
     }
     // Whatever is still running after the grace ends with its worker.
     stop.cancel();
-    workers.join().await;
+    let _ = tokio::task::spawn_blocking(move || {
+        for thread in threads {
+            let _ = thread.join();
+        }
+    })
+    .await;
     housekeeping.abort();
     let _ = admin_stop.send(true);
     let _ = admin.await;
 }
 
-/// A connection on its way to a worker.
+/// A connection on its way to a worker, and what it holds while open: its
+/// place under the connection cap, in the drain's count and in its worker's.
 struct Accepted {
     stream: std::net::TcpStream,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    held: (OwnedSemaphorePermit, TaskTrackerToken, OpenConnection),
 }
 
-/// The worker threads, and how many connections each is serving.
+/// The worker threads: each one's queue of connections, and how many it serves.
 struct Workers {
-    workers: Vec<Worker>,
-    /// Tells the workers to close their connections once idle.
-    drain: CancellationToken,
-}
-
-struct Worker {
-    queue: mpsc::UnboundedSender<Accepted>,
-    open: Arc<AtomicUsize>,
-    /// Settles once all the worker's connections have closed after a drain.
-    drained: oneshot::Receiver<()>,
-    finished: oneshot::Receiver<()>,
+    queues: Vec<(mpsc::UnboundedSender<Accepted>, Arc<AtomicUsize>)>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Workers {
@@ -209,155 +203,112 @@ impl Workers {
         let count = gateway.workers.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
-        let drain = CancellationToken::new();
-        let workers = (0..count.max(1))
-            .map(|index| {
-                Worker::start(
-                    index,
-                    gateway.clone(),
-                    tls.cloned(),
-                    drain.clone(),
-                    stop.clone(),
-                )
-            })
-            .collect::<std::io::Result<_>>()?;
-        Ok(Self { workers, drain })
-    }
-
-    fn len(&self) -> usize {
-        self.workers.len()
+        let mut workers = Self {
+            queues: Vec::new(),
+            threads: Vec::new(),
+        };
+        for index in 0..count.max(1) {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    // The ones started end at once: no connection reached them.
+                    stop.cancel();
+                    return Err(e);
+                }
+            };
+            let (queue, incoming) = mpsc::unbounded_channel();
+            let worker = worker(incoming, gateway.clone(), tls.cloned(), stop.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("feishu-gate-worker-{index}"))
+                // Connections still open past the grace end with the runtime.
+                .spawn(move || runtime.block_on(worker));
+            match thread {
+                Ok(thread) => workers.threads.push(thread),
+                Err(e) => {
+                    stop.cancel();
+                    return Err(e);
+                }
+            }
+            workers.queues.push((queue, Arc::default()));
+        }
+        Ok(workers)
     }
 
     /// Hands the connection to the worker serving the fewest: connections
     /// stay with one worker for life, so balancing them as they come keeps
     /// every core busy when a few long-lived connections carry the load.
-    fn dispatch(&self, accepted: Accepted) {
-        let Some(worker) = self
-            .workers
+    fn dispatch(
+        &self,
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+        (permit, tracked): (OwnedSemaphorePermit, TaskTrackerToken),
+    ) {
+        let Some((queue, open)) = self
+            .queues
             .iter()
-            .min_by_key(|w| w.open.load(Ordering::Relaxed))
+            .min_by_key(|(_, open)| open.load(Ordering::Relaxed))
         else {
             return;
         };
-        worker.open.fetch_add(1, Ordering::Relaxed);
-        if let Err(refused) = worker.queue.send(accepted) {
-            // Only a worker that is gone refuses; the connection closes.
-            worker.open.fetch_sub(1, Ordering::Relaxed);
-            drop(refused);
-        }
+        open.fetch_add(1, Ordering::Relaxed);
+        // Only a worker that is gone refuses; the connection closes.
+        let _ = queue.send(Accepted {
+            stream,
+            peer,
+            held: (permit, tracked, OpenConnection(open.clone())),
+        });
     }
 
-    /// Has every worker close its connections, each as soon as it carries no
-    /// request, and waits until they all have. Connections must no longer
-    /// be dispatched.
-    async fn drain(&mut self) {
-        self.drain.cancel();
-        for worker in &mut self.workers {
-            // An error means the worker is gone, and its connections with it.
-            let _ = (&mut worker.drained).await;
-        }
-    }
-
-    /// Waits for every worker thread to end (after `stop`).
-    async fn join(self) {
-        for worker in self.workers {
-            drop(worker.queue);
-            let _ = worker.finished.await;
-        }
+    /// Stops handing out connections; each worker then closes its own as soon
+    /// as they carry no request. Returns the threads, to join after `stop`.
+    fn close(self) -> Vec<std::thread::JoinHandle<()>> {
+        drop(self.queues);
+        self.threads
     }
 }
 
-impl Worker {
-    fn start(
-        index: usize,
-        gateway: Arc<Gateway>,
-        tls: Option<TlsAcceptor>,
-        drain: CancellationToken,
-        stop: CancellationToken,
-    ) -> std::io::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .on_thread_park(crate::logging::flush)
-            .build()?;
-        let (queue, mut incoming) = mpsc::unbounded_channel::<Accepted>();
-        let (drained_tx, drained) = oneshot::channel();
-        let (finished_tx, finished) = oneshot::channel();
-        let open = Arc::new(AtomicUsize::new(0));
-        let counter = open.clone();
-        std::thread::Builder::new()
-            .name(format!("feishu-gate-worker-{index}"))
-            .spawn(move || {
-                runtime.block_on(async {
-                    let upstream = gateway.upstream_for_worker();
-                    tokio::spawn({
-                        let upstream = upstream.clone();
-                        async move {
-                            let mut tick = tokio::time::interval(Duration::from_secs(1));
-                            loop {
-                                tick.tick().await;
-                                upstream.close_idle();
-                            }
-                        }
-                    });
-                    let builder = Arc::new(connection_builder());
-                    // The worker's own: a connection checks for shutdown each
-                    // time it is polled, under a lock that, shared between
-                    // workers, would pass from core to core every request.
-                    let closing = CancellationToken::new();
-                    let connections = TaskTracker::new();
-                    let serve = |accepted| {
-                        tokio::spawn(connections.track_future(serve_connection(
-                            accepted,
-                            closing.clone(),
-                            gateway.clone(),
-                            upstream.clone(),
-                            builder.clone(),
-                            tls.clone(),
-                            OpenConnection(counter.clone()),
-                        )));
-                    };
-                    let draining = loop {
-                        tokio::select! {
-                            () = stop.cancelled() => break false,
-                            () = drain.cancelled() => break true,
-                            next = incoming.recv() => match next {
-                                Some(accepted) => serve(accepted),
-                                // No more connections; the ones open still run.
-                                None => break false,
-                            },
-                        }
-                    };
-                    if draining {
-                        // Dispatched before the drain began: watched like the
-                        // rest, so the drain closes them too.
-                        while let Ok(accepted) = incoming.try_recv() {
-                            serve(accepted);
-                        }
-                        closing.cancel();
-                        connections.close();
-                        tokio::select! {
-                            () = stop.cancelled() => {}
-                            () = connections.wait() => {
-                                let _ = drained_tx.send(());
-                            }
-                        }
-                    }
-                    // Deliveries that outlived their requests, and whatever the
-                    // drain left open, run until the grace ends.
-                    stop.cancelled().await;
-                });
-                // Connections still open past the grace end here.
-                drop(runtime);
-                crate::logging::flush();
-                let _ = finished_tx.send(());
-            })?;
-        Ok(Self {
-            queue,
-            open,
-            drained,
-            finished,
-        })
+/// One worker's event loop: serves the connections it is given until the
+/// accept loop stops, then closes them once idle, and runs until `stop`.
+async fn worker(
+    mut incoming: mpsc::UnboundedReceiver<Accepted>,
+    gateway: Arc<Gateway>,
+    tls: Option<TlsAcceptor>,
+    stop: CancellationToken,
+) {
+    let upstream = gateway.upstream_for_worker();
+    tokio::spawn({
+        let upstream = upstream.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                upstream.close_idle();
+            }
+        }
+    });
+    let builder = Arc::new(connection_builder());
+    // The worker's own: a connection checks for shutdown each time it is
+    // polled, under a lock that, shared between workers, would pass from core
+    // to core every request.
+    let closing = CancellationToken::new();
+    // Connections dispatched before the accept loop stopped are still received.
+    while let Some(accepted) = incoming.recv().await {
+        tokio::spawn(serve_connection(
+            accepted,
+            closing.clone(),
+            gateway.clone(),
+            upstream.clone(),
+            builder.clone(),
+            tls.clone(),
+        ));
     }
+    closing.cancel();
+    // Deliveries that outlived their requests, and whatever the drain left
+    // open, run until the grace ends.
+    stop.cancelled().await;
 }
 
 /// Counts a connection against its worker for as long as it is held.
@@ -376,14 +327,9 @@ async fn serve_connection(
     upstream: Arc<Upstream>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     tls: Option<TlsAcceptor>,
-    open: OpenConnection,
 ) {
-    let Accepted {
-        stream,
-        peer,
-        permit,
-    } = accepted;
-    let _held = (permit, open);
+    let Accepted { stream, peer, held } = accepted;
+    let _held = held;
     let stream = match TcpStream::from_std(stream) {
         Ok(stream) => stream,
         Err(e) => {
