@@ -187,14 +187,17 @@ fn secret(
 /// Runs the command line and returns the process's exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve) {
+    let code = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(),
         Command::CheckConfig => check_config(),
         Command::Demo(args) => run_async(crate::demo::run(args)),
         Command::Send(args) => run_async(send_command(*args)),
         Command::Encrypt(args) => encrypt(&args),
         Command::Decrypt(args) => decrypt(&args),
-    }
+    };
+    // Every return, early ones included (a listener that cannot bind), leaves through here.
+    logging::finish();
+    code
 }
 
 fn run_async(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
@@ -326,7 +329,6 @@ async fn run_gateway() -> ExitCode {
         // flush blocks a thread of its own.
         let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     }
-    logging::finish();
     ExitCode::SUCCESS
 }
 
@@ -381,6 +383,7 @@ pub async fn shutdown_signal() {
     tokio::spawn(async {
         wait_for_signal().await;
         tracing::warn!("second signal: exiting without waiting for in-flight callbacks");
+        logging::finish();
         std::process::exit(i32::from(EXIT_FORCED));
     });
 }

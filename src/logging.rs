@@ -21,8 +21,8 @@
 //! line before the process exits; a process killed outright (SIGKILL) loses
 //! what was still queued.
 
-use std::cell::RefCell;
 use std::io::{self, BufWriter, IsTerminal as _};
+use std::sync::{Mutex, PoisonError};
 
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
@@ -50,14 +50,12 @@ pub enum Sink {
     Stderr,
 }
 
-thread_local! {
-    /// The writer thread's guard: dropping it writes out every queued line
-    /// and ends the thread. Held by the thread that called [`init`] until
-    /// [`finish`] or until that thread ends. For the main thread that is the
-    /// process's exit, whichever way `main` returns, so the lines logged just
-    /// before an early exit (a listener that cannot bind) still go out.
-    static WRITER: RefCell<Option<WorkerGuard>> = const { RefCell::new(None) };
-}
+/// The writer thread's guard: dropping it writes out every queued line and ends the
+/// thread. A static rather than a local of `main`, so that [`finish`] can be called on
+/// any exit path, including `process::exit` from a runtime thread; nothing runs a
+/// static's destructor, and thread-local destructors do not run at exit on musl (the
+/// image's target), so every exit path calls [`finish`].
+static WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
 
 /// Installs the global subscriber. Calling it twice is harmless.
 pub fn init(format: LogFormat, sink: Sink) {
@@ -91,17 +89,15 @@ pub fn init(format: LogFormat, sink: Sink) {
     // Already installed (a second call in tests): keep the first, and its
     // writer thread; this one's ends with its guard.
     if installed.is_ok() {
-        // A thread already ending has no place for it: its lines are written
-        // out now, and later ones are lost.
-        let _ = WRITER.try_with(|held| held.replace(Some(guard)));
+        *WRITER.lock().unwrap_or_else(PoisonError::into_inner) = Some(guard);
     }
 }
 
 /// Writes out every line logged so far and ends the writer thread: the last
-/// thing the process does before it exits, on the thread that called
-/// [`init`]. Lines logged after it are lost.
+/// thing the process does before it exits, whichever way it exits. Lines logged
+/// after it are lost.
 pub fn finish() {
-    let guard = WRITER.try_with(RefCell::take).ok().flatten();
+    let guard = WRITER.lock().unwrap_or_else(PoisonError::into_inner).take();
     drop(guard);
 }
 
