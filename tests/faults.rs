@@ -2,8 +2,7 @@
 //! legacy system does, Feishu gets a truthful answer in its own format before
 //! its deadline, and the gateway serves the next callback normally.
 
-mod common;
-mod harness;
+mod support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -13,8 +12,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use common::*;
 use feishu_gate::config;
+use support::*;
 
 /// Short, so the suite stays fast; every bound below is relative to it.
 const TIMEOUT_MS: &str = "800";
@@ -355,7 +354,7 @@ async fn a_refusal_with_a_broken_body_keeps_its_status() {
 async fn an_enormous_answer_is_cut_off_and_memory_stays_flat() {
     const ROUNDS: usize = 6;
     let up = Faulty::start(Fault::Enormous(200)).await;
-    let gate = harness::Binary::start(&up.url(), &[(config::UPSTREAM_TIMEOUT_MS, "5000")]).await;
+    let gate = Binary::start(&up.url(), &[(config::UPSTREAM_TIMEOUT_MS, "5000")]).await;
     // One ordinary exchange first, so the baseline includes a warm client.
     up.set(Fault::Healthy);
     let sealed = seal(KEY, &callback(TOKEN));

@@ -29,23 +29,16 @@ pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
     cmd
 }
 
-/// What a finished command said.
-#[derive(Debug)]
-pub struct Ran {
-    /// The exit code, -1 when a signal ended it.
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
+/// What a finished command said: its exit code (-1 when a signal ended it),
+/// stdout and stderr.
+pub type Ran = (i32, String, String);
 
-impl From<std::process::Output> for Ran {
-    fn from(out: std::process::Output) -> Self {
-        Ran {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
+fn ran(out: std::process::Output) -> Ran {
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Runs the binary to completion with `input` on stdin.
@@ -58,7 +51,7 @@ pub fn run_with_input(args: &[&str], env: &[(&str, &str)], input: &str) -> Ran {
         .unwrap();
     // A command that refuses its arguments exits before reading stdin.
     let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
-    Ran::from(child.wait_with_output().unwrap())
+    ran(child.wait_with_output().unwrap())
 }
 
 /// Runs the binary to completion with nothing on stdin.
@@ -84,7 +77,7 @@ pub fn run_within(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Optio
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Some(Ran::from(child.wait_with_output().unwrap()))
+    Some(ran(child.wait_with_output().unwrap()))
 }
 
 /// A free loopback address, for a listener the binary binds itself.
@@ -209,7 +202,9 @@ impl Process {
     pub fn json_lines(&self) -> Vec<serde_json::Value> {
         self.stdout_lines()
             .iter()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("log line is not JSON: {l}")))
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|_| panic!("log line is not JSON: {l}"))
+            })
             .collect()
     }
 

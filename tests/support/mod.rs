@@ -17,7 +17,7 @@ pub mod upstream;
 use std::time::{Duration, Instant};
 
 pub use binary::Binary;
-pub use client::{Answer, Conn, get, post, raw, read_raw_request, request, try_get};
+pub use client::{Answer, Conn, Protocol, get, post, raw, read_raw_request, request, try_get};
 pub use gateway::Gate;
 pub use metrics::{metric, metric_or_zero};
 pub use upstream::{Received, Reply, Upstream};
