@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use feishu_gate::config;
+use support::upstream::{hold, reset};
 use support::*;
 
 /// Lark's page gives a callback 5 s; the README tells its users to set this.
@@ -32,18 +32,6 @@ async fn silent_upstream() -> (SocketAddr, Arc<Mutex<usize>>) {
         }
     });
     (addr, connections)
-}
-
-async fn hold(mut stream: TcpStream) {
-    let mut buf = [0u8; 1024];
-    let _ = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(n) = stream.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-        }
-    })
-    .await;
 }
 
 async fn timed_sealed_post(addr: SocketAddr, task: &str) -> (Answer, Duration) {
@@ -159,40 +147,16 @@ impl Scripted {
 const OK: &str =
     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 10\r\n\r\n{\"code\":0}";
 
-/// Closes with RST instead of FIN.
-// A zero linger never blocks on drop, which is what the deprecation is about.
-#[allow(deprecated)]
-fn reset(stream: TcpStream) {
-    let _ = stream.set_linger(Some(Duration::ZERO));
-    drop(stream);
-}
-
-/// The binary's callback log lines, parsed.
-fn callback_lines(gate: &Binary) -> Vec<serde_json::Value> {
-    gate.log_tail()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["fields"]["message"] == "callback" || v["message"] == "callback")
-        .collect()
+fn is_callback_line(v: &serde_json::Value) -> bool {
+    v["fields"]["message"] == "callback" || v["message"] == "callback"
 }
 
 /// Waits for the log line of the callback whose `task_id` is `task`.
 async fn callback_line(gate: &Binary, task: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let found = callback_lines(gate)
-            .into_iter()
-            .find(|v| field(v, "task_id") == Some(task.into()));
-        if let Some(line) = found {
-            return line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no callback line for {task}: {:?}",
-            gate.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gate.json_line(&format!("callback line for {task}"), |v| {
+        is_callback_line(v) && field(v, "task_id") == Some(task.into())
+    })
+    .await
 }
 
 /// A field of a log line, wherever the JSON layout puts it.

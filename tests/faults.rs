@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use feishu_gate::config;
+use support::upstream::{hold, reset};
 use support::*;
 
 /// Short, so the suite stays fast; every bound below is relative to it.
@@ -184,28 +185,6 @@ fn head(status: u16, length: u64) -> String {
     format!(
         "HTTP/1.1 {status} Whatever\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n"
     )
-}
-
-/// Closes with RST instead of FIN.
-// A zero linger never blocks on drop, which is what the deprecation is about.
-#[allow(deprecated)]
-fn reset(stream: TcpStream) {
-    let _ = stream.set_linger(Some(Duration::ZERO));
-    drop(stream);
-}
-
-/// Keeps the connection open, reading and discarding, until the peer leaves
-/// (or a minute passes, so nothing outlives the test run).
-async fn hold(mut stream: TcpStream) {
-    let mut buf = [0u8; 1024];
-    let _ = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Ok(n) = stream.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-        }
-    })
-    .await;
 }
 
 async fn gate_for(up: &str, extra: &[(&str, &str)]) -> Gate {

@@ -230,21 +230,8 @@ async fn concurrent_copies_of_one_decision_reach_the_upstream_once() {
     assert_eq!(gate.post(seal(KEY, &callback(TOKEN))).await.status, 200);
     assert_eq!(up.count(), 1);
     let m = gate.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            r#"feishu_gate_duplicates_suppressed_total{how="in_flight",store="local"}"#
-        ),
-        7.0,
-        "{m}"
-    );
-    assert_eq!(
-        metric(
-            &m,
-            r#"feishu_gate_duplicates_suppressed_total{how="remembered",store="local"}"#
-        ),
-        1.0
-    );
+    assert_eq!(duplicates(&m, "in_flight", "local"), 7.0, "{m}");
+    assert_eq!(duplicates(&m, "remembered", "local"), 1.0);
 
     // A different decision on the same task is delivered.
     let reject = callback(TOKEN).replace("APPROVE", "REJECT");

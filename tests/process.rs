@@ -388,14 +388,15 @@ async fn one_json_log_line_per_callback_without_secrets() {
     }
 }
 
-/// Starts the binary with `grace_ms` of shutdown grace and posts one
-/// callback to it, returning once the upstream holds it, so a signal sent
-/// next finds it in flight. The handle yields the answer the callback got,
-/// if any.
-async fn serve_with_a_callback_in_flight(
-    upstream: &Upstream,
+/// Starts the binary with `grace_ms` of shutdown grace in front of an upstream
+/// that answers after `delay`, posts one callback, and sends SIGTERM once the
+/// upstream holds it, so the signal finds it in flight. The handle yields the
+/// answer the callback got, if any.
+async fn terminated_with_a_callback_in_flight(
+    delay: Duration,
     grace_ms: &str,
-) -> (Binary, tokio::task::JoinHandle<Option<Answer>>) {
+) -> (Binary, tokio::task::JoinHandle<Option<Answer>>, Instant) {
+    let upstream = Upstream::start(Reply::ok().slow(delay)).await;
     let served = Binary::start(
         &upstream.url(),
         &[INFO, ("FEISHU_GATE_SHUTDOWN_GRACE_MS", grace_ms)],
@@ -414,15 +415,14 @@ async fn serve_with_a_callback_in_flight(
         arrived && upstream.count() == 1,
         "the callback reached the upstream"
     );
-    (served, in_flight)
+    served.signal("TERM");
+    (served, in_flight, Instant::now())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_a_slow_callback_and_exits_zero() {
-    let up = Upstream::start(Reply::ok().slow(Duration::from_millis(1500))).await;
-    let (mut served, in_flight) = serve_with_a_callback_in_flight(&up, "5000").await;
-    let signalled = Instant::now();
-    served.signal("TERM");
+    let (mut served, in_flight, signalled) =
+        terminated_with_a_callback_in_flight(Duration::from_millis(1500), "5000").await;
     // Readiness fails at once, while the callback is still in flight.
     let saw_503 = eventually(Duration::from_secs(1), || async {
         served.readiness().await == Some(503)
@@ -443,10 +443,9 @@ async fn sigterm_drains_a_slow_callback_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_grace_period_bounds_the_drain() {
-    let up = Upstream::start(Reply::ok().slow(Duration::from_secs(8))).await;
-    let (mut served, in_flight) = serve_with_a_callback_in_flight(&up, "300").await;
-    served.signal("TERM");
     // The upstream would take 8 s; the process leaves after its grace instead.
+    let (mut served, in_flight, _) =
+        terminated_with_a_callback_in_flight(Duration::from_secs(8), "300").await;
     assert_eq!(served.wait_exit(Duration::from_secs(4)).await, Some(0));
     let answer = in_flight.await.unwrap();
     assert_ne!(
@@ -458,9 +457,8 @@ async fn the_grace_period_bounds_the_drain() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_signal_exits_at_once() {
-    let up = Upstream::start(Reply::ok().slow(Duration::from_secs(8))).await;
-    let (mut served, _in_flight) = serve_with_a_callback_in_flight(&up, "60000").await;
-    served.signal("TERM");
+    let (mut served, _in_flight, _) =
+        terminated_with_a_callback_in_flight(Duration::from_secs(8), "60000").await;
     assert_eq!(
         served.wait_exit(Duration::from_millis(200)).await,
         None,

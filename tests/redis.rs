@@ -65,21 +65,8 @@ async fn copies_spread_over_replicas_are_delivered_once() {
 
     let m = b.metrics().await;
     // B's first copy was found in Redis, its second in its own memory.
-    assert_eq!(
-        metric(
-            &m,
-            r#"feishu_gate_duplicates_suppressed_total{how="remembered",store="shared"}"#
-        ),
-        1.0,
-        "{m}"
-    );
-    assert_eq!(
-        metric(
-            &m,
-            r#"feishu_gate_duplicates_suppressed_total{how="remembered",store="local"}"#
-        ),
-        1.0
-    );
+    assert_eq!(duplicates(&m, "remembered", "shared"), 1.0, "{m}");
+    assert_eq!(duplicates(&m, "remembered", "local"), 1.0);
     assert_eq!(
         metric(
             &m,
@@ -120,12 +107,7 @@ async fn concurrent_copies_on_both_replicas_are_delivered_once_and_answered_alik
     // The replica that did not deliver saw the other's claim and waited for it.
     let waited: f64 = [a.metrics().await, b.metrics().await]
         .iter()
-        .map(|m| {
-            metric(
-                m,
-                r#"feishu_gate_duplicates_suppressed_total{how="in_flight",store="shared"}"#,
-            )
-        })
+        .map(|m| duplicates(m, "in_flight", "shared"))
         .sum();
     assert_eq!(waited, 1.0);
 
@@ -594,13 +576,7 @@ async fn rediss_with_a_private_ca_shares_the_memory_and_refuses_other_certificat
     assert_eq!(send(&a, &body).await.status, 200);
     assert_eq!(send(&b, &body).await.status, 200);
     assert_eq!(up.count(), 1, "shared over TLS");
-    assert_eq!(
-        metric(
-            &b.metrics().await,
-            r#"feishu_gate_duplicates_suppressed_total{how="remembered",store="shared"}"#
-        ),
-        1.0
-    );
+    assert_eq!(duplicates(&b.metrics().await, "remembered", "shared"), 1.0);
 
     // Trusting another CA, or only the system's roots, the server's certificate is
     // refused: no memory is shared, and REDIS_FAILURE=closed says so.

@@ -32,7 +32,7 @@ use feishu_gate::config;
 use support::binary::memory_of;
 use support::client::Protocol;
 use support::redis_server::Redis;
-use support::{Binary, Conn, KEY, TOKEN, metric, seal};
+use support::{Binary, Conn, KEY, TOKEN, duplicates, metric, seal};
 
 /// The gateway's upstream timeout during the soak.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_millis(600);
@@ -201,6 +201,18 @@ struct Sent {
     body: String,
 }
 
+impl Sent {
+    /// The decision on `task`, sealed, from the approver the task falls to.
+    fn sealed(task: u64, id: String, kind: Kind) -> Self {
+        Sent {
+            body: seal(KEY, &decision(task, task % 10_000, &id)),
+            id,
+            kind,
+            task,
+        }
+    }
+}
+
 /// One unit of work: a callback, or two copies of a decision sent at once.
 type Job = Vec<Sent>;
 
@@ -227,41 +239,21 @@ fn workload(seed: u64, callbacks: usize) -> Vec<Job> {
             0..=69 => {
                 let task = decisions.len() as u64;
                 decisions.push(task);
-                let id = next_id();
-                vec![Sent {
-                    body: seal(KEY, &decision(task, task % 10_000, &id)),
-                    id,
-                    kind: Kind::Valid,
-                    task,
-                }]
+                vec![Sent::sealed(task, next_id(), Kind::Valid)]
             }
             70..=77 => {
                 // Two copies at once: the second waits for the first's outcome.
                 let task = decisions.len() as u64;
                 decisions.push(task);
                 (0..2)
-                    .map(|_| {
-                        let id = next_id();
-                        Sent {
-                            body: seal(KEY, &decision(task, task % 10_000, &id)),
-                            id,
-                            kind: Kind::Repeat,
-                            task,
-                        }
-                    })
+                    .map(|_| Sent::sealed(task, next_id(), Kind::Repeat))
                     .collect()
             }
             78..=84 if !decisions.is_empty() => {
                 // A later copy of a recent decision, whatever became of it.
                 let back = r.below(decisions.len().min(400) as u64) as usize;
                 let task = decisions[decisions.len() - 1 - back];
-                let id = next_id();
-                vec![Sent {
-                    body: seal(KEY, &decision(task, task % 10_000, &id)),
-                    id,
-                    kind: Kind::Repeat,
-                    task,
-                }]
+                vec![Sent::sealed(task, next_id(), Kind::Repeat)]
             }
             85..=89 => {
                 let id = next_id();
@@ -769,16 +761,7 @@ async fn two_replicas_sharing_redis_deliver_every_decision_answered_200_once() {
     // Copies were recognised through Redis, not only by each replica's own memory.
     let shared: f64 = [a.metrics().await, b.metrics().await]
         .iter()
-        .flat_map(|m| {
-            ["in_flight", "remembered"].map(|how| {
-                metric(
-                    m,
-                    &format!(
-                        "feishu_gate_duplicates_suppressed_total{{how=\"{how}\",store=\"shared\"}}"
-                    ),
-                )
-            })
-        })
+        .flat_map(|m| ["in_flight", "remembered"].map(|how| duplicates(m, how, "shared")))
         .sum();
     assert!(shared > 0.0, "no copy was found in the shared memory");
     for gate in [&a, &b] {

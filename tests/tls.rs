@@ -85,6 +85,28 @@ async fn get_over_tls(stream: TlsStream<TcpStream>) -> u16 {
     conn.send(request).await.unwrap().status
 }
 
+/// A gateway serving `leaf` from a Secret volume it follows, in front of an
+/// upstream that accepts everything.
+async fn watched_gate(leaf: &Leaf) -> (SecretVolume, Upstream, Gate) {
+    let volume = SecretVolume::new(&leaf.chain_pem, &leaf.key_pem);
+    let upstream = Upstream::start(Reply::ok()).await;
+    let gate = Gate::with_watched_tls(&upstream.url(), &volume.vars()).await;
+    (volume, upstream, gate)
+}
+
+/// A TLS connection to the gateway offering only `alpn`, which it must choose.
+async fn negotiated(
+    gate: &Gate,
+    roots: rustls::RootCertStore,
+    alpn: &[u8],
+) -> TlsStream<TcpStream> {
+    let stream = tls_connect(gate.addr, tls_client(roots, &[alpn]))
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(alpn));
+    stream
+}
+
 /// The expiry the gateway exports for the certificate it serves.
 fn expiry_metric(gate: &Gate) -> f64 {
     metric(
@@ -134,16 +156,11 @@ async fn callbacks_over_http1_and_http2_reach_the_upstream_through_tls() {
     let root = Ca::root("test root");
     let intermediate = root.intermediate("test intermediate");
     let leaf = intermediate.server_leaf("gateway");
-    let volume = SecretVolume::new(&leaf.chain_pem, &leaf.key_pem);
-    let upstream = Upstream::start(Reply::ok()).await;
-    let gate = Gate::with_watched_tls(&upstream.url(), &volume.vars()).await;
+    let (_volume, upstream, gate) = watched_gate(&leaf).await;
 
     // The client trusts only the root: the handshake succeeds only if the
     // intermediate is served along with the leaf.
-    let stream = tls_connect(gate.addr, tls_client(root.roots(), &[b"http/1.1"]))
-        .await
-        .unwrap();
-    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let stream = negotiated(&gate, root.roots(), b"http/1.1").await;
     assert_eq!(stream.get_ref().1.peer_certificates().unwrap().len(), 2);
     let answer = over_tls(stream, Protocol::Http1)
         .await
@@ -158,10 +175,7 @@ async fn callbacks_over_http1_and_http2_reach_the_upstream_through_tls() {
     );
     assert_eq!(answer.text, r#"{"code":0,"msg":"success"}"#);
 
-    let stream = tls_connect(gate.addr, tls_client(root.roots(), &[b"h2"]))
-        .await
-        .unwrap();
-    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let stream = negotiated(&gate, root.roots(), b"h2").await;
     let answer = over_tls(stream, Protocol::Http2)
         .await
         .post(callback_body("t-h2"))
@@ -251,9 +265,7 @@ async fn every_key_encoding_is_served() {
 async fn a_kubelet_style_rotation_is_served_without_restart() {
     let root = Ca::root("rotation root");
     let old = root.server_leaf("before rotation");
-    let mut volume = SecretVolume::new(&old.chain_pem, &old.key_pem);
-    let upstream = Upstream::start(Reply::ok()).await;
-    let gate = Gate::with_watched_tls(&upstream.url(), &volume.vars()).await;
+    let (mut volume, upstream, gate) = watched_gate(&old).await;
     let client = tls_client(root.roots(), &[b"http/1.1"]);
 
     let stream = tls_connect(gate.addr, client.clone()).await.unwrap();
@@ -389,9 +401,7 @@ async fn settle(tls: &mut ServerTls) -> Reload {
 async fn bad_clients_cost_one_connection_each() {
     let root = Ca::root("hostile root");
     let leaf = root.server_leaf("gateway");
-    let volume = SecretVolume::new(&leaf.chain_pem, &leaf.key_pem);
-    let upstream = Upstream::start(Reply::ok()).await;
-    let gate = Gate::with_watched_tls(&upstream.url(), &volume.vars()).await;
+    let (_volume, _upstream, gate) = watched_gate(&leaf).await;
     let client = tls_client(root.roots(), &[b"h2", b"http/1.1"]);
 
     // Clients that connect and never say anything.
@@ -771,13 +781,8 @@ async fn demo_tls_serves_https_and_prints_a_send_command_that_works() {
 async fn an_idle_http2_connection_over_tls_ends_with_goaway() {
     let root = Ca::root("test root");
     let leaf = root.server_leaf("gateway");
-    let volume = SecretVolume::new(&leaf.chain_pem, &leaf.key_pem);
-    let upstream = Upstream::start(Reply::ok()).await;
-    let gate = Gate::with_watched_tls(&upstream.url(), &volume.vars()).await;
-    let stream = tls_connect(gate.addr, tls_client(root.roots(), &[b"h2"]))
-        .await
-        .unwrap();
-    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (_volume, _upstream, gate) = watched_gate(&leaf).await;
+    let stream = negotiated(&gate, root.roots(), b"h2").await;
     let mut conn = over_tls(stream, Protocol::Http2).await;
     let answer = conn.post(callback_body("t-h2-idle")).await.unwrap();
     assert_eq!(answer.status, 200, "{}", answer.text);

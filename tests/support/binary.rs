@@ -41,14 +41,19 @@ fn ran(out: std::process::Output) -> Ran {
     )
 }
 
-/// Runs the binary to completion with `input` on stdin.
-pub fn run_with_input(args: &[&str], env: &[(&str, &str)], input: &str) -> Ran {
-    let mut child = command(args, env)
-        .stdin(Stdio::piped())
+/// The binary started with `stdin`, its stdout and stderr piped.
+fn spawn_piped(args: &[&str], env: &[(&str, &str)], stdin: Stdio) -> Child {
+    command(args, env)
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs the binary to completion with `input` on stdin.
+pub fn run_with_input(args: &[&str], env: &[(&str, &str)], input: &str) -> Ran {
+    let mut child = spawn_piped(args, env, Stdio::piped());
     // A command that refuses its arguments exits before reading stdin.
     let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
     ran(child.wait_with_output().unwrap())
@@ -62,12 +67,7 @@ pub fn run(args: &[&str], env: &[(&str, &str)]) -> Ran {
 /// Runs the binary with nothing on stdin if it finishes within `limit`; kills
 /// it and says `None` if it does not.
 pub fn run_within(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Option<Ran> {
-    let mut child = command(args, env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(args, env, Stdio::null());
     let deadline = Instant::now() + limit;
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
@@ -132,12 +132,7 @@ pub struct Process {
 impl Process {
     /// Starts the binary with `args` in an empty environment but for `env`.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = command(args, env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_piped(args, env, Stdio::null());
         let log = Arc::new(Mutex::new(Log::default()));
         let outputs: [(Stream, Box<dyn std::io::Read + Send>); 2] = [
             (Stream::Stdout, Box::new(child.stdout.take().unwrap())),

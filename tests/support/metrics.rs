@@ -8,10 +8,13 @@ pub fn metric(text: &str, series: &str) -> f64 {
     value(text, series).unwrap_or_else(|| panic!("no series {series} in the scrape:\n{text}"))
 }
 
-/// A series' value, 0 while it is absent: only for labelled series that appear
-/// with their first event, where "not yet counted" is what the test means.
-pub fn metric_or_zero(text: &str, series: &str) -> f64 {
-    value(text, series).unwrap_or(0.0)
+/// `feishu_gate_duplicates_suppressed_total` for one way of recognising a copy
+/// (`in_flight`, `remembered`) in one memory (`local`, `shared`).
+pub fn duplicates(text: &str, how: &str, store: &str) -> f64 {
+    metric(
+        text,
+        &format!(r#"feishu_gate_duplicates_suppressed_total{{how="{how}",store="{store}"}}"#),
+    )
 }
 
 fn value(text: &str, series: &str) -> Option<f64> {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 pub use binary::Binary;
 pub use client::{Answer, Conn, Protocol, get, post, raw, read_raw_request, request, try_get};
 pub use gateway::Gate;
-pub use metrics::{metric, metric_or_zero};
+pub use metrics::{duplicates, metric};
 pub use upstream::{Received, Reply, Upstream};
 
 pub const TOKEN: &str = "test-token-4f9a";
