@@ -64,7 +64,7 @@ SUn8Qxz/hwz5Wb5w5Y6v5WEDM5j6cKSMYdNeDAS/lhoJJjRxx+Z//s4VfwWa7nf4
 bxPvP/TDEXkKdXdDqmvp6/I=
 -----END PRIVATE KEY-----";
 
-// ---- helpers ---------------------------------------------------------------
+// ---- connections and scrapes ----------------------------------------------
 
 fn callback_body(task: &str) -> String {
     callback_with(TOKEN, "task_id", &format!("\"{task}\""))

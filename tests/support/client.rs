@@ -1,5 +1,5 @@
 //! The one HTTP client of the tests: HTTP/1.1 or HTTP/2 over any stream (TCP or
-//! TLS), one-shot helpers on top, and raw sockets for what a client library
+//! TLS), one-shot requests on top, and raw sockets for what a client library
 //! would never send.
 
 use std::net::SocketAddr;
