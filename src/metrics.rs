@@ -18,6 +18,8 @@ type Labels2 = [(&'static str, &'static str); 2];
 pub const DUPLICATE_STORES: &[&str] = &["local", "shared"];
 /// How a duplicate was recognised.
 pub const DUPLICATE_HOWS: &[&str] = &["in_flight", "remembered"];
+/// Kinds of failed delivery.
+pub const UPSTREAM_ERROR_KINDS: &[&str] = &["connect", "dropped", "timeout", "status", "not_ok"];
 /// Operations on the shared duplicate memory.
 pub const REDIS_OPS: &[&str] = &["claim", "wait", "remember", "release"];
 /// How an operation on the shared memory ended.
@@ -161,6 +163,11 @@ impl Metrics {
             rate_limited.clone(),
         );
         let upstream_errors = Family::<Label, Counter>::default();
+        // Exported at 0 from the start: the alerts take `increase()` of the
+        // connect, dropped and timeout kinds, which misses a series' first count.
+        for kind in UPSTREAM_ERROR_KINDS {
+            drop(upstream_errors.get_or_create(&[("kind", kind)]));
+        }
         registry.register(
             "upstream_errors",
             "Failed deliveries, by kind (connect, dropped, timeout, status, not_ok)",

@@ -2,24 +2,20 @@
 //! resources for long, real callbacks are answered while they are open, and
 //! at the connection cap clients wait and are then served.
 
-mod common;
-mod harness;
+mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use common::*;
 use feishu_gate::config;
 use feishu_gate::server::HEADER_READ_TIMEOUT;
+use support::*;
 
 /// Room for scheduling on a loaded 2-core machine.
 const SLACK: Duration = Duration::from_secs(3);
@@ -103,21 +99,11 @@ async fn half_preface(addr: SocketAddr, limit: Duration) -> Closed {
 /// hyper's client answers the server's pings, so only an idle limit ends it.
 async fn idle_http2(addr: SocketAddr, body: String, limit: Duration) -> Closed {
     let started = Instant::now();
-    let stream = TcpStream::connect(addr).await.ok()?;
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .ok()?;
-    let driver = tokio::spawn(connection);
-    let request = http::Request::post(format!("http://{addr}/"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
-    let response = sender.send_request(request).await.ok()?;
-    assert_eq!(response.status(), 200);
-    let _ = response.into_body().collect().await;
+    let mut conn = Conn::connect(addr, Protocol::Http2).await.ok()?;
+    let answer = conn.post(body).await.ok()?;
+    assert_eq!(answer.status, 200, "{}", answer.text);
     let remaining = limit.saturating_sub(started.elapsed());
-    let ended = tokio::time::timeout(remaining, driver).await.ok()?.ok()?;
+    let ended = conn.ended(remaining).await?;
     // Told GOAWAY, the client's connection ends cleanly rather than broken.
     assert!(ended.is_ok(), "the HTTP/2 connection broke: {ended:?}");
     Some(started.elapsed())
@@ -160,26 +146,14 @@ async fn connections_carrying_no_request_are_closed() {
         );
     }
     // A client sending requests is not idle: HTTP/2 stays up across them.
-    let stream = TcpStream::connect(gate.addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    let driver = tokio::spawn(connection);
+    let mut conn = Conn::http2(gate.addr).await;
     for i in 0..3 {
         let body = callback_with(TOKEN, "task_id", &format!("\"h2-{i}\""));
-        let request = http::Request::post(format!("http://{}/", gate.addr))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .unwrap();
-        let response = sender
-            .send_request(request)
-            .await
-            .expect("the connection is still open");
-        assert_eq!(response.status(), 200);
+        let answer = conn.post(body).await.expect("the connection is still open");
+        assert_eq!(answer.status, 200, "{}", answer.text);
         tokio::time::sleep(HEADER_READ_TIMEOUT / 2).await;
     }
-    assert!(!driver.is_finished());
+    assert!(!conn.is_finished());
 }
 
 /// At `FEISHU_GATE_MAX_CONNECTIONS` the gateway stops accepting: the next
@@ -264,7 +238,7 @@ async fn real_callbacks_are_answered_through_hundreds_of_abusive_connections() {
     const MAX_GROWTH_KIB: u64 = 64 * 1024;
 
     let up = Upstream::start(Reply::ok()).await;
-    let gate = harness::Binary::start(&up.url(), &[]).await;
+    let gate = Binary::start(&up.url(), &[]).await;
     let before = gate.memory();
     let limit = HEADER_READ_TIMEOUT + Duration::from_secs(10);
 
@@ -347,7 +321,7 @@ async fn real_callbacks_are_answered_through_hundreds_of_abusive_connections() {
         before.hwm_kib,
         after.hwm_kib
     );
-    assert_eq!(harness::get_status(gate.admin, "/readyz").await, Some(200));
+    assert_eq!(gate.readiness().await, Some(200));
 }
 
 /// Median time the gateway takes to answer `body`, over `runs` posts.
@@ -514,7 +488,7 @@ async fn long_heads_cost_a_bounded_amount_on_both_listeners() {
     const PER_CONNECTION_KIB: u64 = 64;
 
     let up = Upstream::start(Reply::ok()).await;
-    let gate = harness::Binary::start(&up.url(), &[]).await;
+    let gate = Binary::start(&up.url(), &[]).await;
     let before = gate.memory();
     let hold = HEADER_READ_TIMEOUT + SLACK;
 
@@ -578,7 +552,7 @@ async fn long_heads_cost_a_bounded_amount_on_both_listeners() {
         growth <= PER_CONNECTION_KIB * HELD as u64,
         "{growth} KiB for {HELD} connections"
     );
-    assert_eq!(harness::get_status(gate.admin, "/readyz").await, Some(200));
+    assert_eq!(gate.readiness().await, Some(200));
 }
 
 /// Bodies reserve their declared length from one budget shared by every connection: two

@@ -1,14 +1,14 @@
 //! The request path end to end: real gateway, real upstream, real sockets.
 
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::*;
 use feishu_gate::callback::ForwardOptions;
 use feishu_gate::config;
 use feishu_gate::secret::{KeySet, TokenSet};
 use feishu_gate::verify::Verifier;
+use support::*;
 
 fn vectors() -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(concat!(
@@ -588,32 +588,20 @@ async fn a_connection_that_carried_a_refusal_says_it_will_close() {
     // A verified callback keeps its connection for the next; any refusal before one
     // closes it, so a client without the token cannot hold a connection with
     // requests that are refused.
-    let stream = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    let conn = tokio::spawn(conn);
+    let mut conn = Conn::http1(gate.addr).await;
     for token in [TOKEN, TOKEN, "wrong"] {
-        let request = http::Request::post("/")
-            .header("host", "x")
-            .body(http_body_util::Full::new(bytes::Bytes::from(callback(
-                token,
-            ))))
-            .unwrap();
-        let response = sender.send_request(request).await.unwrap();
+        let answer = conn.post(callback(token)).await.unwrap();
         if token == TOKEN {
-            assert!(!response.headers().contains_key("connection"), "{token}");
-            sender.ready().await.unwrap();
+            assert!(!answer.headers.contains_key("connection"), "{token}");
+            conn.ready().await.unwrap();
         } else {
-            assert_eq!(response.status(), 401);
-            assert_eq!(response.headers()["connection"], "close");
+            assert_eq!(answer.status, 401);
+            assert_eq!(answer.headers["connection"], "close");
         }
     }
-    tokio::time::timeout(Duration::from_secs(2), conn)
+    conn.ended(Duration::from_secs(2))
         .await
         .expect("the connection closes after the refusal")
-        .unwrap()
         .unwrap();
     for path in ["/anything", "/favicon.ico"] {
         let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n");
@@ -631,37 +619,17 @@ async fn a_connection_that_carried_a_refusal_says_it_will_close() {
 async fn an_http2_connection_that_carried_a_refusal_is_sent_goaway() {
     let up = Upstream::start(Reply::ok()).await;
     let gate = Gate::start(&up.url(), &[]).await;
-    let stream = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
-    let post = |token: &str| {
-        http::Request::post(format!("http://{}/", gate.addr))
-            .body(http_body_util::Full::new(bytes::Bytes::from(callback(
-                token,
-            ))))
-            .unwrap()
-    };
+    let mut conn = Conn::http2(gate.addr).await;
     // Verified callbacks keep it; the first refusal ends it, cleanly and at once.
     for _ in 0..2 {
-        assert_eq!(
-            sender.send_request(post(TOKEN)).await.unwrap().status(),
-            200
-        );
+        assert_eq!(conn.post(callback(TOKEN)).await.unwrap().status, 200);
     }
-    assert_eq!(
-        sender.send_request(post("wrong")).await.unwrap().status(),
-        401
-    );
+    assert_eq!(conn.post(callback("wrong")).await.unwrap().status, 401);
     let started = std::time::Instant::now();
-    let ended = tokio::time::timeout(Duration::from_secs(2), conn)
+    let ended = conn
+        .ended(Duration::from_secs(2))
         .await
-        .expect("GOAWAY well before the idle limit")
-        .unwrap();
+        .expect("GOAWAY well before the idle limit");
     assert!(ended.is_ok(), "ended cleanly, not broken: {ended:?}");
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(up.count(), 2);

@@ -2,18 +2,17 @@
 //! upstreams: Lark's shorter deadline, a legacy system that is restarting,
 //! and trace context carried across the hop.
 
-mod common;
-mod harness;
+mod support;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
-use common::*;
 use feishu_gate::config;
+use support::upstream::{hold, reset};
+use support::*;
 
 /// Lark's page gives a callback 5 s; the README tells its users to set this.
 const LARK_ANSWER_WITHIN_MS: &str = "4500";
@@ -35,18 +34,6 @@ async fn silent_upstream() -> (SocketAddr, Arc<Mutex<usize>>) {
     (addr, connections)
 }
 
-async fn hold(mut stream: TcpStream) {
-    let mut buf = [0u8; 1024];
-    let _ = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(n) = stream.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-        }
-    })
-    .await;
-}
-
 async fn timed_sealed_post(addr: SocketAddr, task: &str) -> (Answer, Duration) {
     let body = seal(
         KEY,
@@ -65,8 +52,8 @@ async fn at_larks_setting_a_silent_legacy_system_is_answered_504_before_5_s() {
     let (addr, _) = silent_upstream().await;
     let url = format!("http://{addr}/legacy/approve");
     let by_default =
-        harness::Binary::start(&url, &[(config::ANSWER_WITHIN_MS, LARK_ANSWER_WITHIN_MS)]).await;
-    let at_the_bound = harness::Binary::start(
+        Binary::start(&url, &[(config::ANSWER_WITHIN_MS, LARK_ANSWER_WITHIN_MS)]).await;
+    let at_the_bound = Binary::start(
         &url,
         &[
             (config::ANSWER_WITHIN_MS, LARK_ANSWER_WITHIN_MS),
@@ -160,40 +147,16 @@ impl Scripted {
 const OK: &str =
     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 10\r\n\r\n{\"code\":0}";
 
-/// Closes with RST instead of FIN.
-// A zero linger never blocks on drop, which is what the deprecation is about.
-#[allow(deprecated)]
-fn reset(stream: TcpStream) {
-    let _ = stream.set_linger(Some(Duration::ZERO));
-    drop(stream);
-}
-
-/// The binary's callback log lines, parsed.
-fn callback_lines(gate: &harness::Binary) -> Vec<serde_json::Value> {
-    gate.log_tail()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["fields"]["message"] == "callback" || v["message"] == "callback")
-        .collect()
+fn is_callback_line(v: &serde_json::Value) -> bool {
+    v["fields"]["message"] == "callback" || v["message"] == "callback"
 }
 
 /// Waits for the log line of the callback whose `task_id` is `task`.
-async fn callback_line(gate: &harness::Binary, task: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let found = callback_lines(gate)
-            .into_iter()
-            .find(|v| field(v, "task_id") == Some(task.into()));
-        if let Some(line) = found {
-            return line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no callback line for {task}: {:?}",
-            gate.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn callback_line(gate: &Binary, task: &str) -> serde_json::Value {
+    gate.json_line(&format!("callback line for {task}"), |v| {
+        is_callback_line(v) && field(v, "task_id") == Some(task.into())
+    })
+    .await
 }
 
 /// A field of a log line, wherever the JSON layout puts it.
@@ -215,7 +178,7 @@ async fn a_legacy_system_listening_only_after_1_5_s_gets_the_callback_once() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let gate = harness::Binary::start(&format!("http://{addr}/legacy/approve"), &[INFO]).await;
+    let gate = Binary::start(&format!("http://{addr}/legacy/approve"), &[INFO]).await;
     let posted = tokio::spawn(timed_sealed_post(gate.addr, "while-restarting"));
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let up = Upstream::on(TcpListener::bind(addr).await.unwrap(), Reply::ok());
@@ -255,7 +218,7 @@ async fn a_legacy_system_listening_only_after_1_5_s_gets_the_callback_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_legacy_system_that_received_the_request_and_reset_is_not_retried() {
     let up = Scripted::start(|_| Act::Reset).await;
-    let gate = harness::Binary::start(&up.url(), &[INFO]).await;
+    let gate = Binary::start(&up.url(), &[INFO]).await;
     let (answer, _) = timed_sealed_post(gate.addr, "reset-after-reading").await;
     answer.feishu_error(502);
     // Long enough for a retry's pause to have passed, had there been one.
@@ -288,8 +251,8 @@ async fn a_503_with_a_retry_after_that_fits_is_tried_again() {
     })
     .await;
     let too_long = Scripted::start(|_| Act::Answer(UNAVAILABLE_60S)).await;
-    let gate = harness::Binary::start(&fits.url(), &[INFO]).await;
-    let other = harness::Binary::start(&too_long.url(), &[]).await;
+    let gate = Binary::start(&fits.url(), &[INFO]).await;
+    let other = Binary::start(&too_long.url(), &[]).await;
 
     let (answer, took) = timed_sealed_post(gate.addr, "unavailable-then-ok").await;
     assert_eq!(answer.status, 200, "{}", answer.text);
@@ -349,7 +312,7 @@ const CALLER_SPAN: &str = "00f067aa0ba902b7";
 #[tokio::test(flavor = "multi_thread")]
 async fn a_callers_traceparent_is_continued_to_the_legacy_system() {
     let up = Upstream::start(Reply::ok()).await;
-    let gate = harness::Binary::start(&up.url(), &[INFO]).await;
+    let gate = Binary::start(&up.url(), &[INFO]).await;
     for (task, flags) in [("traced-sampled", "01"), ("traced-unsampled", "00")] {
         let body = seal(
             KEY,
@@ -395,7 +358,7 @@ async fn a_callers_traceparent_is_continued_to_the_legacy_system() {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_a_traceparent_a_trace_is_started() {
     let up = Upstream::start(Reply::ok()).await;
-    let gate = harness::Binary::start(&up.url(), &[INFO]).await;
+    let gate = Binary::start(&up.url(), &[INFO]).await;
     let mut traces = Vec::new();
     for (task, traceparent) in [
         ("untraced-1", None),
@@ -518,8 +481,8 @@ async fn spans_are_exported_to_a_real_otlp_receiver_and_flushed_at_shutdown() {
         (config::OTEL_SERVICE_NAME, "gate-under-test"),
         ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
     ];
-    let mut gate = harness::Binary::start(&up.url(), &traced).await;
-    let mut refused_gate = harness::Binary::start(
+    let mut gate = Binary::start(&up.url(), &traced).await;
+    let mut refused_gate = Binary::start(
         &refusing.url(),
         &[
             (config::OTEL_EXPORTER_OTLP_ENDPOINT, endpoint.as_str()),
@@ -528,7 +491,7 @@ async fn spans_are_exported_to_a_real_otlp_receiver_and_flushed_at_shutdown() {
         ],
     )
     .await;
-    let mut unsampled_gate = harness::Binary::start(
+    let mut unsampled_gate = Binary::start(
         &up.url(),
         &[
             (config::OTEL_EXPORTER_OTLP_ENDPOINT, endpoint.as_str()),
@@ -664,7 +627,7 @@ async fn an_unreachable_collector_does_not_hold_up_callbacks_or_shutdown() {
         .unwrap();
     let up = Upstream::start(Reply::ok()).await;
     let endpoint = format!("http://{closed}");
-    let mut gate = harness::Binary::start(
+    let mut gate = Binary::start(
         &up.url(),
         &[
             (config::OTEL_EXPORTER_OTLP_ENDPOINT, endpoint.as_str()),

@@ -2,19 +2,19 @@
 //! legacy system does, Feishu gets a truthful answer in its own format before
 //! its deadline, and the gateway serves the next callback normally.
 
-mod common;
-mod harness;
+mod support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use common::*;
 use feishu_gate::config;
+use support::upstream::{hold, reset};
+use support::*;
 
 /// Short, so the suite stays fast; every bound below is relative to it.
 const TIMEOUT_MS: &str = "800";
@@ -187,28 +187,6 @@ fn head(status: u16, length: u64) -> String {
     )
 }
 
-/// Closes with RST instead of FIN.
-// A zero linger never blocks on drop, which is what the deprecation is about.
-#[allow(deprecated)]
-fn reset(stream: TcpStream) {
-    let _ = stream.set_linger(Some(Duration::ZERO));
-    drop(stream);
-}
-
-/// Keeps the connection open, reading and discarding, until the peer leaves
-/// (or a minute passes, so nothing outlives the test run).
-async fn hold(mut stream: TcpStream) {
-    let mut buf = [0u8; 1024];
-    let _ = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Ok(n) = stream.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-        }
-    })
-    .await;
-}
-
 async fn gate_for(up: &str, extra: &[(&str, &str)]) -> Gate {
     let mut vars = vec![(config::UPSTREAM_TIMEOUT_MS, TIMEOUT_MS)];
     vars.extend_from_slice(extra);
@@ -355,7 +333,7 @@ async fn a_refusal_with_a_broken_body_keeps_its_status() {
 async fn an_enormous_answer_is_cut_off_and_memory_stays_flat() {
     const ROUNDS: usize = 6;
     let up = Faulty::start(Fault::Enormous(200)).await;
-    let gate = harness::Binary::start(&up.url(), &[(config::UPSTREAM_TIMEOUT_MS, "5000")]).await;
+    let gate = Binary::start(&up.url(), &[(config::UPSTREAM_TIMEOUT_MS, "5000")]).await;
     // One ordinary exchange first, so the baseline includes a warm client.
     up.set(Fault::Healthy);
     let sealed = seal(KEY, &callback(TOKEN));

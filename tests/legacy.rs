@@ -2,15 +2,14 @@
 //! text and GBK refusals, redirects to a login page; and what the approver and the
 //! operator's log then see.
 
-mod common;
-mod harness;
+mod support;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{KEY, TOKEN, callback, post, read_raw_request, seal};
-use harness::Binary;
+use support::Binary;
+use support::{Answer, KEY, TOKEN, callback, post, read_raw_request, seal};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
@@ -71,7 +70,7 @@ async fn gateway(legacy: &Legacy, extra: &[(&str, &str)]) -> Binary {
     Binary::start(&legacy.url(), extra).await
 }
 
-async fn send(gate: &Binary) -> common::Answer {
+async fn send(gate: &Binary) -> Answer {
     post(gate.addr, "/", seal(KEY, &callback(TOKEN)), &[]).await
 }
 

@@ -1,12 +1,12 @@
 //! Operations: admin endpoints, metrics, rate limits, duplicate suppression,
 //! secret rotation, draining. Real gateway, real upstream, real sockets.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::*;
 use feishu_gate::config;
+use support::*;
 
 #[tokio::test]
 async fn admin_endpoints_and_metrics_move_with_real_callbacks() {
@@ -44,6 +44,11 @@ async fn admin_endpoints_and_metrics_move_with_real_callbacks() {
         metric(&m, r#"feishu_gate_upstream_errors_total{kind="status"}"#),
         1.0
     );
+    // The kinds the alerts watch are there at 0 before their first failure.
+    for kind in ["connect", "dropped", "timeout", "not_ok"] {
+        let series = format!(r#"feishu_gate_upstream_errors_total{{kind="{kind}"}}"#);
+        assert_eq!(metric(&m, &series), 0.0, "{series}");
+    }
     assert_eq!(
         metric(&m, r#"feishu_gate_callbacks_total{outcome="not_found"}"#),
         1.0
@@ -66,7 +71,11 @@ async fn admin_endpoints_and_metrics_move_with_real_callbacks() {
         r#"feishu_gate_build_info{{version="{}"}} 1"#,
         env!("CARGO_PKG_VERSION")
     )));
-    assert!(m.contains("feishu_gate_tls_certificate_expiry_timestamp_seconds"));
+    assert_eq!(
+        metric(&m, "feishu_gate_tls_certificate_expiry_timestamp_seconds"),
+        0.0,
+        "0 without TLS"
+    );
     assert!(!m.contains(TOKEN) && !m.contains("inst-1") && !m.contains("CODE-1"));
 }
 
@@ -221,21 +230,8 @@ async fn concurrent_copies_of_one_decision_reach_the_upstream_once() {
     assert_eq!(gate.post(seal(KEY, &callback(TOKEN))).await.status, 200);
     assert_eq!(up.count(), 1);
     let m = gate.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            r#"feishu_gate_duplicates_suppressed_total{how="in_flight",store="local"}"#
-        ),
-        7.0,
-        "{m}"
-    );
-    assert_eq!(
-        metric(
-            &m,
-            r#"feishu_gate_duplicates_suppressed_total{how="remembered",store="local"}"#
-        ),
-        1.0
-    );
+    assert_eq!(duplicates(&m, "in_flight", "local"), 7.0, "{m}");
+    assert_eq!(duplicates(&m, "remembered", "local"), 1.0);
 
     // A different decision on the same task is delivered.
     let reject = callback(TOKEN).replace("APPROVE", "REJECT");

@@ -1,43 +1,13 @@
 //! The real binary: configuration errors and exit codes, logs, signals, and
 //! the debugging commands.
 
-mod common;
+mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
 use feishu_gate::config;
-
-const BIN: &str = env!("CARGO_BIN_EXE_feishu-gate");
-
-fn gate_command(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).env_clear().env("RUST_LOG", "info");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
-fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let out = gate_command(args, env).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::binary::{free_addr, run, run_with_input};
+use support::*;
 
 #[test]
 fn missing_configuration_exits_64_naming_each_variable() {
@@ -262,46 +232,13 @@ fn encrypt_and_decrypt_commands_speak_feishus_envelope() {
             plaintext
         );
     }
-    let (code, _, err) = {
-        let mut child = gate_command(&["decrypt", "--key", "wrong"], &[])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"P37w+VZImNgPEO1RBhJ6RtKl7n6zymIbEG1pReEzghk=")
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.code().unwrap(),
-            (),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let (code, _, err) = run_with_input(
+        &["decrypt", "--key", "wrong"],
+        &[],
+        "P37w+VZImNgPEO1RBhJ6RtKl7n6zymIbEG1pReEzghk=",
+    );
     assert_eq!(code, 1);
     assert!(err.contains("cannot decrypt"), "{err}");
-}
-
-/// Runs a command with `input` on stdin: exit code, stdout, stderr.
-fn run_with_input(args: &[&str], env: &[(&str, &str)], input: &str) -> (i32, String, String) {
-    let mut child = gate_command(args, env)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A command that refuses its arguments exits before reading stdin.
-    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]
@@ -378,165 +315,33 @@ fn encrypt_refuses_what_is_not_a_callback_unless_asked() {
 }
 
 fn pipe(args: &[&str], input: &str) -> String {
-    let mut child = gate_command(args, &[])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{args:?}");
-    String::from_utf8(out.stdout).unwrap()
+    let (code, out, err) = run_with_input(args, &[], input);
+    assert_eq!(code, 0, "{args:?}: {err}");
+    out
 }
 
-/// The binary serving on free loopback ports, its stdout collected line by line.
-struct Served {
-    child: Child,
-    port: u16,
-    admin: u16,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Served {
-    fn start(upstream_url: &str, extra: &[(&str, &str)]) -> Self {
-        let (port, admin) = (free_port(), free_port());
-        let listen = format!("127.0.0.1:{port}");
-        let admin_listen = format!("127.0.0.1:{admin}");
-        let mut env = vec![
-            ("FEISHU_GATE_UPSTREAM_URL", upstream_url),
-            ("FEISHU_GATE_TOKEN", TOKEN),
-            ("FEISHU_GATE_KEY", KEY),
-            ("FEISHU_GATE_LISTEN", listen.as_str()),
-            ("FEISHU_GATE_ADMIN_LISTEN", admin_listen.as_str()),
-        ];
-        env.extend_from_slice(extra);
-        let mut child = gate_command(&["serve"], &env)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().unwrap();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let served = Served {
-            child,
-            port,
-            admin,
-            lines,
-        };
-        served.wait_ready();
-        served
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if http_status(self.admin, "GET", "/readyz", "") == Some(200) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("not ready in time; log: {:?}", self.lines.lock().unwrap());
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> i32 {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        panic!("did not exit within {limit:?}");
-    }
-
-    fn log_lines(&self) -> Vec<serde_json::Value> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|_| panic!("log line is not JSON: {l}"))
-            })
-            .collect()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
-/// A minimal blocking HTTP/1.1 exchange, so process tests need no runtime.
-fn http_status(port: u16, method: &str, path: &str, body: &str) -> Option<u16> {
-    http(port, method, path, body).map(|(s, _)| s)
-}
-
-fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.split(' ').nth(1)?.parse().ok()?;
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((status, body))
-}
+/// Info lines in the log, as operators run it.
+const INFO: (&str, &str) = ("RUST_LOG", "info");
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_json_log_line_per_callback_without_secrets() {
     let up = Upstream::start(Reply::ok()).await;
-    let url = up.url();
-    let lines = tokio::task::spawn_blocking(move || {
-        let served = Served::start(&url, &[]);
-        let sealed = seal(KEY, &callback(TOKEN));
-        let (status, _) = http(served.port, "POST", "/", &sealed).unwrap();
-        assert_eq!(status, 200);
-        let (status, _) =
-            http(served.port, "POST", "/", &seal(KEY, &callback("bad-token"))).unwrap();
-        assert_eq!(status, 401);
-        std::thread::sleep(Duration::from_millis(200));
-        let raw: Vec<String> = served.lines.lock().unwrap().clone();
-        for line in &raw {
-            assert!(
-                !line.contains(TOKEN) && !line.contains(KEY) && !line.contains(&sealed[12..60]),
-                "{line}"
-            );
-        }
-        served.log_lines()
-    })
-    .await
-    .unwrap();
+    let served = Binary::start(&up.url(), &[INFO]).await;
+    let sealed = seal(KEY, &callback(TOKEN));
+    assert_eq!(
+        post(served.addr, "/", sealed.clone(), &[]).await.status,
+        200
+    );
+    let refused = post(served.addr, "/", seal(KEY, &callback("bad-token")), &[]).await;
+    assert_eq!(refused.status, 401);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for line in served.log_tail() {
+        assert!(
+            !line.contains(TOKEN) && !line.contains(KEY) && !line.contains(&sealed[12..60]),
+            "{line}"
+        );
+    }
+    let lines = served.json_lines();
     let callbacks: Vec<&serde_json::Value> = lines
         .iter()
         .filter(|l| l["target"] == "feishu_gate::callback")
@@ -583,109 +388,93 @@ async fn one_json_log_line_per_callback_without_secrets() {
     }
 }
 
-/// Starts the binary with `grace_ms` of shutdown grace and posts one
-/// callback to it from another thread, returning once the upstream holds
-/// it, so a signal sent next finds it in flight. The handle yields the
+/// Starts the binary with `grace_ms` of shutdown grace in front of an upstream
+/// that answers after `delay`, posts one callback, and sends SIGTERM once the
+/// upstream holds it, so the signal finds it in flight. The handle yields the
 /// answer the callback got, if any.
-fn serve_with_a_callback_in_flight(
-    url: &str,
-    upstream: &Upstream,
+async fn terminated_with_a_callback_in_flight(
+    delay: Duration,
     grace_ms: &str,
-) -> (Served, std::thread::JoinHandle<Option<(u16, String)>>) {
-    let served = Served::start(url, &[("FEISHU_GATE_SHUTDOWN_GRACE_MS", grace_ms)]);
-    let port = served.port;
-    let body = seal(KEY, &callback(TOKEN));
-    let in_flight = std::thread::spawn(move || http(port, "POST", "/", &body));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while upstream.count() == 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(upstream.count(), 1, "the callback reached the upstream");
-    (served, in_flight)
+) -> (Binary, tokio::task::JoinHandle<Option<Answer>>, Instant) {
+    let upstream = Upstream::start(Reply::ok().slow(delay)).await;
+    let served = Binary::start(
+        &upstream.url(),
+        &[INFO, ("FEISHU_GATE_SHUTDOWN_GRACE_MS", grace_ms)],
+    )
+    .await;
+    let mut conn = Conn::http1(served.addr).await;
+    let in_flight = tokio::spawn(async move {
+        let request = conn.request("POST", "/", seal(KEY, &callback(TOKEN)), &[]);
+        conn.send(request).await.ok()
+    });
+    let arrived = eventually(Duration::from_secs(10), || {
+        std::future::ready(upstream.count() > 0)
+    })
+    .await;
+    assert!(
+        arrived && upstream.count() == 1,
+        "the callback reached the upstream"
+    );
+    served.signal("TERM");
+    (served, in_flight, Instant::now())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_a_slow_callback_and_exits_zero() {
-    let up = Upstream::start(Reply::ok().slow(Duration::from_millis(1500))).await;
-    let url = up.url();
-    let probe = up.clone();
-    tokio::task::spawn_blocking(move || {
-        let (mut served, in_flight) = serve_with_a_callback_in_flight(&url, &probe, "5000");
-        let signalled = Instant::now();
-        served.signal("TERM");
-        // Readiness fails at once, while the callback is still in flight.
-        let mut saw_503 = false;
-        while Instant::now() < signalled + Duration::from_secs(1) {
-            if http_status(served.admin, "GET", "/readyz", "") == Some(503) {
-                saw_503 = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert!(saw_503, "readiness never turned 503");
-        let (status, body) = in_flight
-            .join()
-            .unwrap()
-            .expect("the in-flight callback was answered");
-        assert_eq!(status, 200, "{body}");
-        assert_eq!(served.wait_exit(Duration::from_secs(5)), 0);
-        assert!(
-            signalled.elapsed() < Duration::from_secs(5),
-            "exited within the grace period"
-        );
+    let (mut served, in_flight, signalled) =
+        terminated_with_a_callback_in_flight(Duration::from_millis(1500), "5000").await;
+    // Readiness fails at once, while the callback is still in flight.
+    let saw_503 = eventually(Duration::from_secs(1), || async {
+        served.readiness().await == Some(503)
     })
-    .await
-    .unwrap();
+    .await;
+    assert!(saw_503, "readiness never turned 503");
+    let answer = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight callback was answered");
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(served.wait_exit(Duration::from_secs(5)).await, Some(0));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "exited within the grace period"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_grace_period_bounds_the_drain() {
-    let up = Upstream::start(Reply::ok().slow(Duration::from_secs(8))).await;
-    let url = up.url();
-    let probe = up.clone();
-    tokio::task::spawn_blocking(move || {
-        let (mut served, in_flight) = serve_with_a_callback_in_flight(&url, &probe, "300");
-        served.signal("TERM");
-        // The upstream would take 8 s; the process leaves after its grace instead.
-        assert_eq!(served.wait_exit(Duration::from_secs(4)), 0);
-        let answer = in_flight.join().unwrap();
-        assert_ne!(
-            answer.map(|(s, _)| s),
-            Some(200),
-            "never 200 for an unconfirmed decision"
-        );
-    })
-    .await
-    .unwrap();
+    // The upstream would take 8 s; the process leaves after its grace instead.
+    let (mut served, in_flight, _) =
+        terminated_with_a_callback_in_flight(Duration::from_secs(8), "300").await;
+    assert_eq!(served.wait_exit(Duration::from_secs(4)).await, Some(0));
+    let answer = in_flight.await.unwrap();
+    assert_ne!(
+        answer.map(|a| a.status),
+        Some(200),
+        "never 200 for an unconfirmed decision"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_signal_exits_at_once() {
-    let up = Upstream::start(Reply::ok().slow(Duration::from_secs(8))).await;
-    let url = up.url();
-    let probe = up.clone();
-    tokio::task::spawn_blocking(move || {
-        let (mut served, _in_flight) = serve_with_a_callback_in_flight(&url, &probe, "60000");
-        served.signal("TERM");
-        std::thread::sleep(Duration::from_millis(200));
-        assert!(
-            served.child.try_wait().unwrap().is_none(),
-            "still draining after one signal"
-        );
-        served.signal("INT");
-        assert_eq!(served.wait_exit(Duration::from_secs(3)), 130);
-    })
-    .await
-    .unwrap();
+    let (mut served, _in_flight, _) =
+        terminated_with_a_callback_in_flight(Duration::from_secs(8), "60000").await;
+    assert_eq!(
+        served.wait_exit(Duration::from_millis(200)).await,
+        None,
+        "still draining after one signal"
+    );
+    served.signal("INT");
+    assert_eq!(served.wait_exit(Duration::from_secs(3)).await, Some(130));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn send_command_smoke_tests_a_running_gateway() {
     let up = Upstream::start(Reply::ok()).await;
-    let url = up.url();
+    let served = Binary::start(&up.url(), &[INFO]).await;
+    let target = format!("http://{}/", served.addr);
+    // The commands block; the upstream answers on the runtime meanwhile.
     tokio::task::spawn_blocking(move || {
-        let served = Served::start(&url, &[]);
-        let target = format!("http://127.0.0.1:{}/", served.port);
         let (code, out, err) = run(
             &[
                 "send",
@@ -752,16 +541,17 @@ async fn send_command_smoke_tests_a_running_gateway() {
 #[tokio::test(flavor = "multi_thread")]
 async fn send_shows_when_to_try_again() {
     let up = Upstream::start(Reply::ok()).await;
-    let url = up.url();
+    let served = Binary::start(
+        &up.url(),
+        &[
+            INFO,
+            ("FEISHU_GATE_RATE_LIMIT_RPS", "1"),
+            ("FEISHU_GATE_RATE_LIMIT_BURST", "1"),
+        ],
+    )
+    .await;
+    let target = format!("http://{}/", served.addr);
     tokio::task::spawn_blocking(move || {
-        let served = Served::start(
-            &url,
-            &[
-                ("FEISHU_GATE_RATE_LIMIT_RPS", "1"),
-                ("FEISHU_GATE_RATE_LIMIT_BURST", "1"),
-            ],
-        );
-        let target = format!("http://127.0.0.1:{}/", served.port);
         let secrets = [("FEISHU_GATE_TOKEN", TOKEN), ("FEISHU_GATE_KEY", KEY)];
         let (code, out, _) = run(&["send", "--url", &target, "--task-id", "a"], &secrets);
         assert_eq!(code, 0, "{out}");
@@ -776,7 +566,10 @@ async fn send_shows_when_to_try_again() {
 
 #[test]
 fn demo_once_shows_a_full_round_trip() {
-    let (port, admin) = (free_port().to_string(), free_port().to_string());
+    let (port, admin) = (
+        free_addr().port().to_string(),
+        free_addr().port().to_string(),
+    );
     let (code, out, err) = run(
         &["demo", "--once", "--port", &port, "--admin-port", &admin],
         &[],
@@ -796,37 +589,20 @@ fn demo_once_shows_a_full_round_trip() {
 #[tokio::test(flavor = "multi_thread")]
 async fn text_logs_for_people_are_plain_lines_without_secrets() {
     let up = Upstream::start(Reply::ok()).await;
-    let url = up.url();
-    tokio::task::spawn_blocking(move || {
-        let served = Served::start(&url, &[("FEISHU_GATE_LOG_FORMAT", "text")]);
-        let (status, _) = http(served.port, "POST", "/", &seal(KEY, &callback(TOKEN))).unwrap();
-        assert_eq!(status, 200);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let line = loop {
-            let found = served
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains("feishu_gate::callback"))
-                .cloned();
-            if let Some(line) = found {
-                break line;
-            }
-            assert!(Instant::now() < deadline, "no callback line");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(!line.starts_with('{'), "{line}");
-        assert!(
-            !line.contains('\u{1b}'),
-            "no colour codes into a pipe: {line:?}"
-        );
-        assert!(
-            line.contains("outcome=\"delivered\"") && line.contains("approval_code=\"CODE-1\""),
-            "{line}"
-        );
-        assert!(!line.contains(TOKEN) && !line.contains(KEY), "{line}");
-    })
-    .await
-    .unwrap();
+    let served = Binary::start(&up.url(), &[INFO, ("FEISHU_GATE_LOG_FORMAT", "text")]).await;
+    let answer = post(served.addr, "/", seal(KEY, &callback(TOKEN)), &[]).await;
+    assert_eq!(answer.status, 200);
+    let line = served
+        .line("callback line", |l| l.contains("feishu_gate::callback"))
+        .await;
+    assert!(!line.starts_with('{'), "{line}");
+    assert!(
+        !line.contains('\u{1b}'),
+        "no colour codes into a pipe: {line:?}"
+    );
+    assert!(
+        line.contains("outcome=\"delivered\"") && line.contains("approval_code=\"CODE-1\""),
+        "{line}"
+    );
+    assert!(!line.contains(TOKEN) && !line.contains(KEY), "{line}");
 }

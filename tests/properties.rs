@@ -2,8 +2,7 @@
 //! size, and what reaches the legacy system is the callback minus `token`,
 //! value for value and in order, for any JSON a callback may carry.
 
-mod common;
-mod harness;
+mod support;
 
 use std::fmt::Write as _;
 
@@ -11,11 +10,11 @@ use base64::Engine as _;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 
-use common::*;
 use feishu_gate::callback::{self, ForwardOptions};
 use feishu_gate::config;
 use feishu_gate::envelope::CallbackKey;
 use feishu_gate::json::{Fields, JsonError, MAX_DEPTH};
+use support::*;
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
@@ -124,7 +123,7 @@ fn same_minus_token(sent: &str, forwarded: &[u8]) -> Result<(), TestCaseError> {
     let forwarded_text = String::from_utf8(forwarded.to_vec())
         .map_err(|_| TestCaseError::fail("forwarded body is not UTF-8"))?;
     prop_assert!(
-        harness::is_strict_json(forwarded),
+        is_strict_json(forwarded),
         "forwarded body is not JSON: {}",
         forwarded_text
     );

@@ -4,14 +4,14 @@
 //! costs what `REDIS_FAILURE` says and no more, and suppression resumes by
 //! itself when Redis returns.
 
-mod common;
-mod harness;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::*;
-use harness::Binary;
-use harness::redis_server::Redis;
+use support::binary::command;
+use support::certs::{Ca, write_file};
+use support::redis_server::Redis;
+use support::*;
 
 const PREFIX: &str = "feishu-gate:";
 
@@ -32,10 +32,6 @@ async fn replica(up: &Upstream, redis: &Redis, extra: &[(&str, &str)]) -> Binary
 
 async fn send(gate: &Binary, body: &str) -> Answer {
     post(gate.addr, "/", body.to_owned(), &[]).await
-}
-
-fn series(text: &str, name: &str) -> f64 {
-    metric(text, name)
 }
 
 #[tokio::test]
@@ -69,29 +65,16 @@ async fn copies_spread_over_replicas_are_delivered_once() {
 
     let m = b.metrics().await;
     // B's first copy was found in Redis, its second in its own memory.
+    assert_eq!(duplicates(&m, "remembered", "shared"), 1.0, "{m}");
+    assert_eq!(duplicates(&m, "remembered", "local"), 1.0);
     assert_eq!(
-        series(
-            &m,
-            r#"feishu_gate_duplicates_suppressed_total{how="remembered",store="shared"}"#
-        ),
-        1.0,
-        "{m}"
-    );
-    assert_eq!(
-        series(
-            &m,
-            r#"feishu_gate_duplicates_suppressed_total{how="remembered",store="local"}"#
-        ),
-        1.0
-    );
-    assert_eq!(
-        series(
+        metric(
             &m,
             r#"feishu_gate_redis_operations_total{op="claim",result="ok"}"#
         ),
         1.0
     );
-    assert_eq!(series(&m, "feishu_gate_redis_fallback"), 0.0);
+    assert_eq!(metric(&m, "feishu_gate_redis_fallback"), 0.0);
 
     // A different decision is its own.
     assert_eq!(send(&b, &decision(2)).await.status, 200);
@@ -124,12 +107,7 @@ async fn concurrent_copies_on_both_replicas_are_delivered_once_and_answered_alik
     // The replica that did not deliver saw the other's claim and waited for it.
     let waited: f64 = [a.metrics().await, b.metrics().await]
         .iter()
-        .map(|m| {
-            series(
-                m,
-                r#"feishu_gate_duplicates_suppressed_total{how="in_flight",store="shared"}"#,
-            )
-        })
+        .map(|m| duplicates(m, "in_flight", "shared"))
         .sum();
     assert_eq!(waited, 1.0);
 
@@ -212,13 +190,13 @@ async fn redis_killed_open_keeps_answering_and_recovers_by_itself() {
     assert_eq!(up.count(), 6);
     let m = a.metrics().await;
     assert!(
-        series(
+        metric(
             &m,
             r#"feishu_gate_redis_operations_total{op="claim",result="error"}"#
         ) >= 1.0,
         "{m}"
     );
-    assert_eq!(series(&m, "feishu_gate_redis_fallback"), 1.0);
+    assert_eq!(metric(&m, "feishu_gate_redis_fallback"), 1.0);
 
     redis.restart();
     // Each replica finds out on its next probe, which a callback triggers.
@@ -226,7 +204,7 @@ async fn redis_killed_open_keeps_answering_and_recovers_by_itself() {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             assert_eq!(send(gate, &decision(fresh())).await.status, 200);
-            if series(&gate.metrics().await, "feishu_gate_redis_fallback") == 0.0 {
+            if metric(&gate.metrics().await, "feishu_gate_redis_fallback") == 0.0 {
                 break;
             }
             assert!(Instant::now() < deadline, "no recovery");
@@ -279,22 +257,22 @@ async fn redis_stopped_closed_answers_503_in_time_and_recovers() {
     assert_eq!(up.count(), 1, "nothing delivered while closed");
     let m = a.metrics().await;
     assert!(
-        series(
+        metric(
             &m,
             r#"feishu_gate_redis_operations_total{op="claim",result="timeout"}"#
         ) >= 1.0,
         "{m}"
     );
-    assert_eq!(series(&m, "feishu_gate_redis_fallback"), 1.0);
+    assert_eq!(metric(&m, "feishu_gate_redis_fallback"), 1.0);
     assert_eq!(
-        series(
+        metric(
             &m,
             r#"feishu_gate_callbacks_total{outcome="memory_unavailable"}"#
         ),
         3.0
     );
     // Readiness does not depend on Redis.
-    assert_eq!(harness::get_status(a.admin, "/readyz").await, Some(200));
+    assert_eq!(a.readiness().await, Some(200));
 
     redis.signal("CONT");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -386,7 +364,7 @@ async fn load_through_an_outage(failure: &str) -> (Vec<(u16, Duration)>, Upstrea
             .iter()
             .flat_map(|op| {
                 ["error", "timeout"].map(|result| {
-                    series(
+                    metric(
                         &m,
                         &format!(
                             r#"feishu_gate_redis_operations_total{{op="{op}",result="{result}"}}"#
@@ -400,7 +378,7 @@ async fn load_through_an_outage(failure: &str) -> (Vec<(u16, Duration)>, Upstrea
     // Suppression resumes: each replica finds out on its next probe.
     for gate in &after {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while series(&gate.metrics().await, "feishu_gate_redis_fallback") != 0.0 {
+        while metric(&gate.metrics().await, "feishu_gate_redis_fallback") != 0.0 {
             assert!(Instant::now() < deadline, "no recovery");
             let _ = send(gate, &decision(fresh())).await;
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -502,14 +480,17 @@ async fn the_redis_password_never_shows() {
     let redis = Redis::with_password(PASSWORD);
     let up = Upstream::start(Reply::ok()).await;
 
-    let out = std::process::Command::new(harness::BIN)
-        .arg("check-config")
-        .env_clear()
-        .env("FEISHU_GATE_UPSTREAM_URL", up.url())
-        .env("FEISHU_GATE_TOKEN", TOKEN)
-        .env("FEISHU_GATE_REDIS_URL", redis.url())
-        .output()
-        .unwrap();
+    let (upstream_url, redis_url) = (up.url(), redis.url());
+    let out = command(
+        &["check-config"],
+        &[
+            ("FEISHU_GATE_UPSTREAM_URL", &upstream_url),
+            ("FEISHU_GATE_TOKEN", TOKEN),
+            ("FEISHU_GATE_REDIS_URL", &redis_url),
+        ],
+    )
+    .output()
+    .unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -553,7 +534,7 @@ async fn the_redis_password_never_shows() {
     .await;
     assert_eq!(send(&c, &decision(2)).await.status, 200);
     let m = c.metrics().await;
-    assert_eq!(series(&m, "feishu_gate_redis_fallback"), 1.0, "{m}");
+    assert_eq!(metric(&m, "feishu_gate_redis_fallback"), 1.0, "{m}");
     let log = format!("{}\n{}", a.log_tail().join("\n"), c.log_tail().join("\n"));
     assert!(log.contains("shared duplicate memory unreachable"), "{log}");
     for secret in [PASSWORD, WRONG] {
@@ -573,26 +554,12 @@ fn fresh() -> u32 {
 /// A private CA and a certificate it signed for `localhost`, as PEM files in `dir`:
 /// (CA file, certificate chain file, key file).
 fn private_ca(dir: &std::path::Path) -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "redis test CA");
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
-    let write = |name: &str, text: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_owned()
-    };
+    let ca = Ca::root("redis test CA");
+    let leaf = ca.server_leaf("redis");
     (
-        write("ca.pem", ca_cert.pem()),
-        write("redis.pem", leaf_cert.pem()),
-        write("redis.key", leaf_key.serialize_pem()),
+        write_file(dir, "ca.pem", &ca.pem()),
+        write_file(dir, "redis.pem", &leaf.chain_pem),
+        write_file(dir, "redis.key", &leaf.key_pem),
     )
 }
 
@@ -609,13 +576,7 @@ async fn rediss_with_a_private_ca_shares_the_memory_and_refuses_other_certificat
     assert_eq!(send(&a, &body).await.status, 200);
     assert_eq!(send(&b, &body).await.status, 200);
     assert_eq!(up.count(), 1, "shared over TLS");
-    assert_eq!(
-        series(
-            &b.metrics().await,
-            r#"feishu_gate_duplicates_suppressed_total{how="remembered",store="shared"}"#
-        ),
-        1.0
-    );
+    assert_eq!(duplicates(&b.metrics().await, "remembered", "shared"), 1.0);
 
     // Trusting another CA, or only the system's roots, the server's certificate is
     // refused: no memory is shared, and REDIS_FAILURE=closed says so.
@@ -647,15 +608,17 @@ fn a_ca_file_needs_rediss_and_must_be_a_certificate() {
     std::fs::write(&junk, "not a certificate").unwrap();
     let junk = junk.to_str().unwrap();
     let check = |url: &str| {
-        std::process::Command::new(harness::BIN)
-            .arg("check-config")
-            .env_clear()
-            .env("FEISHU_GATE_UPSTREAM_URL", "http://127.0.0.1:1/")
-            .env("FEISHU_GATE_TOKEN", TOKEN)
-            .env("FEISHU_GATE_REDIS_URL", url)
-            .env("FEISHU_GATE_REDIS_CA_FILE", junk)
-            .output()
-            .unwrap()
+        command(
+            &["check-config"],
+            &[
+                ("FEISHU_GATE_UPSTREAM_URL", "http://127.0.0.1:1/"),
+                ("FEISHU_GATE_TOKEN", TOKEN),
+                ("FEISHU_GATE_REDIS_URL", url),
+                ("FEISHU_GATE_REDIS_CA_FILE", junk),
+            ],
+        )
+        .output()
+        .unwrap()
     };
     let out = check("redis://:pw-123@127.0.0.1:1/");
     assert_eq!(out.status.code(), Some(64));

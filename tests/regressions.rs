@@ -2,13 +2,13 @@
 //! end through the real gateway or the real binary. The idle-connection and
 //! broken-answer regressions live with their kind in abuse.rs and faults.rs.
 
-mod common;
+mod support;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::*;
 use feishu_gate::config;
+use support::binary::{run, run_within};
+use support::*;
 
 /// Caught by the `callback_fields` fuzz target: a negative `message_id` number
 /// was accepted, while its string form is refused; with `MESSAGE_ID_AS_STRING`
@@ -107,29 +107,17 @@ async fn an_upstream_message_with_a_stray_bracket_is_cleaned() {
 /// forever.
 #[test]
 fn check_config_reports_bad_secret_files_on_one_line_each_and_promptly() {
-    let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_feishu-gate"))
-        .arg("check-config")
-        .env_clear()
-        .env("FEISHU_GATE_UPSTREAM_URL", "http://127.0.0.1:9/")
-        .env("FEISHU_GATE_TOKEN_FILE", "/dev/zero")
-        .env("FEISHU_GATE_KEY_FILE", "/no\nsuch\r/key")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = started + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("check-config still running after 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) = run_within(
+        &["check-config"],
+        &[
+            ("FEISHU_GATE_UPSTREAM_URL", "http://127.0.0.1:9/"),
+            ("FEISHU_GATE_TOKEN_FILE", "/dev/zero"),
+            ("FEISHU_GATE_KEY_FILE", "/no\nsuch\r/key"),
+        ],
+        Duration::from_secs(20),
+    )
+    .expect("check-config finishes within 20 s");
+    assert_eq!(code, 64);
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(
         lines,
@@ -147,20 +135,18 @@ fn check_config_reports_bad_secret_files_on_one_line_each_and_promptly() {
 /// went to the operator's terminal and logs.
 #[test]
 fn check_config_never_echoes_a_header_entry_that_may_be_a_credential() {
-    let out = Command::new(env!("CARGO_BIN_EXE_feishu-gate"))
-        .arg("check-config")
-        .env_clear()
-        .env("FEISHU_GATE_UPSTREAM_URL", "http://127.0.0.1:9/")
-        .env("FEISHU_GATE_TOKEN", "t")
-        .env(
-            "FEISHU_GATE_UPSTREAM_HEADERS",
-            "s3cr3t-t0ken,Bearer c2VjcmV0==",
-        )
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) = run(
+        &["check-config"],
+        &[
+            ("FEISHU_GATE_UPSTREAM_URL", "http://127.0.0.1:9/"),
+            ("FEISHU_GATE_TOKEN", "t"),
+            (
+                "FEISHU_GATE_UPSTREAM_HEADERS",
+                "s3cr3t-t0ken,Bearer c2VjcmV0==",
+            ),
+        ],
+    );
+    assert_eq!(code, 64);
     assert_eq!(
         err.lines().collect::<Vec<_>>(),
         vec![

@@ -14,11 +14,9 @@
 //! alternating between them and the two copies of a decision sent to different
 //! ones: every decision answered 200 was still delivered once across both.
 
-mod common;
-mod harness;
+mod support;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,12 +26,13 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
-use common::{KEY, TOKEN, seal};
 use feishu_gate::config;
+use support::binary::memory_of;
+use support::client::Protocol;
+use support::redis_server::Redis;
+use support::{Binary, Conn, KEY, TOKEN, duplicates, metric, seal};
 
 /// The gateway's upstream timeout during the soak.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_millis(600);
@@ -121,19 +120,9 @@ async fn start_upstream(seed: u64) -> (SocketAddr, Ledger) {
     let addr = listener.local_addr().unwrap();
     let ledger = Ledger::default();
     let shared = ledger.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let ledger = shared.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let ledger = ledger.clone();
-                    async move { Ok::<_, Infallible>(decide(req, ledger, seed).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+    support::upstream::serve(listener, None, move |req| {
+        let ledger = shared.clone();
+        async move { Ok(decide(req, ledger, seed).await) }
     });
     (addr, ledger)
 }
@@ -212,6 +201,18 @@ struct Sent {
     body: String,
 }
 
+impl Sent {
+    /// The decision on `task`, sealed, from the approver the task falls to.
+    fn sealed(task: u64, id: String, kind: Kind) -> Self {
+        Sent {
+            body: seal(KEY, &decision(task, task % 10_000, &id)),
+            id,
+            kind,
+            task,
+        }
+    }
+}
+
 /// One unit of work: a callback, or two copies of a decision sent at once.
 type Job = Vec<Sent>;
 
@@ -238,41 +239,21 @@ fn workload(seed: u64, callbacks: usize) -> Vec<Job> {
             0..=69 => {
                 let task = decisions.len() as u64;
                 decisions.push(task);
-                let id = next_id();
-                vec![Sent {
-                    body: seal(KEY, &decision(task, task % 10_000, &id)),
-                    id,
-                    kind: Kind::Valid,
-                    task,
-                }]
+                vec![Sent::sealed(task, next_id(), Kind::Valid)]
             }
             70..=77 => {
                 // Two copies at once: the second waits for the first's outcome.
                 let task = decisions.len() as u64;
                 decisions.push(task);
                 (0..2)
-                    .map(|_| {
-                        let id = next_id();
-                        Sent {
-                            body: seal(KEY, &decision(task, task % 10_000, &id)),
-                            id,
-                            kind: Kind::Repeat,
-                            task,
-                        }
-                    })
+                    .map(|_| Sent::sealed(task, next_id(), Kind::Repeat))
                     .collect()
             }
             78..=84 if !decisions.is_empty() => {
                 // A later copy of a recent decision, whatever became of it.
                 let back = r.below(decisions.len().min(400) as u64) as usize;
                 let task = decisions[decisions.len() - 1 - back];
-                let id = next_id();
-                vec![Sent {
-                    body: seal(KEY, &decision(task, task % 10_000, &id)),
-                    id,
-                    kind: Kind::Repeat,
-                    task,
-                }]
+                vec![Sent::sealed(task, next_id(), Kind::Repeat)]
             }
             85..=89 => {
                 let id = next_id();
@@ -342,7 +323,7 @@ enum Seen {
 struct Client {
     addr: SocketAddr,
     keep_alive: bool,
-    sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+    conn: Option<Conn>,
 }
 
 impl Client {
@@ -350,74 +331,40 @@ impl Client {
         match tokio::time::timeout(CLIENT_LIMIT, self.exchange(body)).await {
             Ok(seen) => seen,
             Err(_) => {
-                self.sender = None;
+                self.conn = None;
                 Seen::Hung
             }
         }
     }
 
     async fn exchange(&mut self, body: &str) -> Seen {
-        let reusable = self.sender.as_mut().is_some_and(|s| !s.is_closed());
+        let reusable = self.conn.as_ref().is_some_and(|c| !c.is_closed());
         if !reusable || !self.keep_alive {
-            let Ok(stream) = TcpStream::connect(self.addr).await else {
-                self.sender = None;
-                return Seen::RefusedAtConnect;
-            };
-            let Ok((sender, conn)) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-            else {
-                self.sender = None;
-                return Seen::RefusedAtConnect;
-            };
-            tokio::spawn(conn);
-            self.sender = Some(sender);
+            self.conn = Conn::connect(self.addr, Protocol::Http1).await.ok();
         }
-        let Some(sender) = self.sender.as_mut() else {
+        let Some(conn) = self.conn.as_mut() else {
             return Seen::RefusedAtConnect;
         };
-        if sender.ready().await.is_err() {
-            self.sender = None;
-            return Seen::ClosedUnanswered;
-        }
-        let mut request = Request::post("/")
-            .header("host", self.addr.to_string())
-            .header("content-type", "application/json");
-        if !self.keep_alive {
-            request = request.header("connection", "close");
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body.to_owned())))
-            .unwrap();
-        let response = match sender.send_request(request).await {
-            Ok(r) => r,
-            Err(_) => {
-                self.sender = None;
-                return Seen::ClosedUnanswered;
-            }
-        };
-        let status = response.status().as_u16();
-        let Ok(bytes) = response.into_body().collect().await.map(|b| b.to_bytes()) else {
-            self.sender = None;
-            return Seen::ClosedUnanswered;
-        };
-        let feishu_shaped = if status == 200 {
-            bytes.as_ref() == br#"{"code":0,"msg":"success"}"#
+        let close: &[(&str, &str)] = if self.keep_alive {
+            &[]
         } else {
-            serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|v| {
-                v["without_prefix"] == "true"
-                    && v["message"].as_str().is_some_and(|m| {
-                        !m.is_empty()
-                            && m.chars().count() <= 200
-                            && !m.chars().any(char::is_control)
-                            && !m.contains(['<', '>'])
-                    })
-            })
+            &[("connection", "close")]
         };
-        let shutting_down = status == 503
-            && serde_json::from_slice::<serde_json::Value>(&bytes)
+        let request = conn.request("POST", "/", body.to_owned(), close);
+        let Ok(answer) = conn.send(request).await else {
+            self.conn = None;
+            return Seen::ClosedUnanswered;
+        };
+        let feishu_shaped = if answer.status == 200 {
+            answer.text == r#"{"code":0,"msg":"success"}"#
+        } else {
+            answer.is_feishu_error()
+        };
+        let shutting_down = answer.status == 503
+            && serde_json::from_str::<serde_json::Value>(&answer.text)
                 .is_ok_and(|v| v["message"] == SHUTTING_DOWN);
         Seen::Answered {
-            status,
+            status: answer.status,
             feishu_shaped,
             shutting_down,
         }
@@ -437,7 +384,7 @@ struct Run {
 /// sharing a duplicate memory), callbacks alternate between them and the two
 /// copies of a job go to different ones; memory is sampled on the first.
 async fn drive(
-    gates: &[&harness::Binary],
+    gates: &[&Binary],
     jobs: Vec<Job>,
     concurrency: usize,
     keep_alive: bool,
@@ -453,7 +400,7 @@ async fn drive(
         tokio::spawn(async move {
             let mut peak = 0;
             while !stop.load(Ordering::SeqCst) {
-                match harness::memory_of(pid) {
+                match memory_of(pid) {
                     Some(m) => peak = peak.max(m.rss_kib),
                     None => break,
                 }
@@ -482,7 +429,7 @@ async fn drive(
                 .map(|&addr| Client {
                     addr,
                     keep_alive,
-                    sender: None,
+                    conn: None,
                 })
                 .collect();
             let mut results = Vec::new();
@@ -500,7 +447,7 @@ async fn drive(
                         let mut own = Client {
                             addr,
                             keep_alive: false,
-                            sender: None,
+                            conn: None,
                         };
                         let seen = own.send(&sent.body).await;
                         (sent, seen)
@@ -522,7 +469,7 @@ async fn drive(
     let elapsed = started.elapsed();
     stop_sampling.store(true, Ordering::SeqCst);
     let peak_rss_kib = sampler.await.unwrap();
-    let final_rss_kib = harness::memory_of(pid).map_or(0, |m| m.rss_kib);
+    let final_rss_kib = memory_of(pid).map_or(0, |m| m.rss_kib);
     Run {
         results,
         elapsed,
@@ -730,17 +677,32 @@ fn report(title: &str, callbacks: usize, concurrency: usize, run: &Run, v: &Verd
     );
 }
 
-fn gateway_vars() -> Vec<(&'static str, String)> {
-    vec![
-        (
-            config::UPSTREAM_TIMEOUT_MS,
-            UPSTREAM_TIMEOUT.as_millis().to_string(),
-        ),
-        (config::RATE_LIMIT_RPS, "0".into()),
-        (config::USER_RATE_LIMIT_RPS, "2".into()),
-        (config::USER_RATE_LIMIT_BURST, "2".into()),
-        (config::SHUTDOWN_GRACE_MS, "5000".into()),
-    ]
+/// The binary with the soak's limits, `extra` on top, delivering to `upstream`.
+async fn soak_gateway(upstream: SocketAddr, extra: &[(&str, &str)]) -> Binary {
+    let timeout = UPSTREAM_TIMEOUT.as_millis().to_string();
+    let mut vars = vec![
+        (config::UPSTREAM_TIMEOUT_MS, timeout.as_str()),
+        (config::RATE_LIMIT_RPS, "0"),
+        (config::USER_RATE_LIMIT_RPS, "2"),
+        (config::USER_RATE_LIMIT_BURST, "2"),
+        (config::SHUTDOWN_GRACE_MS, "5000"),
+    ];
+    vars.extend_from_slice(extra);
+    Binary::start(&format!("http://{upstream}/legacy"), &vars).await
+}
+
+/// Waits for the upstream to settle, judges the run, prints its report, and
+/// fails on any broken promise.
+async fn conclude(title: &str, concurrency: usize, run: &Run, ledger: &Ledger) -> Verdict {
+    settle(ledger).await;
+    let v = judge(&run.results, ledger);
+    report(title, run.results.len(), concurrency, run, &v);
+    assert!(
+        v.violations.is_empty(),
+        "{:#?}",
+        &v.violations[..v.violations.len().min(20)]
+    );
+    v
 }
 
 fn seed() -> u64 {
@@ -753,25 +715,11 @@ async fn every_callback_answered_200_was_delivered_once_and_nothing_else_was() {
     let concurrency = env_usize("SOAK_CONCURRENCY", 32);
     let seed = seed();
     let (upstream, ledger) = start_upstream(seed).await;
-    let vars = gateway_vars();
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let gate = harness::Binary::start(&format!("http://{upstream}/legacy"), &vars).await;
+    let gate = soak_gateway(upstream, &[]).await;
     let jobs = workload(seed, callbacks);
     let run = drive(&[&gate], jobs, concurrency, true, |_| {}).await;
-    settle(&ledger).await;
-    let v = judge(&run.results, &ledger);
-    report(
-        &format!("soak (seed {seed})"),
-        run.results.len(),
-        concurrency,
-        &run,
-        &v,
-    );
-    assert!(
-        v.violations.is_empty(),
-        "{:#?}",
-        &v.violations[..v.violations.len().min(20)]
-    );
+    let title = format!("soak (seed {seed})");
+    let v = conclude(&title, concurrency, &run, &ledger).await;
     assert_eq!(
         v.refused_at_connect + v.closed_unanswered,
         0,
@@ -790,7 +738,7 @@ async fn every_callback_answered_200_was_delivered_once_and_nothing_else_was() {
         "peak RSS {} KiB",
         run.peak_rss_kib
     );
-    assert_eq!(harness::get_status(gate.admin, "/readyz").await, Some(200));
+    assert_eq!(gate.readiness().await, Some(200));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -798,50 +746,27 @@ async fn two_replicas_sharing_redis_deliver_every_decision_answered_200_once() {
     let callbacks = env_usize("SOAK_REPLICA_CALLBACKS", 2_000);
     let concurrency = env_usize("SOAK_CONCURRENCY", 32);
     let seed = seed() + 2;
-    let redis = harness::redis_server::Redis::start();
+    let redis = Redis::start();
     let (upstream, ledger) = start_upstream(seed).await;
-    let mut vars = gateway_vars();
-    vars.push((config::REDIS_URL, redis.url()));
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let url = format!("http://{upstream}/legacy");
-    let a = harness::Binary::start(&url, &vars).await;
-    let b = harness::Binary::start(&url, &vars).await;
+    let redis_url = redis.url();
+    let shared_memory = [(config::REDIS_URL, redis_url.as_str())];
+    let a = soak_gateway(upstream, &shared_memory).await;
+    let b = soak_gateway(upstream, &shared_memory).await;
     let jobs = workload(seed, callbacks);
     let run = drive(&[&a, &b], jobs, concurrency, true, |_| {}).await;
-    settle(&ledger).await;
-    let v = judge(&run.results, &ledger);
-    report(
-        &format!("soak on two replicas sharing Redis (seed {seed})"),
-        run.results.len(),
-        concurrency,
-        &run,
-        &v,
-    );
-    assert!(
-        v.violations.is_empty(),
-        "{:#?}",
-        &v.violations[..v.violations.len().min(20)]
-    );
+    let title = format!("soak on two replicas sharing Redis (seed {seed})");
+    let v = conclude(&title, concurrency, &run, &ledger).await;
     assert_eq!(v.refused_at_connect + v.closed_unanswered, 0);
     assert!(v.delivered > 0 && v.answered_from_memory > 0);
     // Copies were recognised through Redis, not only by each replica's own memory.
     let shared: f64 = [a.metrics().await, b.metrics().await]
         .iter()
-        .flat_map(|m| {
-            ["in_flight", "remembered"].map(|how| {
-                common::metric(
-                    m,
-                    &format!(
-                        "feishu_gate_duplicates_suppressed_total{{how=\"{how}\",store=\"shared\"}}"
-                    ),
-                )
-            })
-        })
+        .flat_map(|m| ["in_flight", "remembered"].map(|how| duplicates(m, how, "shared")))
         .sum();
     assert!(shared > 0.0, "no copy was found in the shared memory");
     for gate in [&a, &b] {
         let m = gate.metrics().await;
-        assert_eq!(common::metric(&m, "feishu_gate_redis_fallback"), 0.0);
+        assert_eq!(metric(&m, "feishu_gate_redis_fallback"), 0.0);
     }
 }
 
@@ -851,9 +776,7 @@ async fn sigterm_under_load_answers_or_refuses_every_callback_and_loses_none() {
     let concurrency = env_usize("SOAK_CONCURRENCY", 32);
     let seed = seed() + 1;
     let (upstream, ledger) = start_upstream(seed).await;
-    let vars = gateway_vars();
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut gate = harness::Binary::start(&format!("http://{upstream}/legacy"), &vars).await;
+    let mut gate = soak_gateway(upstream, &[]).await;
     let jobs = workload(seed, callbacks);
     let pid = gate.pid();
     let signalled = Arc::new(Mutex::new(None::<Instant>));
@@ -863,10 +786,7 @@ async fn sigterm_under_load_answers_or_refuses_every_callback_and_loses_none() {
     let run = drive(&[&gate], jobs, concurrency, false, move |done| {
         let mut mark = mark.lock().unwrap();
         if done >= at && mark.is_none() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
+            support::signal(pid, "TERM");
             *mark = Some(Instant::now());
         }
     })
@@ -874,24 +794,12 @@ async fn sigterm_under_load_answers_or_refuses_every_callback_and_loses_none() {
     let signalled = signalled.lock().unwrap().expect("SIGTERM was sent");
     let code = gate.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(code, Some(0), "log: {:?}", gate.log_tail());
-    settle(&ledger).await;
-    let v = judge(&run.results, &ledger);
-    report(
-        &format!("soak with SIGTERM after {at} (seed {seed})"),
-        run.results.len(),
-        concurrency,
-        &run,
-        &v,
-    );
     println!(
-        "  exited 0, {:.1} s after SIGTERM",
+        "exited 0, {:.1} s after SIGTERM",
         signalled.elapsed().as_secs_f64()
     );
-    assert!(
-        v.violations.is_empty(),
-        "{:#?}",
-        &v.violations[..v.violations.len().min(20)]
-    );
+    let title = format!("soak with SIGTERM after {at} (seed {seed})");
+    let v = conclude(&title, concurrency, &run, &ledger).await;
     assert!(v.refused_at_connect > 0, "the load went on past the exit");
     assert!(v.delivered > 0);
 }

@@ -4,47 +4,33 @@
 //! upstreams with a private CA and mutual TLS, and through the real binary:
 //! start-up errors, a Secret followed by `serve`, and `demo --tls`.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
-use bytes::Bytes;
-use http::{Request, Response, StatusCode, Version, header};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use rustls_pki_types::PrivateKeyDer;
-use rustls_pki_types::pem::PemObject;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+use rustls::ClientConfig;
+use rustls::pki_types::CertificateDer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use feishu_gate::config::{self, Config};
-use feishu_gate::gateway::Gateway;
-use feishu_gate::server::{self, Listeners};
+use feishu_gate::config;
+use feishu_gate::server;
 use feishu_gate::server_tls::{Reload, ServerTls};
-
-const TOKEN: &str = "tls-test-token-8d2f";
+use support::binary::{Binary, Process, run, run_within};
+use support::certs::{
+    Ca, Leaf, SecretVolume, pem, provider, served_leaf, unwrap_pkcs8, write_file,
+};
+use support::client::{Protocol, tls_client, tls_connect};
+use support::gateway::{self, Gate};
+use support::*;
 
 /// Bounds every wait for something that happens in the background; generous
 /// so a loaded machine never fails a correct build.
 const PATIENCE: Duration = Duration::from_secs(30);
-
-/// How often the tests' gateways read their certificate files again.
-const TEST_POLL: Duration = Duration::from_millis(100);
 
 /// A 2048-bit RSA key used only by these tests, for the RSA encodings (ring,
 /// which generates the other keys here, cannot generate RSA keys). It
@@ -78,477 +64,83 @@ SUn8Qxz/hwz5Wb5w5Y6v5WEDM5j6cKSMYdNeDAS/lhoJJjRxx+Z//s4VfwWa7nf4
 bxPvP/TDEXkKdXdDqmvp6/I=
 -----END PRIVATE KEY-----";
 
-// ---- certificates ----------------------------------------------------------
+// ---- connections and scrapes ----------------------------------------------
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+fn callback_body(task: &str) -> String {
+    callback_with(TOKEN, "task_id", &format!("\"{task}\""))
 }
 
-/// A certificate authority, root or intermediate.
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    der: CertificateDer<'static>,
-    /// What a leaf's chain file carries after the leaf: intermediates only.
-    chain_pem: String,
-}
-
-impl Ca {
-    fn root(name: &str) -> Self {
-        let (params, key) = ca_params(name);
-        let cert = params.self_signed(&key).unwrap();
-        Self {
-            der: cert.der().clone(),
-            issuer: Issuer::new(params, key),
-            chain_pem: String::new(),
-        }
-    }
-
-    fn intermediate(&self, name: &str) -> Self {
-        let (params, key) = ca_params(name);
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Self {
-            der: cert.der().clone(),
-            chain_pem: format!("{}{}", cert.pem(), self.chain_pem),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    fn server_leaf(&self, name: &str) -> Leaf {
-        self.leaf(
-            name,
-            KeyPair::generate().unwrap(),
-            ExtendedKeyUsagePurpose::ServerAuth,
-        )
-    }
-
-    fn leaf(&self, name: &str, key: KeyPair, usage: ExtendedKeyUsagePurpose) -> Leaf {
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            chain_pem: format!("{}{}", cert.pem(), self.chain_pem),
-            key_pem: key.serialize_pem(),
-            der: cert.der().clone(),
-        }
-    }
-
-    fn pem(&self) -> String {
-        pem("CERTIFICATE", &self.der)
-    }
-
-    fn roots(&self) -> RootCertStore {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.der.clone()).unwrap();
-        roots
-    }
-}
-
-fn ca_params(name: &str) -> (CertificateParams, KeyPair) {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    (params, KeyPair::generate().unwrap())
-}
-
-/// A leaf certificate with its chain and key, as PEM files hold them.
-struct Leaf {
-    chain_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-}
-
-impl Leaf {
-    fn not_after(&self) -> i64 {
-        let (_, cert) = x509_parser::parse_x509_certificate(&self.der).unwrap();
-        cert.validity().not_after.timestamp()
-    }
-
-    fn rustls_chain(&self) -> Vec<CertificateDer<'static>> {
-        CertificateDer::pem_slice_iter(self.chain_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .unwrap()
-    }
-
-    fn rustls_key(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).unwrap()
-    }
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    let text = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in text.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
-/// The content of the DER element at the start of `der`, and what follows it.
-fn der_element(der: &[u8]) -> (u8, &[u8], &[u8]) {
-    let (len, header) = match der[1] {
-        n if n < 0x80 => (usize::from(n), 2),
-        0x81 => (usize::from(der[2]), 3),
-        0x82 => (usize::from(der[2]) << 8 | usize::from(der[3]), 4),
-        other => panic!("unexpected DER length byte {other:#x}"),
-    };
-    (der[0], &der[header..header + len], &der[header + len..])
-}
-
-/// PKCS#8 carries the algorithm's own encoding (PKCS#1 for RSA, SEC1 for EC)
-/// in an OCTET STRING after the version and the algorithm identifier.
-fn unwrap_pkcs8(key: &KeyPair) -> Vec<u8> {
-    let (_, info, _) = der_element(key.serialized_der());
-    let (_, _version, rest) = der_element(info);
-    let (_, _algorithm, rest) = der_element(rest);
-    let (tag, inner, _) = der_element(rest);
-    assert_eq!(tag, 0x04, "PKCS#8 privateKey is an OCTET STRING");
-    inner.to_vec()
-}
-
-// ---- files -----------------------------------------------------------------
-
-/// A Secret volume as the kubelet lays it out and updates it: the data in a
-/// timestamped directory, a `..data` symlink to it swapped by rename, and the
-/// visible names symlinks through `..data`.
-struct SecretVolume {
-    dir: tempfile::TempDir,
-    current: Option<String>,
-    generation: u32,
-}
-
-impl SecretVolume {
-    fn new(cert: &str, key: &str) -> Self {
-        let mut volume = Self {
-            dir: tempfile::tempdir().unwrap(),
-            current: None,
-            generation: 0,
-        };
-        volume.update(cert, key);
-        for name in ["tls.crt", "tls.key"] {
-            std::os::unix::fs::symlink(format!("..data/{name}"), volume.dir.path().join(name))
-                .unwrap();
-        }
-        volume
-    }
-
-    /// The kubelet's atomic update: write a new timestamped directory, point
-    /// a temporary symlink at it, rename that over `..data`, remove the old
-    /// directory.
-    fn update(&mut self, cert: &str, key: &str) {
-        let root = self.dir.path();
-        let name = format!(
-            "..2026_11_23_10_{:02}_00.{:03}",
-            self.generation,
-            (self.generation * 137 + 123) % 1000
-        );
-        self.generation += 1;
-        std::fs::create_dir(root.join(&name)).unwrap();
-        std::fs::write(root.join(&name).join("tls.crt"), cert).unwrap();
-        std::fs::write(root.join(&name).join("tls.key"), key).unwrap();
-        std::os::unix::fs::symlink(&name, root.join("..data_tmp")).unwrap();
-        std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
-        if let Some(old) = self.current.replace(name) {
-            std::fs::remove_dir_all(root.join(old)).unwrap();
-        }
-    }
-
-    fn cert(&self) -> PathBuf {
-        self.dir.path().join("tls.crt")
-    }
-
-    fn key(&self) -> PathBuf {
-        self.dir.path().join("tls.key")
-    }
-
-    fn vars(&self) -> Vec<(&'static str, String)> {
-        vec![
-            (config::TLS_CERT, self.cert().display().to_string()),
-            (config::TLS_KEY, self.key().display().to_string()),
-        ]
-    }
-}
-
-fn write_file(dir: &Path, name: &str, contents: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, contents).unwrap();
-    path.display().to_string()
-}
-
-// ---- the legacy system -----------------------------------------------------
-
-/// A real upstream: records every body it receives and answers 200.
-struct Upstream {
-    addr: SocketAddr,
-    received: Arc<Mutex<Vec<String>>>,
-}
-
-impl Upstream {
-    async fn start(tls: Option<ServerConfig>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let acceptor = tls.map(|c| TlsAcceptor::from(Arc::new(c)));
-        let log = received.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (acceptor, log) = (acceptor.clone(), log.clone());
-                tokio::spawn(async move {
-                    match acceptor {
-                        None => serve_upstream(tcp, log).await,
-                        Some(acceptor) => {
-                            if let Ok(tls) = acceptor.accept(tcp).await {
-                                serve_upstream(tls, log).await;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        Self { addr, received }
-    }
-
-    fn url(&self, scheme: &str) -> String {
-        format!("{scheme}://127.0.0.1:{}/approvals", self.addr.port())
-    }
-
-    fn received(&self) -> Vec<String> {
-        self.received.lock().unwrap().clone()
-    }
-}
-
-async fn serve_upstream<I>(io: I, log: Arc<Mutex<Vec<String>>>)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let service = service_fn(move |request: Request<Incoming>| {
-        let log = log.clone();
-        async move {
-            let body = request.into_body().collect().await?.to_bytes();
-            log.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&body).into_owned());
-            let mut response = Response::new(Full::new(Bytes::from_static(br#"{"code":0}"#)));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("application/json"),
-            );
-            Ok::<_, hyper::Error>(response)
-        }
-    });
-    let _ = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(io), service)
-        .await;
-}
-
-fn upstream_server_config(
-    leaf: &Leaf,
-    client_ca: Option<&Ca>,
-    version: &'static rustls::SupportedProtocolVersion,
-) -> ServerConfig {
-    let builder = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[version])
-        .unwrap();
-    let builder = match client_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => builder.with_client_cert_verifier(
-            WebPkiClientVerifier::builder_with_provider(Arc::new(ca.roots()), provider())
-                .build()
-                .unwrap(),
-        ),
-    };
-    builder
-        .with_single_cert(leaf.rustls_chain(), leaf.rustls_key())
+/// HTTP over a TLS connection to the gateway.
+async fn over_tls(stream: TlsStream<TcpStream>, protocol: Protocol) -> Conn {
+    let port = stream.get_ref().0.peer_addr().unwrap().port();
+    Conn::open(stream, protocol, &format!("https://127.0.0.1:{port}"))
+        .await
         .unwrap()
 }
 
-// ---- the gateway -----------------------------------------------------------
-
-fn gateway_config(upstream_url: &str, extra: Vec<(&'static str, String)>) -> Config {
-    let mut vars = vec![
-        (config::TOKEN, TOKEN.to_owned()),
-        (config::UPSTREAM_URL, upstream_url.to_owned()),
-        (config::UPSTREAM_TIMEOUT_MS, "5000".to_owned()),
-    ];
-    vars.extend(extra);
-    Config::from_vars(vars).unwrap().config
+/// A GET on a fresh connection, which the callback listener answers 405.
+async fn get_over_tls(stream: TlsStream<TcpStream>) -> u16 {
+    let mut conn = over_tls(stream, Protocol::Http1).await;
+    let request = conn.request("GET", "/", "", &[]);
+    conn.send(request).await.unwrap().status
 }
 
-/// The gateway on real sockets; stops when dropped.
-struct Gate {
-    addr: SocketAddr,
-    admin: SocketAddr,
-    gateway: Arc<Gateway>,
-    _stop: tokio::sync::oneshot::Sender<()>,
+/// A gateway serving `leaf` from a Secret volume it follows, in front of an
+/// upstream that accepts everything.
+async fn watched_gate(leaf: &Leaf) -> (SecretVolume, Upstream, Gate) {
+    let volume = SecretVolume::new(&leaf.chain_pem, &leaf.key_pem);
+    let upstream = Upstream::start(Reply::ok()).await;
+    let gate = Gate::with_watched_tls(&upstream.url(), &volume.vars()).await;
+    (volume, upstream, gate)
 }
 
-impl Gate {
-    async fn start(config: &Config, tls: Option<TlsAcceptor>) -> Self {
-        let gateway = Arc::new(Gateway::new(config).unwrap());
-        let callback = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (addr, admin_addr) = (callback.local_addr().unwrap(), admin.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(server::serve(
-            gateway.clone(),
-            Listeners { callback, admin },
-            tls,
-            async move {
-                let _ = stopped.await;
-            },
-            Duration::from_secs(1),
-        ));
-        Self {
-            addr,
-            admin: admin_addr,
-            gateway,
-            _stop: stop,
-        }
-    }
+/// A TLS connection to the gateway offering only `alpn`, which it must choose.
+async fn negotiated(
+    gate: &Gate,
+    roots: rustls::RootCertStore,
+    alpn: &[u8],
+) -> TlsStream<TcpStream> {
+    let stream = tls_connect(gate.addr, tls_client(roots, &[alpn]))
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(alpn));
+    stream
+}
 
-    /// A gateway serving TLS from `volume`, following its changes.
-    async fn with_watched_tls(upstream: &str, volume: &SecretVolume) -> Self {
-        let config = gateway_config(upstream, volume.vars());
-        let tls = ServerTls::load(config.tls.as_ref().unwrap()).unwrap();
-        let gate = Self::start(&config, Some(tls.acceptor())).await;
-        tokio::spawn(tls.watch(TEST_POLL, gate.gateway.metrics.clone()));
-        gate
-    }
-
-    fn expiry_metric(&self) -> f64 {
-        let text = self.gateway.metrics.render();
-        text.lines()
-            .find_map(|line| {
-                line.strip_prefix("feishu_gate_tls_certificate_expiry_timestamp_seconds ")
-            })
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no expiry metric in:\n{text}"))
-    }
+/// The expiry the gateway exports for the certificate it serves.
+fn expiry_metric(gate: &Gate) -> f64 {
+    metric(
+        &gate.gateway.metrics.render(),
+        "feishu_gate_tls_certificate_expiry_timestamp_seconds",
+    )
 }
 
 /// `feishu_gate_upstream_errors_total` for one kind.
 fn upstream_errors(gate: &Gate, kind: &str) -> u64 {
-    let text = gate.gateway.metrics.render();
-    let prefix = format!("feishu_gate_upstream_errors_total{{kind=\"{kind}\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .map_or(0, |v| v.trim().parse().unwrap())
+    metric(
+        &gate.gateway.metrics.render(),
+        &format!("feishu_gate_upstream_errors_total{{kind=\"{kind}\"}}"),
+    ) as u64
 }
 
-fn callback_body(task: &str) -> String {
-    format!(
-        r#"{{"action_type":"APPROVE","user_id":"u1","approval_code":"C1","instance_id":"i1","task_id":"{task}","token":"{TOKEN}"}}"#
-    )
-}
-
-// ---- clients ---------------------------------------------------------------
-
-fn client_config(roots: RootCertStore, alpn: &[&[u8]]) -> Arc<ClientConfig> {
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    // A resumed session reports the certificate of the session it resumes;
-    // every handshake here must show what the server presents now.
-    config.resumption = rustls::client::Resumption::disabled();
-    Arc::new(config)
-}
-
-async fn connect(
-    addr: SocketAddr,
-    config: Arc<ClientConfig>,
-) -> std::io::Result<TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr).await?;
-    let name = ServerName::try_from("127.0.0.1").unwrap();
-    TlsConnector::from(config).connect(name, tcp).await
-}
-
-fn served_leaf(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
-    stream.get_ref().1.peer_certificates().unwrap()[0].clone()
-}
-
-/// An open HTTP/1.1 connection, kept for several requests.
-struct H1 {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-}
-
-impl H1 {
-    async fn open<I>(io: I) -> Self
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        Self { sender }
-    }
-
-    async fn send(
-        &mut self,
-        method: &str,
-        body: &str,
-    ) -> Result<(StatusCode, Version, String), hyper::Error> {
-        self.sender.ready().await?;
-        let request = Request::builder()
-            .method(method)
-            .uri("/")
-            .header(header::HOST, "127.0.0.1")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.to_owned())))
-            .unwrap();
-        let response = self.sender.send_request(request).await?;
-        let (status, version) = (response.status(), response.version());
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok((status, version, String::from_utf8_lossy(&body).into_owned()))
-    }
-}
-
-async fn post_plain(addr: SocketAddr, body: &str) -> (StatusCode, String) {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (status, _, body) = H1::open(tcp).await.send("POST", body).await.unwrap();
-    (status, body)
-}
-
-async fn get_plain(addr: SocketAddr, path: &str) -> StatusCode {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let request = Request::get(path)
-        .header(header::HOST, "127.0.0.1")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    sender.send_request(request).await.unwrap().status()
-}
-
-/// Keeps handshaking until `wanted` is served, touching `open` each round so
-/// it never idles out; panics after [`PATIENCE`].
+/// Keeps handshaking until `wanted` is served, touching `open` with `ping` each
+/// round so it never idles out; panics after [`PATIENCE`].
 async fn wait_for_leaf(
     addr: SocketAddr,
     client: &Arc<ClientConfig>,
     wanted: &CertificateDer<'static>,
-    open: &mut H1,
+    open: &mut Conn,
+    ping: &str,
 ) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let stream = connect(addr, client.clone()).await.unwrap();
+        let stream = tls_connect(addr, client.clone()).await.unwrap();
         if served_leaf(&stream) == *wanted {
             return;
         }
         // A callback, not a refused request: a refusal would close the connection.
-        let (status, _, body) = open.send("POST", &callback_body("ping")).await.unwrap();
-        assert!(matches!(status.as_u16(), 200 | 502), "{status}: {body}");
+        let answer = open.post(ping.to_owned()).await.unwrap();
+        assert!(matches!(answer.status, 200 | 502), "{answer:?}");
         assert!(
             tokio::time::Instant::now() < deadline,
             "the new certificate was never served"
@@ -564,53 +156,38 @@ async fn callbacks_over_http1_and_http2_reach_the_upstream_through_tls() {
     let root = Ca::root("test root");
     let intermediate = root.intermediate("test intermediate");
     let leaf = intermediate.server_leaf("gateway");
-    let volume = SecretVolume::new(&leaf.chain_pem, &leaf.key_pem);
-    let upstream = Upstream::start(None).await;
-    let gate = Gate::with_watched_tls(&upstream.url("http"), &volume).await;
+    let (_volume, upstream, gate) = watched_gate(&leaf).await;
 
     // The client trusts only the root: the handshake succeeds only if the
     // intermediate is served along with the leaf.
-    let stream = connect(gate.addr, client_config(root.roots(), &[b"http/1.1"]))
-        .await
-        .unwrap();
-    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let stream = negotiated(&gate, root.roots(), b"http/1.1").await;
     assert_eq!(stream.get_ref().1.peer_certificates().unwrap().len(), 2);
-    let (status, version, body) = H1::open(stream)
+    let answer = over_tls(stream, Protocol::Http1)
         .await
-        .send("POST", &callback_body("t-h1"))
+        .post(callback_body("t-h1"))
         .await
         .unwrap();
     assert_eq!(
-        (status, version),
-        (StatusCode::OK, Version::HTTP_11),
-        "{body}"
+        (answer.status, answer.version),
+        (200, http::Version::HTTP_11),
+        "{}",
+        answer.text
     );
-    assert_eq!(body, r#"{"code":0,"msg":"success"}"#);
+    assert_eq!(answer.text, r#"{"code":0,"msg":"success"}"#);
 
-    let stream = connect(gate.addr, client_config(root.roots(), &[b"h2"]))
+    let stream = negotiated(&gate, root.roots(), b"h2").await;
+    let answer = over_tls(stream, Protocol::Http2)
+        .await
+        .post(callback_body("t-h2"))
         .await
         .unwrap();
-    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut h2, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
-    let request = Request::post(format!("https://127.0.0.1:{}/", gate.addr.port()))
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(callback_body("t-h2"))))
-        .unwrap();
-    let response = h2.send_request(request).await.unwrap();
-    assert_eq!(response.version(), Version::HTTP_2);
-    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(answer.version, http::Version::HTTP_2);
+    assert_eq!(answer.status, 200, "{}", answer.text);
 
     // A client offering both gets HTTP/2, and TLS 1.2 is still spoken.
-    let stream = connect(
-        gate.addr,
-        client_config(root.roots(), &[b"http/1.1", b"h2"]),
-    )
-    .await
-    .unwrap();
+    let stream = tls_connect(gate.addr, tls_client(root.roots(), &[b"http/1.1", b"h2"]))
+        .await
+        .unwrap();
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let mut tls12 = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS12])
@@ -618,27 +195,27 @@ async fn callbacks_over_http1_and_http2_reach_the_upstream_through_tls() {
         .with_root_certificates(root.roots())
         .with_no_client_auth();
     tls12.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let stream = connect(gate.addr, Arc::new(tls12)).await.unwrap();
+    let stream = tls_connect(gate.addr, Arc::new(tls12)).await.unwrap();
     assert_eq!(
         stream.get_ref().1.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_2)
     );
-    let (status, _, _) = H1::open(stream)
+    let answer = over_tls(stream, Protocol::Http1)
         .await
-        .send("POST", &callback_body("t-tls12"))
+        .post(callback_body("t-tls12"))
         .await
         .unwrap();
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer.status, 200, "{}", answer.text);
 
     let received = upstream.received();
     assert_eq!(received.len(), 3, "{received:?}");
-    assert!(received[0].contains(r#""task_id":"t-h1""#));
-    assert!(received[1].contains(r#""task_id":"t-h2""#));
-    assert!(received.iter().all(|b| !b.contains(TOKEN)));
+    assert!(received[0].text().contains(r#""task_id":"t-h1""#));
+    assert!(received[1].text().contains(r#""task_id":"t-h2""#));
+    assert!(received.iter().all(|b| !b.text().contains(TOKEN)));
 
-    assert_eq!(get_plain(gate.admin, "/readyz").await, StatusCode::OK);
+    assert_eq!(get(gate.admin, "/readyz").await.status, 200);
     // Unix seconds are integers well inside f64's exact range.
-    assert_eq!(gate.expiry_metric(), leaf.not_after() as f64);
+    assert_eq!(expiry_metric(&gate), leaf.not_after() as f64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -670,16 +247,15 @@ async fn every_key_encoding_is_served() {
     for (what, key_pem, key) in keys {
         let leaf = root.leaf(what, key, ExtendedKeyUsagePurpose::ServerAuth);
         let volume = SecretVolume::new(&leaf.chain_pem, &key_pem);
-        let config = gateway_config("http://127.0.0.1:9/", volume.vars());
+        let config = gateway::config("http://127.0.0.1:9/", &volume.vars());
         let tls =
             ServerTls::load(config.tls.as_ref().unwrap()).unwrap_or_else(|e| panic!("{what}: {e}"));
-        let gate = Gate::start(&config, Some(tls.acceptor())).await;
-        let stream = connect(gate.addr, client_config(root.roots(), &[b"http/1.1"]))
+        let gate = Gate::serve(&config, Some(tls.acceptor())).await;
+        let stream = tls_connect(gate.addr, tls_client(root.roots(), &[b"http/1.1"]))
             .await
             .unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(served_leaf(&stream), leaf.der, "{what}");
-        let (status, _, _) = H1::open(stream).await.send("GET", "").await.unwrap();
-        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{what}");
+        assert_eq!(get_over_tls(stream).await, 405, "{what}");
     }
 }
 
@@ -689,17 +265,15 @@ async fn every_key_encoding_is_served() {
 async fn a_kubelet_style_rotation_is_served_without_restart() {
     let root = Ca::root("rotation root");
     let old = root.server_leaf("before rotation");
-    let mut volume = SecretVolume::new(&old.chain_pem, &old.key_pem);
-    let upstream = Upstream::start(None).await;
-    let gate = Gate::with_watched_tls(&upstream.url("http"), &volume).await;
-    let client = client_config(root.roots(), &[b"http/1.1"]);
+    let (mut volume, upstream, gate) = watched_gate(&old).await;
+    let client = tls_client(root.roots(), &[b"http/1.1"]);
 
-    let stream = connect(gate.addr, client.clone()).await.unwrap();
+    let stream = tls_connect(gate.addr, client.clone()).await.unwrap();
     assert_eq!(served_leaf(&stream), old.der);
-    let mut open = H1::open(stream).await;
-    let (status, _, _) = open.send("POST", &callback_body("before")).await.unwrap();
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(gate.expiry_metric(), old.not_after() as f64);
+    let mut open = over_tls(stream, Protocol::Http1).await;
+    let answer = open.post(callback_body("before")).await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(expiry_metric(&gate), old.not_after() as f64);
 
     let new = {
         let key = KeyPair::generate().unwrap();
@@ -716,27 +290,34 @@ async fn a_kubelet_style_rotation_is_served_without_restart() {
         }
     };
     volume.update(&new.chain_pem, &new.key_pem);
-    wait_for_leaf(gate.addr, &client, &new.der, &mut open).await;
+    wait_for_leaf(
+        gate.addr,
+        &client,
+        &new.der,
+        &mut open,
+        &callback_body("ping"),
+    )
+    .await;
 
     // The connection opened before the rotation goes on, on its old session.
-    let (status, _, body) = open.send("POST", &callback_body("after")).await.unwrap();
-    assert_eq!(status, StatusCode::OK, "{body}");
+    let answer = open.post(callback_body("after")).await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text);
     // What kept the connection busy meanwhile were callbacks too; the two that matter
     // came first and last.
     let received = upstream.received();
     assert!(
         received
             .first()
-            .is_some_and(|b| b.contains(r#""task_id":"before""#)),
+            .is_some_and(|b| b.text().contains(r#""task_id":"before""#)),
         "{received:?}"
     );
     assert!(
         received
             .last()
-            .is_some_and(|b| b.contains(r#""task_id":"after""#)),
+            .is_some_and(|b| b.text().contains(r#""task_id":"after""#)),
         "{received:?}"
     );
-    assert_eq!(gate.expiry_metric(), new.not_after() as f64);
+    assert_eq!(expiry_metric(&gate), new.not_after() as f64);
     assert_ne!(new.not_after(), old.not_after());
 }
 
@@ -745,10 +326,10 @@ async fn a_broken_update_is_ignored_and_the_last_good_certificate_stays() {
     let root = Ca::root("broken update root");
     let good = root.server_leaf("good");
     let mut volume = SecretVolume::new(&good.chain_pem, &good.key_pem);
-    let config = gateway_config("http://127.0.0.1:9/", volume.vars());
+    let config = gateway::config("http://127.0.0.1:9/", &volume.vars());
     let mut tls = ServerTls::load(config.tls.as_ref().unwrap()).unwrap();
-    let gate = Gate::start(&config, Some(tls.acceptor())).await;
-    let client = client_config(root.roots(), &[b"http/1.1"]);
+    let gate = Gate::serve(&config, Some(tls.acceptor())).await;
+    let client = tls_client(root.roots(), &[b"http/1.1"]);
     let other = root.server_leaf("other");
 
     let broken = [
@@ -791,16 +372,15 @@ async fn a_broken_update_is_ignored_and_the_last_good_certificate_stays() {
                 "{what}: {text}"
             );
         }
-        let stream = connect(gate.addr, client.clone()).await.unwrap();
+        let stream = tls_connect(gate.addr, client.clone()).await.unwrap();
         assert_eq!(served_leaf(&stream), good.der, "{what}");
-        let (status, _, _) = H1::open(stream).await.send("GET", "").await.unwrap();
-        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{what}");
+        assert_eq!(get_over_tls(stream).await, 405, "{what}");
     }
 
     // A good update after broken ones is taken.
     volume.update(&other.chain_pem, &other.key_pem);
     assert!(matches!(settle(&mut tls).await, Reload::Reloaded(_)));
-    let stream = connect(gate.addr, client.clone()).await.unwrap();
+    let stream = tls_connect(gate.addr, client.clone()).await.unwrap();
     assert_eq!(served_leaf(&stream), other.der);
 }
 
@@ -821,10 +401,8 @@ async fn settle(tls: &mut ServerTls) -> Reload {
 async fn bad_clients_cost_one_connection_each() {
     let root = Ca::root("hostile root");
     let leaf = root.server_leaf("gateway");
-    let volume = SecretVolume::new(&leaf.chain_pem, &leaf.key_pem);
-    let upstream = Upstream::start(None).await;
-    let gate = Gate::with_watched_tls(&upstream.url("http"), &volume).await;
-    let client = client_config(root.roots(), &[b"h2", b"http/1.1"]);
+    let (_volume, _upstream, gate) = watched_gate(&leaf).await;
+    let client = tls_client(root.roots(), &[b"h2", b"http/1.1"]);
 
     // Clients that connect and never say anything.
     let mut stalled = Vec::new();
@@ -852,19 +430,19 @@ async fn bad_clients_cost_one_connection_each() {
     // A client that does not trust the certificate fails its own handshake.
     let stranger = Ca::root("stranger");
     assert!(
-        connect(gate.addr, client_config(stranger.roots(), &[]))
+        tls_connect(gate.addr, tls_client(stranger.roots(), &[]))
             .await
             .is_err()
     );
 
     // Meanwhile everyone else is served.
-    let stream = connect(gate.addr, client.clone()).await.unwrap();
-    let (status, _, _) = H1::open(stream)
+    let stream = tls_connect(gate.addr, client.clone()).await.unwrap();
+    let answer = over_tls(stream, Protocol::Http1)
         .await
-        .send("POST", &callback_body("meanwhile"))
+        .post(callback_body("meanwhile"))
         .await
         .unwrap();
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer.status, 200, "{}", answer.text);
 
     // The silent ones are closed once the handshake timeout passes.
     stalled.push(half);
@@ -875,7 +453,7 @@ async fn bad_clients_cost_one_connection_each() {
             .expect("a stalled handshake is closed");
         assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     }
-    let stream = connect(gate.addr, client).await.unwrap();
+    let stream = tls_connect(gate.addr, client).await.unwrap();
     assert_eq!(served_leaf(&stream), leaf.der);
 }
 
@@ -884,32 +462,26 @@ async fn bad_clients_cost_one_connection_each() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_upstream_with_a_private_ca_needs_the_ca_file() {
     let private = Ca::root("private upstream CA");
-    let upstream = Upstream::start(Some(upstream_server_config(
-        &private.server_leaf("legacy"),
-        None,
-        &rustls::version::TLS13,
-    )))
+    let upstream = Upstream::start_tls(
+        Reply::ok(),
+        private
+            .server_leaf("legacy")
+            .server_config(None, &rustls::version::TLS13),
+    )
     .await;
     let dir = tempfile::tempdir().unwrap();
     let ca_file = write_file(dir.path(), "ca.pem", &private.pem());
 
-    let untrusting = Gate::start(&gateway_config(&upstream.url("https"), vec![]), None).await;
-    let (status, body) = post_plain(untrusting.addr, &callback_body("no-ca")).await;
-    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
-    assert!(body.contains("without_prefix"), "{body}");
+    let untrusting = Gate::start(&upstream.url(), &[]).await;
+    post(untrusting.addr, "/", callback_body("no-ca"), &[])
+        .await
+        .feishu_error(502);
     assert!(upstream.received().is_empty());
     assert_eq!(upstream_errors(&untrusting, "connect"), 1);
 
-    let trusting = Gate::start(
-        &gateway_config(
-            &upstream.url("https"),
-            vec![(config::UPSTREAM_CA_FILE, ca_file)],
-        ),
-        None,
-    )
-    .await;
-    let (status, body) = post_plain(trusting.addr, &callback_body("with-ca")).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    let trusting = Gate::start(&upstream.url(), &[(config::UPSTREAM_CA_FILE, &ca_file)]).await;
+    let answer = post(trusting.addr, "/", callback_body("with-ca"), &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
     assert_eq!(upstream.received().len(), 1);
 }
 
@@ -945,18 +517,19 @@ async fn an_upstream_requiring_a_client_certificate_accepts_only_the_configured_
     };
 
     for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
-        let upstream = Upstream::start(Some(upstream_server_config(
-            &server_ca.server_leaf("legacy"),
-            Some(&client_ca),
-            version,
-        )))
+        let upstream = Upstream::start_tls(
+            Reply::ok(),
+            server_ca
+                .server_leaf("legacy")
+                .server_config(Some(&client_ca), version),
+        )
         .await;
-        let url = upstream.url("https");
+        let url = upstream.url();
         for (who, identity) in [("anonymous", None), ("impostor", Some(&stranger))] {
-            let gate = Gate::start(&gateway_config(&url, with_identity(identity, who)), None).await;
-            let (status, body) = post_plain(gate.addr, &callback_body(who)).await;
-            assert_eq!(status, StatusCode::BAD_GATEWAY, "{who} {version:?}: {body}");
-            assert!(body.contains("without_prefix"), "{body}");
+            let gate = Gate::start(&url, &borrowed(&with_identity(identity, who))).await;
+            let answer = post(gate.addr, "/", callback_body(who), &[]).await;
+            assert_eq!(answer.status, 502, "{who} {version:?}: {}", answer.text);
+            answer.feishu_error(502);
             let (connect, dropped) = (
                 upstream_errors(&gate, "connect"),
                 upstream_errors(&gate, "dropped"),
@@ -972,57 +545,41 @@ async fn an_upstream_requiring_a_client_certificate_accepts_only_the_configured_
         }
         assert!(upstream.received().is_empty(), "{version:?}");
 
-        let gate = Gate::start(
-            &gateway_config(&url, with_identity(Some(&identity), "own")),
-            None,
-        )
-        .await;
-        let (status, body) = post_plain(gate.addr, &callback_body("identified")).await;
-        assert_eq!(status, StatusCode::OK, "{version:?}: {body}");
+        let gate = Gate::start(&url, &borrowed(&with_identity(Some(&identity), "own"))).await;
+        let answer = post(gate.addr, "/", callback_body("identified"), &[]).await;
+        assert_eq!(answer.status, 200, "{version:?}: {}", answer.text);
         assert_eq!(upstream.received().len(), 1, "{version:?}");
     }
 }
 
-// ---- start-up, through the real binary -------------------------------------
-
-fn binary() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_feishu-gate"));
-    command
-        .env_clear()
-        .env(config::TOKEN, TOKEN)
-        .env(config::UPSTREAM_URL, "http://127.0.0.1:9/approvals")
-        .env(config::LISTEN, "127.0.0.1:0")
-        // A different address: the two listeners may not share one.
-        .env(config::ADMIN_LISTEN, "127.0.0.2:0");
-    command
+/// Owned variables as the gateway takes them.
+fn borrowed<'a>(vars: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
+    vars.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
-fn check_config(vars: &[(&str, &str)]) -> Output {
-    binary()
-        .arg("check-config")
-        .envs(vars.iter().copied())
-        .output()
-        .unwrap()
+// ---- start-up, through the real binary -------------------------------------
+
+/// The variables every start-up case shares, then `vars`.
+fn start_up_env<'a>(vars: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![
+        (config::TOKEN, TOKEN),
+        (config::UPSTREAM_URL, "http://127.0.0.1:9/approvals"),
+        (config::LISTEN, "127.0.0.1:0"),
+        // A different address: the two listeners may not share one.
+        (config::ADMIN_LISTEN, "127.0.0.2:0"),
+    ];
+    env.extend_from_slice(vars);
+    env
+}
+
+fn check_config(vars: &[(&str, &str)]) -> support::binary::Ran {
+    run(&["check-config"], &start_up_env(vars))
 }
 
 /// Runs `serve`, which must refuse to start; kills it if it starts anyway.
-fn serve_refusing(vars: &[(&str, &str)]) -> Output {
-    let mut child = binary()
-        .arg("serve")
-        .envs(vars.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("serve started despite a bad configuration");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
+fn serve_refusing(vars: &[(&str, &str)]) -> support::binary::Ran {
+    run_within(&["serve"], &start_up_env(vars), PATIENCE)
+        .expect("serve started despite a bad configuration")
 }
 
 /// What is wrong, the variables set, and what the error must say.
@@ -1039,12 +596,8 @@ fn bad_certificate_files_stop_start_up_naming_the_variable() {
     let garbage = write_file(dir.path(), "garbage.pem", "this is not PEM\n");
     let missing = dir.path().join("missing.pem").display().to_string();
 
-    let ok = check_config(&[(config::TLS_CERT, &cert), (config::TLS_KEY, &key)]);
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    let (code, _, stderr) = check_config(&[(config::TLS_CERT, &cert), (config::TLS_KEY, &key)]);
+    assert_eq!(code, 0, "{stderr}");
 
     let cases: [Case; 6] = [
         (
@@ -1083,9 +636,8 @@ fn bad_certificate_files_stop_start_up_naming_the_variable() {
         ),
     ];
     for (what, vars, expected) in cases {
-        for output in [check_config(&vars), serve_refusing(&vars)] {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            assert_eq!(output.status.code(), Some(64), "{what}: {stderr}");
+        for (code, _, stderr) in [check_config(&vars), serve_refusing(&vars)] {
+            assert_eq!(code, 64, "{what}: {stderr}");
             for text in expected {
                 assert!(stderr.contains(text), "{what}: {text:?} not in {stderr}");
             }
@@ -1096,13 +648,12 @@ fn bad_certificate_files_stop_start_up_naming_the_variable() {
     }
 
     // Problems with the listener's files and the upstream's are reported together.
-    let together = check_config(&[
+    let (code, _, stderr) = check_config(&[
         (config::TLS_CERT, &garbage),
         (config::TLS_KEY, &garbage),
         (config::UPSTREAM_CA_FILE, &garbage),
     ]);
-    let stderr = String::from_utf8_lossy(&together.stderr);
-    assert_eq!(together.status.code(), Some(64), "{stderr}");
+    assert_eq!(code, 64, "{stderr}");
     for variable in [config::TLS_CERT, config::TLS_KEY, config::UPSTREAM_CA_FILE] {
         assert!(
             stderr
@@ -1113,37 +664,9 @@ fn bad_certificate_files_stop_start_up_naming_the_variable() {
     }
 }
 
-/// JSON log lines of a child process, one by one, waiting at most [`PATIENCE`].
-struct LogLines(std::sync::mpsc::Receiver<serde_json::Value>);
-
-impl LogLines {
-    fn follow(out: impl std::io::Read + Send + 'static) -> Self {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let Ok(value) = serde_json::from_str(&line) else {
-                    continue;
-                };
-                if tx.send(value).is_err() {
-                    break;
-                }
-            }
-        });
-        Self(rx)
-    }
-
-    /// The next line whose message is `message`.
-    fn until(&self, message: &str) -> serde_json::Value {
-        loop {
-            let line = self
-                .0
-                .recv_timeout(PATIENCE)
-                .unwrap_or_else(|_| panic!("no {message:?} logged"));
-            if line["message"] == message {
-                return line;
-            }
-        }
-    }
+/// Waits for the JSON log line whose message is `message`.
+async fn logged(gate: &Process, message: &str) -> serde_json::Value {
+    gate.json_line(message, |v| v["message"] == message).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1155,33 +678,30 @@ async fn the_binary_serves_tls_and_follows_the_secret() {
         root.server_leaf("third"),
     );
     let mut volume = SecretVolume::new(&first.chain_pem, &first.key_pem);
-    let mut gateway = Reaped(
-        binary()
-            .arg("serve")
-            .envs(volume.vars())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let logs = LogLines::follow(gateway.0.stdout.take().unwrap());
-    let serving = logs.until("serving TLS certificate");
+    let mut vars = vec![("RUST_LOG", "info")];
+    vars.extend(volume.vars());
+    let mut gateway = Binary::start("http://127.0.0.1:9/approvals", &vars).await;
+    let serving = logged(&gateway, "serving TLS certificate").await;
     assert_eq!(serving["subject"], "CN=first");
-    let addr: SocketAddr = logs.until("serving callbacks")["listen"]
+    let listen: SocketAddr = logged(&gateway, "serving callbacks").await["listen"]
         .as_str()
         .unwrap()
         .parse()
         .unwrap();
-    let client = client_config(root.roots(), &[b"h2", b"http/1.1"]);
-    let stream = connect(addr, client.clone()).await.unwrap();
+    assert_eq!(listen, gateway.addr);
+    let addr = gateway.addr;
+    let client = tls_client(root.roots(), &[b"h2", b"http/1.1"]);
+    let stream = tls_connect(addr, client.clone()).await.unwrap();
     assert_eq!(served_leaf(&stream), first.der);
-    let mut open = H1::open(stream).await;
+    let mut open = over_tls(stream, Protocol::Http1).await;
 
     // A key that belongs to another certificate: refused, logged without contents.
     volume.update(&first.chain_pem, &second.key_pem);
-    let refused = logs.until(
+    let refused = logged(
+        &gateway,
         "TLS certificate files changed but are not usable; still serving the previous certificate",
-    );
+    )
+    .await;
     assert_eq!(refused["level"], "WARN");
     assert_eq!(refused["variable"], config::TLS_CERT);
     assert!(
@@ -1192,86 +712,42 @@ async fn the_binary_serves_tls_and_follows_the_secret() {
     );
     let text = refused.to_string();
     assert!(!text.contains("BEGIN") && !text.contains(&second.key_pem[40..80]));
-    let stream = connect(addr, client.clone()).await.unwrap();
+    let stream = tls_connect(addr, client.clone()).await.unwrap();
     assert_eq!(served_leaf(&stream), first.der);
 
     volume.update(&third.chain_pem, &third.key_pem);
-    let reloaded = logs.until("TLS certificate reloaded");
+    let reloaded = logged(&gateway, "TLS certificate reloaded").await;
     let (_, parsed) = x509_parser::parse_x509_certificate(&third.der).unwrap();
     assert_eq!(reloaded["serial"], parsed.raw_serial_as_string());
     assert_eq!(reloaded["expires"], parsed.validity().not_after.to_string());
-    wait_for_leaf(addr, &client, &third.der, &mut open).await;
-    let (status, _, body) = open.send("POST", &callback_body("last")).await.unwrap();
-    assert!(matches!(status.as_u16(), 200 | 502), "{status}: {body}");
+    // The binary has the key: its callbacks are sealed.
+    let ping = seal(KEY, &callback_body("ping"));
+    wait_for_leaf(addr, &client, &third.der, &mut open, &ping).await;
+    let answer = open.post(seal(KEY, &callback_body("last"))).await.unwrap();
+    assert!(matches!(answer.status, 200 | 502), "{answer:?}");
 
-    let terminated = Command::new("kill")
-        .args(["-TERM", &gateway.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(terminated.success());
-    assert!(wait_for_exit(&mut gateway).success());
-}
-
-/// Waits for a child to exit, at most [`PATIENCE`].
-fn wait_for_exit(child: &mut Reaped) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the process did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    gateway.signal("TERM");
+    assert_eq!(
+        gateway.wait_exit(PATIENCE).await,
+        Some(0),
+        "the process did not stop on SIGTERM"
+    );
 }
 
 // ---- demo --tls ------------------------------------------------------------
 
-/// A child process that a failing test does not leave running.
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-#[test]
-fn demo_tls_serves_https_and_prints_a_send_command_that_works() {
-    let mut demo = Reaped(
-        Command::new(env!("CARGO_BIN_EXE_feishu-gate"))
-            .args(["demo", "--tls", "--port", "0", "--admin-port", "0"])
-            .env_clear()
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let stdout = demo.0.stdout.take().unwrap();
-    let (lines_tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    let command = loop {
-        let Ok(line) = lines.recv_timeout(PATIENCE) else {
-            panic!("the demo never printed a send command: {seen:#?}");
-        };
-        if let Some((_, args)) = line.split_once(" -- send ") {
-            break format!("send {args}");
-        }
-        seen.push(line);
-    };
-    let printed = seen.join("\n");
+#[tokio::test]
+async fn demo_tls_serves_https_and_prints_a_send_command_that_works() {
+    let mut demo = Process::spawn(&["demo", "--tls", "--port", "0", "--admin-port", "0"], &[]);
+    let command = demo.line("send command", |l| l.contains(" -- send ")).await;
+    let printed = demo.stdout_lines();
+    let printed = printed
+        .iter()
+        .take_while(|l| **l != command)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n");
+    let command = format!("send {}", command.split_once(" -- send ").unwrap().1);
     assert!(printed.contains("https://127.0.0.1:"), "{printed}");
     assert!(printed.contains("④ feishu-gate → Feishu: 200"), "{printed}");
     assert!(command.contains("--ca-file "), "{command}");
@@ -1279,39 +755,22 @@ fn demo_tls_serves_https_and_prints_a_send_command_that_works() {
         .split_whitespace()
         .skip_while(|a| *a != "--ca-file")
         .nth(1)
-        .map(|p| Path::new(p).parent().unwrap().to_owned())
+        .map(|p| std::path::Path::new(p).parent().unwrap().to_owned())
         .unwrap();
 
     // The printed command, as a user would paste it (the demo's REJECT
     // without a reason is refused by its legacy system: a 422 relayed).
-    let sent = Command::new(env!("CARGO_BIN_EXE_feishu-gate"))
-        .args(command.split_whitespace())
-        .env_clear()
-        .output()
-        .unwrap();
-    let answer = String::from_utf8_lossy(&sent.stdout);
-    let problem = String::from_utf8_lossy(&sent.stderr);
+    let args: Vec<&str> = command.split_whitespace().collect();
+    let (_, answer, problem) = run(&args, &[]);
     assert!(answer.starts_with("422 "), "{answer} {problem}");
     let approve = command.replace("--action REJECT", "--action APPROVE");
-    let sent = Command::new(env!("CARGO_BIN_EXE_feishu-gate"))
-        .args(approve.split_whitespace())
-        .env_clear()
-        .output()
-        .unwrap();
-    assert!(
-        sent.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sent.stderr)
-    );
+    let args: Vec<&str> = approve.split_whitespace().collect();
+    let (code, _, problem) = run(&args, &[]);
+    assert_eq!(code, 0, "{problem}");
 
     // SIGTERM to the demo this test started: it drains and removes its certificate.
-    let terminated = Command::new("kill")
-        .args(["-TERM", &demo.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(terminated.success());
-    let status = wait_for_exit(&mut demo);
-    assert!(status.success());
+    demo.signal("TERM");
+    assert_eq!(demo.wait_exit(PATIENCE).await, Some(0));
     assert!(!cert_dir.exists(), "{} was left behind", cert_dir.display());
 }
 
@@ -1322,31 +781,17 @@ fn demo_tls_serves_https_and_prints_a_send_command_that_works() {
 async fn an_idle_http2_connection_over_tls_ends_with_goaway() {
     let root = Ca::root("test root");
     let leaf = root.server_leaf("gateway");
-    let volume = SecretVolume::new(&leaf.chain_pem, &leaf.key_pem);
-    let upstream = Upstream::start(None).await;
-    let gate = Gate::with_watched_tls(&upstream.url("http"), &volume).await;
-    let stream = connect(gate.addr, client_config(root.roots(), &[b"h2"]))
-        .await
-        .unwrap();
-    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut h2, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    let driver = tokio::spawn(connection);
-    let request = Request::post(format!("https://127.0.0.1:{}/", gate.addr.port()))
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(callback_body("t-h2-idle"))))
-        .unwrap();
-    let response = h2.send_request(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let _ = response.into_body().collect().await;
+    let (_volume, _upstream, gate) = watched_gate(&leaf).await;
+    let stream = negotiated(&gate, root.roots(), b"h2").await;
+    let mut conn = over_tls(stream, Protocol::Http2).await;
+    let answer = conn.post(callback_body("t-h2-idle")).await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text);
     let idle_from = std::time::Instant::now();
     let limit = server::HEADER_READ_TIMEOUT + Duration::from_secs(6);
-    let ended = tokio::time::timeout(limit, driver)
+    let ended = conn
+        .ended(limit)
         .await
-        .unwrap_or_else(|_| panic!("still open after {limit:?}"))
-        .unwrap();
+        .unwrap_or_else(|| panic!("still open after {limit:?}"));
     assert!(ended.is_ok(), "the connection broke: {ended:?}");
     assert!(
         idle_from.elapsed() >= server::HEADER_READ_TIMEOUT - Duration::from_millis(500),

@@ -37,11 +37,7 @@ impl Redis {
     }
 
     fn unstarted(password: Option<String>) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::binary::free_addr().port();
         Redis {
             child: None,
             port,
@@ -119,12 +115,7 @@ impl Redis {
 
     /// Sends a signal (`STOP`, `CONT`, ...) to the server.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        super::signal(self.pid(), name);
     }
 
     pub fn kill(&mut self) {
