@@ -218,7 +218,12 @@ async fn redis_killed_open_keeps_answering_and_recovers_by_itself() {
     assert_eq!(send(&b, &body).await.status, 200);
     assert_eq!(up.count(), before, "suppressed across replicas again");
 
-    // One warning when the episode began, one note when it ended.
+    // One warning when the episode began, one note when it ended. Lines reach the log
+    // through the gateway's writer thread, a moment after the answer.
+    a.line("the recovery note", |l| {
+        l.contains("shared duplicate memory reachable again")
+    })
+    .await;
     let log = a.log_tail().join("\n");
     assert_eq!(
         log.matches("shared duplicate memory unreachable").count(),
@@ -535,8 +540,11 @@ async fn the_redis_password_never_shows() {
     assert_eq!(send(&c, &decision(2)).await.status, 200);
     let m = c.metrics().await;
     assert_eq!(metric(&m, "feishu_gate_redis_fallback"), 1.0, "{m}");
+    c.line("the unreachable warning", |l| {
+        l.contains("shared duplicate memory unreachable")
+    })
+    .await;
     let log = format!("{}\n{}", a.log_tail().join("\n"), c.log_tail().join("\n"));
-    assert!(log.contains("shared duplicate memory unreachable"), "{log}");
     for secret in [PASSWORD, WRONG] {
         assert!(!log.contains(secret), "{log}");
         assert!(!m.contains(secret));
@@ -590,8 +598,11 @@ async fn rediss_with_a_private_ca_shares_the_memory_and_refuses_other_certificat
         extra.push(("FEISHU_GATE_REDIS_FAILURE", "closed"));
         let untrusted = replica(&up, &redis, &extra).await;
         untrusted_answer(&untrusted).await;
-        let log = untrusted.log_tail().join("\n");
-        assert!(log.contains("shared duplicate memory unreachable"), "{log}");
+        untrusted
+            .line("the unreachable warning", |l| {
+                l.contains("shared duplicate memory unreachable")
+            })
+            .await;
     }
     assert_eq!(up.count(), 1);
 }

@@ -749,7 +749,12 @@ async fn two_replicas_sharing_redis_deliver_every_decision_answered_200_once() {
     let redis = Redis::start();
     let (upstream, ledger) = start_upstream(seed).await;
     let redis_url = redis.url();
-    let shared_memory = [(config::REDIS_URL, redis_url.as_str())];
+    // Closed: a Redis call past its budget on a loaded machine is then a 503, not a
+    // delivery decided by one replica's memory alone, which `open` allows by design.
+    let shared_memory = [
+        (config::REDIS_URL, redis_url.as_str()),
+        (config::REDIS_FAILURE, "closed"),
+    ];
     let a = soak_gateway(upstream, &shared_memory).await;
     let b = soak_gateway(upstream, &shared_memory).await;
     let jobs = workload(seed, callbacks);
