@@ -195,8 +195,9 @@ pub fn main() -> ExitCode {
         Command::Encrypt(args) => encrypt(&args),
         Command::Decrypt(args) => decrypt(&args),
     };
-    // Every return, early ones included (a listener that cannot bind), leaves through here.
-    logging::finish();
+    // Every return, early ones included (a listener that cannot bind), leaves through here:
+    // the main thread's held-back lines are written before the process exits.
+    logging::flush();
     code
 }
 
@@ -259,6 +260,7 @@ fn serve() -> ExitCode {
     // signals, so it needs no pool of its own.
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_park(logging::flush)
         .build()
     {
         Ok(rt) => rt,
@@ -383,7 +385,7 @@ pub async fn shutdown_signal() {
     tokio::spawn(async {
         wait_for_signal().await;
         tracing::warn!("second signal: exiting without waiting for in-flight callbacks");
-        logging::finish();
+        logging::flush();
         std::process::exit(i32::from(EXIT_FORCED));
     });
 }

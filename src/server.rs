@@ -210,6 +210,7 @@ impl Workers {
         for index in 0..count.max(1) {
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .on_thread_park(crate::logging::flush)
                 .build()
             {
                 Ok(runtime) => runtime,
@@ -224,7 +225,11 @@ impl Workers {
             let thread = std::thread::Builder::new()
                 .name(format!("feishu-gate-worker-{index}"))
                 // Connections still open past the grace end with the runtime.
-                .spawn(move || runtime.block_on(worker));
+                .spawn(move || {
+                    runtime.block_on(worker);
+                    drop(runtime);
+                    crate::logging::flush();
+                });
             match thread {
                 Ok(thread) => workers.threads.push(thread),
                 Err(e) => {
