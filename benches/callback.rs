@@ -14,9 +14,9 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use feishu_gate::callback::ForwardOptions;
-use feishu_gate::secret::{KeySet, TokenSet};
-use feishu_gate::verify::Verifier;
+use feishu_gate::testing::callback::ForwardOptions;
+use feishu_gate::testing::callback::secrets::{KeySet, TokenSet};
+use feishu_gate::testing::callback::verify::Verifier;
 
 use common::{KEY, Size, TOKEN};
 
@@ -110,7 +110,7 @@ fn verify(c: &mut Criterion) {
 fn refuse(c: &mut Criterion) {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;
-    use feishu_gate::envelope::CallbackKey;
+    use feishu_gate::testing::callback::envelope::CallbackKey;
 
     let key = CallbackKey::new(KEY);
     let plaintext = common::plaintext(1, Size::Typical);

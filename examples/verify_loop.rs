@@ -11,9 +11,9 @@ mod common;
 
 use std::hint::black_box;
 
-use feishu_gate::callback::ForwardOptions;
-use feishu_gate::secret::{KeySet, TokenSet};
-use feishu_gate::verify::Verifier;
+use feishu_gate::testing::callback::ForwardOptions;
+use feishu_gate::testing::callback::secrets::{KeySet, TokenSet};
+use feishu_gate::testing::callback::verify::Verifier;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);

@@ -1,5 +1,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    feishu_gate::cli::main()
+    feishu_gate::main()
 }

@@ -1,17 +1,16 @@
-//! How a callback ended: the one type every step of the path returns into.
+//! How a callback ended: the one type every step of the path returns into, and every
+//! failure it can carry. A leaf: it uses nothing else of the crate, so every step can
+//! use it.
 //!
 //! Each variant says who said no. The gateway itself turns a request away
 //! ([`Outcome::BadRequest`]) or asks for it again later ([`Outcome::TryLater`]);
-//! the legacy system refuses it, cannot be reached, or stays silent (the
-//! `Upstream*` variants); or the gateway has a bug ([`Outcome::Internal`]).
-//! Each step owns the details of its own failures ([`AuthFailure`] in
-//! [`crate::verify`], [`BodyError`] in [`crate::callback`], [`Refusal`] and
-//! [`UpstreamError`] in [`crate::upstream`]); [`crate::respond`] turns an
-//! outcome into what Feishu receives.
+//! the legacy system refuses it ([`Refusal`]), cannot be reached ([`UpstreamError`]), or
+//! stays silent; or the gateway has a bug ([`Outcome::Internal`]). The failures a request
+//! can be turned away for ([`AuthFailure`], [`EnvelopeError`], [`BodyError`],
+//! [`JsonError`]) are found by `callback`; `respond` turns an outcome into what Feishu
+//! receives.
 
-use crate::callback::BodyError;
-use crate::upstream::{Refusal, UpstreamError};
-use crate::verify::AuthFailure;
+use http::StatusCode;
 
 /// How one callback ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,5 +111,143 @@ impl Outcome {
             self,
             Self::UpstreamRefused(_) | Self::UpstreamUnreachable(_) | Self::UpstreamTimedOut
         )
+    }
+}
+
+/// Why a callback could not be authenticated. Logged, never shown to Feishu.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    #[error("token missing")]
+    MissingToken,
+    #[error("token does not match")]
+    WrongToken,
+    #[error("{0}")]
+    Undecryptable(EnvelopeError),
+    #[error("decrypted payload is not a JSON object (wrong key?)")]
+    NotJsonInside,
+    #[error("plaintext callback while a key is configured")]
+    PlaintextRefused,
+    #[error("encrypted callback but no key is configured")]
+    NoKeyConfigured,
+}
+
+/// Why an `encrypt` value could not be opened.
+///
+/// The variants exist for logs and tests; Feishu is told the same generic
+/// thing for all of them so that a guesser learns nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("encrypt is not canonical standard base64")]
+    NotBase64,
+    #[error("encrypt decodes to fewer than 32 bytes")]
+    TooShort,
+    #[error("encrypt decodes to a length that is not a multiple of 16")]
+    NotBlockAligned,
+    #[error("encrypt does not decrypt to valid PKCS#7 padding (wrong key?)")]
+    BadPadding,
+}
+
+/// Why a body is not an acceptable callback object. Each variant names what is wrong
+/// so the approver (and the operator reading logs) can tell which field it was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Json(#[from] JsonError),
+    #[error("field {0} is missing")]
+    Missing(&'static str),
+    #[error("field {field} must be {expected}")]
+    WrongType {
+        field: &'static str,
+        expected: Expected,
+    },
+}
+
+/// What a field's value must be, said in either language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    String,
+    NonEmptyString,
+    ListOfObjects,
+    MessageId,
+}
+
+impl Expected {
+    pub fn zh(self) -> &'static str {
+        match self {
+            Self::String => "字符串",
+            Self::NonEmptyString => "非空字符串",
+            Self::ListOfObjects => "对象列表",
+            Self::MessageId => "非负 int64 数字或数字字符串",
+        }
+    }
+}
+
+impl std::fmt::Display for Expected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::String => "a string",
+            Self::NonEmptyString => "a non-empty string",
+            Self::ListOfObjects => "a list of objects",
+            Self::MessageId => "a non-negative int64 number or a string of digits",
+        })
+    }
+}
+
+/// The deepest nesting accepted. Feishu's callbacks are three levels deep at
+/// most; a deeper body could only be meant to exhaust a parser's stack,
+/// the gateway's or the legacy system's.
+pub const MAX_DEPTH: usize = 32;
+
+/// The most fields the callback object may have. Feishu's has about a dozen;
+/// the cap keeps the duplicate check (each key against the earlier ones)
+/// bounded per field, so refusing a body of many keys costs time linear in
+/// its size.
+pub const MAX_FIELDS: usize = 64;
+
+/// Why bytes are not a JSON object the gateway reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JsonError {
+    #[error("body is not valid JSON")]
+    NotJson,
+    #[error("body is not a JSON object")]
+    NotObject,
+    #[error("body is nested more than {MAX_DEPTH} levels deep")]
+    TooDeep,
+    #[error("body has more than {MAX_FIELDS} fields")]
+    TooManyFields,
+    /// Which field is not said: its name is the caller's text, and nothing the
+    /// caller chose is echoed before authentication.
+    #[error("a field appears more than once")]
+    DuplicateField,
+}
+
+/// The legacy system's answer when it did not accept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The status it answered with.
+    pub upstream_status: StatusCode,
+    /// Its own message, markup and control characters already removed but not yet cut to
+    /// length, so that a secret is looked for in the whole text before any of it is cut.
+    pub message: Option<String>,
+    /// A 2xx whose body failed `UPSTREAM_OK`.
+    pub business_rule: bool,
+}
+
+/// How an upstream exchange failed before an answer arrived. A bounded set,
+/// so it can label metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// Nothing was delivered: the connection could not be made.
+    Connect,
+    /// The request may have been delivered, but no complete answer came back.
+    Dropped,
+}
+
+impl UpstreamError {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Dropped => "dropped",
+        }
     }
 }

@@ -13,8 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use feishu_gate::config;
-use feishu_gate::server::HEADER_READ_TIMEOUT;
+use feishu_gate::testing::config;
+use feishu_gate::testing::server::HEADER_READ_TIMEOUT;
 use support::*;
 
 /// Room for scheduling on a loaded 2-core machine.
@@ -481,7 +481,7 @@ async fn long_head(addr: SocketAddr, bytes: usize, hold: bool, limit: Duration) 
 /// throughout. The figures printed are those in docs/reliability.md.
 #[tokio::test(flavor = "multi_thread")]
 async fn long_heads_cost_a_bounded_amount_on_both_listeners() {
-    use feishu_gate::server::{ADMIN_MAX_CONNECTIONS, MAX_HEAD_BYTES};
+    use feishu_gate::testing::server::{ADMIN_MAX_CONNECTIONS, MAX_HEAD_BYTES};
     const HELD: usize = 400;
     const LONG: usize = 200;
     /// What docs/reliability.md states as the bound of an HTTP/1 connection holding a head.
@@ -561,7 +561,7 @@ async fn long_heads_cost_a_bounded_amount_on_both_listeners() {
 /// the budget, not by the connections open.
 #[tokio::test]
 async fn bodies_in_flight_share_one_budget() {
-    use feishu_gate::gateway::{BODY_BUDGET_BYTES, BODY_READ_TIMEOUT};
+    use feishu_gate::testing::pipeline::{BODY_BUDGET_BYTES, BODY_READ_TIMEOUT};
     let up = Upstream::start(Reply::ok()).await;
     let max_body = (BODY_BUDGET_BYTES / 2).to_string();
     let gate = Gate::start(&up.url(), &[(config::MAX_BODY_BYTES, max_body.as_str())]).await;

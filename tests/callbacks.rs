@@ -4,10 +4,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use feishu_gate::callback::ForwardOptions;
-use feishu_gate::config;
-use feishu_gate::secret::{KeySet, TokenSet};
-use feishu_gate::verify::Verifier;
+use feishu_gate::testing::callback::ForwardOptions;
+use feishu_gate::testing::callback::secrets::{KeySet, TokenSet};
+use feishu_gate::testing::callback::verify::Verifier;
+use feishu_gate::testing::config;
 use support::*;
 
 fn vectors() -> Vec<serde_json::Value> {
@@ -63,7 +63,7 @@ async fn plaintext_callback_reaches_the_upstream_exactly_as_sent() {
     let verified = verifier.verify(callback(TOKEN).as_bytes()).unwrap();
     assert_eq!(
         key.as_bytes(),
-        feishu_gate::callback::idempotency_key(&verified.decision)
+        feishu_gate::testing::callback::idempotency_key(&verified.decision)
     );
     // HTTP/1.1 needs `Host`: the upstream URL's authority.
     let authority = up.url().parse::<http::Uri>().unwrap();
@@ -198,10 +198,10 @@ async fn encryption_failures_are_unauthorized_and_reach_nothing() {
         .unwrap();
     let n = bad_padding.len();
     bad_padding[n - 17] ^= 0x5a;
-    let not_json_inside = feishu_gate::envelope::CallbackKey::new(KEY)
+    let not_json_inside = feishu_gate::testing::callback::envelope::CallbackKey::new(KEY)
         .encrypt(b"not json at all")
         .unwrap();
-    let array_inside = feishu_gate::envelope::CallbackKey::new(KEY)
+    let array_inside = feishu_gate::testing::callback::envelope::CallbackKey::new(KEY)
         .encrypt(b"[1,2,3]")
         .unwrap();
     let cases = [

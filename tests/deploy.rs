@@ -7,13 +7,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use feishu_gate::callback::BodyError;
-use feishu_gate::config::{self, Config, SECRET_VARIABLES, VARIABLES};
-use feishu_gate::json::JsonError;
-use feishu_gate::metrics::{LATENCY_BUCKETS, Metrics, NAMES};
-use feishu_gate::outcome::{BadRequest, Outcome, TryLater};
-use feishu_gate::upstream::{Refusal, UpstreamError};
-use feishu_gate::verify::AuthFailure;
+use feishu_gate::testing::config::{self, Config, SECRET_VARIABLES, VARIABLES};
+use feishu_gate::testing::dedup::shared::FailureMode;
+use feishu_gate::testing::observe::metrics::{LATENCY_BUCKETS, Metrics, NAMES};
+use feishu_gate::testing::outcome::{AuthFailure, BodyError, JsonError, Refusal, UpstreamError};
+use feishu_gate::testing::outcome::{BadRequest, Outcome, TryLater};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -329,9 +327,13 @@ fn the_pods_environment_is_a_valid_configuration_with_secrets_from_files() {
         assert!(env.contains_key(&format!("{secret}_FILE")), "{secret}_FILE");
     }
     let c = &effective.config;
-    assert!(c.tokens.accepts("replace-with-the-action_callback_token"));
-    assert_eq!(c.keys.len(), 1);
-    assert!(c.tls.is_some(), "the callback port serves HTTPS");
+    assert!(
+        c.callback
+            .tokens
+            .accepts("replace-with-the-action_callback_token")
+    );
+    assert_eq!(c.callback.keys.len(), 1);
+    assert!(c.server.tls.is_some(), "the callback port serves HTTPS");
 }
 
 #[test]
@@ -456,20 +458,30 @@ fn the_redis_component_shares_the_memory_with_the_url_from_a_mounted_secret() {
     let effective = effective_with(&deployment, &redis_literals());
     assert!(effective.warnings.is_empty(), "{:?}", effective.warnings);
     let c = &effective.config;
-    let redis = c.redis.as_ref().expect("the shared memory is on");
+    let redis = c.dedup.redis.as_ref().expect("the shared memory is on");
     assert_eq!(
         redis.url.shown(),
         "rediss://<redacted>@redis.approvals.svc:6379/0"
     );
-    assert_eq!(redis.failure, config::FailureMode::Open);
+    assert_eq!(redis.failure, FailureMode::Open);
     assert_eq!(
-        c.dedup_ttl,
+        c.dedup.ttl,
         Some(std::time::Duration::from_secs(7 * 24 * 3600))
     );
     // The rest of the pod is as without the component.
-    assert!(c.tokens.accepts("replace-with-the-action_callback_token"));
-    assert!(c.tls.is_some());
-    assert!(self::effective(&self::deployment()).config.redis.is_none());
+    assert!(
+        c.callback
+            .tokens
+            .accepts("replace-with-the-action_callback_token")
+    );
+    assert!(c.server.tls.is_some());
+    assert!(
+        self::effective(&self::deployment())
+            .config
+            .dedup
+            .redis
+            .is_none()
+    );
 }
 
 #[test]
@@ -477,9 +489,12 @@ fn ports_probes_services_and_network_policy_match_the_listen_addresses() {
     let deployment = deployment();
     let c = effective(&deployment).config;
     let gateway = gateway_container(&deployment);
-    let (listen, admin) = (u64::from(c.listen.port()), u64::from(c.admin_listen.port()));
+    let (listen, admin) = (
+        u64::from(c.server.listen.port()),
+        u64::from(c.server.admin_listen.port()),
+    );
     assert!(
-        c.listen.ip().is_unspecified() && c.admin_listen.ip().is_unspecified(),
+        c.server.listen.ip().is_unspecified() && c.server.admin_listen.ip().is_unspecified(),
         "Services and kubelet probes connect to the pod's IP, not loopback"
     );
     let port_named = |name: &str| resolve_port(gateway, &Value::from(name));
@@ -566,7 +581,7 @@ fn the_upstream_is_the_legacy_container_over_loopback() {
 fn the_pod_outlives_the_gateways_drain() {
     let deployment = deployment();
     let config = effective(&deployment).config;
-    let (grace, answer_within) = (config.shutdown_grace, config.answer_within);
+    let (grace, answer_within) = (config.server.shutdown_grace, config.pipeline.answer_within);
     let pod = &deployment["spec"]["template"]["spec"];
     let termination_ms = u64_at(pod, "/terminationGracePeriodSeconds") * 1000;
     let pre_stop_ms = |c: &Value| u64_at(c, "/lifecycle/preStop/sleep/seconds") * 1000;
@@ -734,7 +749,10 @@ fn the_image_is_the_static_binary_run_as_a_non_root_user() {
         .collect();
     assert_eq!(
         exposed,
-        BTreeSet::from([defaults.listen.port(), defaults.admin_listen.port()])
+        BTreeSet::from([
+            defaults.server.listen.port(),
+            defaults.server.admin_listen.port()
+        ])
     );
 }
 

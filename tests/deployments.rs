@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 
-use feishu_gate::config;
+use feishu_gate::testing::config;
 use support::upstream::{hold, reset};
 use support::*;
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use feishu_gate::config;
+use feishu_gate::testing::config;
 use support::upstream::{hold, reset};
 use support::*;
 

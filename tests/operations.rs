@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use feishu_gate::config;
+use feishu_gate::testing::config;
 use support::*;
 
 #[tokio::test]

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use feishu_gate::config;
+use feishu_gate::testing::config;
 use support::binary::{free_addr, run, run_with_input};
 use support::*;
 
@@ -308,7 +308,7 @@ fn encrypt_refuses_what_is_not_a_callback_unless_asked() {
     let (code, sealed, _) =
         run_with_input(&["encrypt", "--any-input", "--raw"], &key, "approve please");
     assert_eq!(code, 0);
-    let opened = feishu_gate::envelope::CallbackKey::new(KEY)
+    let opened = feishu_gate::testing::callback::envelope::CallbackKey::new(KEY)
         .decrypt(sealed.trim_end())
         .unwrap();
     assert_eq!(opened, b"approve please");

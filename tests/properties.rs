@@ -10,10 +10,11 @@ use base64::Engine as _;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 
-use feishu_gate::callback::{self, ForwardOptions};
-use feishu_gate::config;
-use feishu_gate::envelope::CallbackKey;
-use feishu_gate::json::{Fields, JsonError, MAX_DEPTH};
+use feishu_gate::testing::callback::envelope::CallbackKey;
+use feishu_gate::testing::callback::json::Fields;
+use feishu_gate::testing::callback::{self, ForwardOptions};
+use feishu_gate::testing::config;
+use feishu_gate::testing::outcome::{JsonError, MAX_DEPTH};
 use support::*;
 
 proptest! {

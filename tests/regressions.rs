@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use feishu_gate::config;
+use feishu_gate::testing::config;
 use support::binary::{run, run_within};
 use support::*;
 

@@ -28,7 +28,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
-use feishu_gate::config;
+use feishu_gate::testing::config;
 use support::binary::memory_of;
 use support::client::Protocol;
 use support::redis_server::Redis;

@@ -17,9 +17,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use feishu_gate::config;
-use feishu_gate::server;
-use feishu_gate::server_tls::{Reload, ServerTls};
+use feishu_gate::testing::config;
+use feishu_gate::testing::server;
+use feishu_gate::testing::server::tls::{Reload, ServerTls};
 use support::binary::{Binary, Process, run, run_within};
 use support::certs::{
     Ca, Leaf, SecretVolume, pem, provider, served_leaf, unwrap_pkcs8, write_file,
@@ -248,8 +248,8 @@ async fn every_key_encoding_is_served() {
         let leaf = root.leaf(what, key, ExtendedKeyUsagePurpose::ServerAuth);
         let volume = SecretVolume::new(&leaf.chain_pem, &key_pem);
         let config = gateway::config("http://127.0.0.1:9/", &volume.vars());
-        let tls =
-            ServerTls::load(config.tls.as_ref().unwrap()).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let tls = ServerTls::load(config.server.tls.as_ref().unwrap())
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
         let gate = Gate::serve(&config, Some(tls.acceptor())).await;
         let stream = tls_connect(gate.addr, tls_client(root.roots(), &[b"http/1.1"]))
             .await
@@ -327,7 +327,7 @@ async fn a_broken_update_is_ignored_and_the_last_good_certificate_stays() {
     let good = root.server_leaf("good");
     let mut volume = SecretVolume::new(&good.chain_pem, &good.key_pem);
     let config = gateway::config("http://127.0.0.1:9/", &volume.vars());
-    let mut tls = ServerTls::load(config.tls.as_ref().unwrap()).unwrap();
+    let mut tls = ServerTls::load(config.server.tls.as_ref().unwrap()).unwrap();
     let gate = Gate::serve(&config, Some(tls.acceptor())).await;
     let client = tls_client(root.roots(), &[b"http/1.1"]);
     let other = root.server_leaf("other");

@@ -3,7 +3,7 @@
 //! Shared by the criterion benches and the load harness's body generator.
 #![allow(dead_code)]
 
-use feishu_gate::envelope::CallbackKey;
+use feishu_gate::testing::callback::envelope::CallbackKey;
 
 pub const TOKEN: &str = "v-Ohw8k8nMp6UPx8dJ2qLz3t";
 pub const KEY: &str = "kudryavka-action-callback-key-2024";

@@ -3,8 +3,9 @@
 //! value and in order, and forwarding it again changes nothing.
 #![no_main]
 
-use feishu_gate::callback::{self, ForwardOptions};
-use feishu_gate::json::{Fields, MAX_DEPTH};
+use feishu_gate::testing::callback::{self, ForwardOptions};
+use feishu_gate::testing::callback::json::Fields;
+use feishu_gate::testing::outcome::MAX_DEPTH;
 use libfuzzer_sys::fuzz_target;
 
 #[path = "strict.rs"]

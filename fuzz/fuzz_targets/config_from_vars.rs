@@ -4,7 +4,7 @@
 //! never writes itself, so any of it that is shown can be found.
 #![no_main]
 
-use feishu_gate::config::{Config, PREFIX, SECRET_VARIABLES, VARIABLES};
+use feishu_gate::testing::config::{Config, PREFIX, SECRET_VARIABLES, VARIABLES};
 use libfuzzer_sys::fuzz_target;
 
 /// One variable per input line: the first byte picks a known name (or its

@@ -2,11 +2,12 @@
 //! one clean line of at most 200 characters, without markup.
 #![no_main]
 
-use feishu_gate::config::Lang;
-use feishu_gate::outcome::Outcome;
-use feishu_gate::respond::Translator;
-use feishu_gate::text::{self, MAX_MESSAGE_CHARS};
-use feishu_gate::upstream::{Refusal, answer};
+use feishu_gate::testing::config::Lang;
+use feishu_gate::testing::outcome::Outcome;
+use feishu_gate::testing::respond::Translator;
+use feishu_gate::testing::util::text::{self, MAX_MESSAGE_CHARS};
+use feishu_gate::testing::outcome::Refusal;
+use feishu_gate::testing::upstream::answer;
 use http::StatusCode;
 use libfuzzer_sys::fuzz_target;
 

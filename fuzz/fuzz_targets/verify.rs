@@ -4,15 +4,15 @@
 //! Feishu's card.
 #![no_main]
 
-use feishu_gate::callback::ForwardOptions;
-use feishu_gate::json::Fields;
-use feishu_gate::config::Lang;
-use feishu_gate::envelope::CallbackKey;
-use feishu_gate::outcome::Outcome;
-use feishu_gate::respond::Translator;
-use feishu_gate::text::MAX_MESSAGE_CHARS;
-use feishu_gate::secret::{KeySet, TokenSet};
-use feishu_gate::verify::Verifier;
+use feishu_gate::testing::callback::ForwardOptions;
+use feishu_gate::testing::callback::json::Fields;
+use feishu_gate::testing::config::Lang;
+use feishu_gate::testing::callback::envelope::CallbackKey;
+use feishu_gate::testing::outcome::Outcome;
+use feishu_gate::testing::respond::Translator;
+use feishu_gate::testing::util::text::MAX_MESSAGE_CHARS;
+use feishu_gate::testing::callback::secrets::{KeySet, TokenSet};
+use feishu_gate::testing::callback::verify::Verifier;
 use libfuzzer_sys::fuzz_target;
 
 #[path = "strict.rs"]
@@ -62,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
             Ok(callback) => {
                 let object = opened(input);
                 check_forwarded(&object, &callback.upstream_body, as_string);
-                let key = feishu_gate::callback::idempotency_key(&callback.decision);
+                let key = feishu_gate::testing::callback::idempotency_key(&callback.decision);
                 assert!(key.iter().all(u8::is_ascii_hexdigit));
             }
             Err(why) => {

@@ -9,10 +9,10 @@ use std::fmt;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
-use crate::config::UPSTREAM_OK;
 use crate::outcome::Outcome;
-use crate::text;
-use crate::upstream::{Refusal, UpstreamError};
+use crate::outcome::{Refusal, UpstreamError};
+use crate::util::text;
+use crate::vars::UPSTREAM_OK;
 
 /// The most of an upstream answer the gateway reads: enough for any error
 /// message, small enough that a runaway answer costs nothing.

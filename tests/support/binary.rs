@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use feishu_gate::config;
+use feishu_gate::testing::config;
 
 use super::{KEY, TOKEN, client, eventually};
 

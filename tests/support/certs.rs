@@ -17,7 +17,7 @@ use rustls_pki_types::pem::PemObject;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use feishu_gate::config;
+use feishu_gate::testing::config;
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

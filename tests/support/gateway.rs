@@ -8,10 +8,10 @@ use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use feishu_gate::config::{self, Config};
-use feishu_gate::gateway::Gateway;
-use feishu_gate::server::{self, Listeners};
-use feishu_gate::server_tls::ServerTls;
+use feishu_gate::testing::app::App;
+use feishu_gate::testing::config::{self, Config};
+use feishu_gate::testing::pipeline::Gateway;
+use feishu_gate::testing::server::Listeners;
 
 use super::TOKEN;
 use super::client::{self, Answer};
@@ -55,20 +55,24 @@ impl Gate {
 
     /// Starts with `config`, over TLS when `tls` is given.
     pub async fn serve(config: &Config, tls: Option<TlsAcceptor>) -> Self {
-        let gateway = Arc::new(Gateway::new(config).expect("gateway builds"));
+        Self::serve_app(App::build(config).expect("gateway builds"), tls).await
+    }
+
+    /// Serves `app`: over the given TLS, or else as its files say, following them.
+    async fn serve_app(app: App, tls: Option<TlsAcceptor>) -> Self {
+        let gateway = app.gateway.clone();
         let callback = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, admin_addr) = (callback.local_addr().unwrap(), admin.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server::serve(
-            gateway.clone(),
-            Listeners { callback, admin },
-            tls,
-            async move {
-                let _ = stopped.await;
-            },
-            config.shutdown_grace,
-        ));
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let listeners = Listeners { callback, admin };
+        let task = match tls {
+            Some(tls) => tokio::spawn(app.serve_with(listeners, Some(tls), shutdown)),
+            None => tokio::spawn(app.serve(listeners, shutdown, TLS_POLL)),
+        };
         Gate {
             addr,
             admin: admin_addr,
@@ -81,10 +85,8 @@ impl Gate {
     /// Serves TLS from the files `extra` names, following their changes every [`TLS_POLL`].
     pub async fn with_watched_tls(upstream_url: &str, extra: &[(&str, &str)]) -> Self {
         let config = config(upstream_url, extra);
-        let tls = ServerTls::load(config.tls.as_ref().expect("TLS files are set")).unwrap();
-        let gate = Self::serve(&config, Some(tls.acceptor())).await;
-        tokio::spawn(tls.watch(TLS_POLL, gate.gateway.metrics.clone()));
-        gate
+        assert!(config.server.tls.is_some(), "TLS files are set");
+        Self::serve(&config, None).await
     }
 
     /// Begins graceful shutdown; the returned handle completes when drained.

@@ -42,7 +42,7 @@ pub fn callback_with(token: &str, field: &str, value: &str) -> String {
 
 /// Seals a callback body the way Feishu does, with a fresh IV.
 pub fn seal(key: &str, plaintext: &str) -> String {
-    feishu_gate::send::seal(key, plaintext).unwrap()
+    feishu_gate::testing::cli::send::seal(key, plaintext).unwrap()
 }
 
 /// Polls `ready` every 20 ms until it holds or `limit` passes; whether it held.

@@ -1,0 +1,188 @@
+//! The one composition root: a [`Config`] becomes a running gateway here, and nowhere
+//! else. `serve`, `check-config`, `demo` and the tests all build through [`App::build`],
+//! so they refuse exactly the same configurations and run exactly the same parts.
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_rustls::TlsAcceptor;
+
+use crate::callback::verify::Verifier;
+use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::dedup::local::Dedup;
+use crate::dedup::shared::SharedMemory;
+use crate::observe::otlp::Telemetry;
+use crate::pipeline::{Gateway, Parts};
+use crate::respond::Translator;
+use crate::server::tls::ServerTls;
+use crate::server::{self, Listeners};
+use crate::upstream::Upstream;
+
+/// `UPSTREAM_HEADERS` values shorter than this (`X-Tenant=42`) are not looked for in the
+/// legacy system's messages: no credential is that short, and ordinary text holds them.
+const MIN_HEADER_SECRET_LEN: usize = 6;
+
+/// Exit status for a configuration error (`EX_USAGE`).
+pub const EXIT_CONFIG: u8 = 64;
+/// Exit status when a second signal cuts the drain short.
+pub const EXIT_FORCED: u8 = 130;
+
+/// Why the gateway could not start; each kind has its exit status, decided here.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration, or a file it names, is not usable.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// A listener could not be bound, or the runtime or exporter could not start.
+    #[error("{0}")]
+    Io(String),
+}
+
+impl StartError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Self::Config(_) => ExitCode::from(EXIT_CONFIG),
+            Self::Io(_) => ExitCode::FAILURE,
+        }
+    }
+}
+
+/// The gateway, built and ready to serve.
+pub struct App {
+    pub gateway: Arc<Gateway>,
+    /// The callback listener's certificate, when `TLS_CERT` and `TLS_KEY` are set.
+    tls: Option<ServerTls>,
+    settings: server::Settings,
+}
+
+impl App {
+    /// Builds every part from `config`, reading every file it names; every problem is
+    /// reported at once, naming its variable.
+    pub fn build(config: &Config) -> Result<Self, ConfigErrors> {
+        let upstream = Upstream::new(&config.upstream);
+        let shared = shared_memory(config);
+        let tls = config.server.tls.as_ref().map(ServerTls::load).transpose();
+        let (upstream, shared, tls) = match (upstream, shared, tls) {
+            (Ok(upstream), Ok(shared), Ok(tls)) => (upstream, shared, tls),
+            (upstream, shared, tls) => {
+                let errors = [upstream.err(), shared.err(), tls.err()];
+                return Err(ConfigErrors(
+                    errors.into_iter().flatten().flat_map(|e| e.0).collect(),
+                ));
+            }
+        };
+        let parts = Parts {
+            verifier: config.callback.clone(),
+            upstream,
+            upstream_timeout: config.upstream.timeout,
+            translator: Translator::new(config.lang, secrets(config)),
+            dedup: config.dedup.ttl.map(Dedup::new),
+            shared,
+        };
+        Ok(Self {
+            gateway: Arc::new(Gateway::new(&config.pipeline, parts)),
+            tls,
+            settings: config.server.clone(),
+        })
+    }
+
+    /// Exports a span for every callback through `telemetry`. Only before serving.
+    pub fn with_telemetry(self, telemetry: Telemetry) -> Self {
+        let gateway = Arc::try_unwrap(self.gateway)
+            .map(|gateway| Arc::new(gateway.with_telemetry(telemetry)))
+            .unwrap_or_else(|shared| shared);
+        Self { gateway, ..self }
+    }
+
+    /// The callback listener's acceptor, when it serves TLS from files.
+    pub fn acceptor(&self) -> Option<TlsAcceptor> {
+        self.tls.as_ref().map(ServerTls::acceptor)
+    }
+
+    /// Serves until `shutdown` completes, then drains. Certificate files are read again
+    /// every `reload_every` and a renewed pair is served without a restart.
+    pub async fn serve(
+        self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()>,
+        reload_every: Duration,
+    ) {
+        let acceptor = self.acceptor();
+        self.run(listeners, acceptor, shutdown, Some(reload_every))
+            .await;
+    }
+
+    /// [`Self::serve`] with the callback listener's TLS, if any, given by the caller
+    /// (tests make their own acceptors); the configured files are then not followed.
+    pub async fn serve_with(
+        self,
+        listeners: Listeners,
+        acceptor: Option<TlsAcceptor>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        self.run(listeners, acceptor, shutdown, None).await;
+    }
+
+    async fn run(
+        self,
+        listeners: Listeners,
+        acceptor: Option<TlsAcceptor>,
+        shutdown: impl Future<Output = ()>,
+        reload_every: Option<Duration>,
+    ) {
+        let Self {
+            gateway,
+            tls,
+            settings,
+        } = self;
+        let reload = tls
+            .zip(reload_every)
+            .map(|(tls, every)| tokio::spawn(tls.watch(every, gateway.metrics.clone())));
+        let telemetry = gateway.telemetry().cloned();
+        server::serve(gateway, listeners, acceptor, shutdown, settings).await;
+        if let Some(reload) = reload {
+            reload.abort();
+        }
+        if let Some(telemetry) = telemetry {
+            // The exporter sends its last batch on this runtime while the
+            // flush blocks a thread of its own.
+            let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+        }
+    }
+}
+
+/// The memory shared with the other replicas, when Redis is named and suppression is on.
+fn shared_memory(config: &Config) -> Result<Option<SharedMemory>, ConfigErrors> {
+    let (Some(redis), Some(ttl)) = (&config.dedup.redis, config.dedup.ttl) else {
+        return Ok(None);
+    };
+    SharedMemory::new(redis, ttl)
+        .map(Some)
+        .map_err(|(variable, problem)| ConfigError::new(variable, problem).into())
+}
+
+/// Every secret the legacy system's messages are searched for before an approver sees
+/// them: the tokens, the keys, the upstream's header values, Redis's credentials.
+fn secrets(config: &Config) -> Vec<String> {
+    let Verifier { tokens, keys, .. } = &config.callback;
+    let mut secrets: Vec<String> = tokens.plain().to_vec();
+    secrets.extend_from_slice(keys.plain());
+    secrets.extend(config.upstream.headers.0.iter().flat_map(|(_, value)| {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        // `Bearer abc…`: an echo of the credentials alone gives away as much.
+        let credentials = value
+            .split_once(' ')
+            .map(|(_, c)| c.trim().to_owned())
+            .filter(|c| c.len() >= MIN_HEADER_SECRET_LEN);
+        [Some(value), credentials]
+            .into_iter()
+            .flatten()
+            .filter(|s| s.len() >= MIN_HEADER_SECRET_LEN)
+    }));
+    if let (Some(redis), Some(_)) = (&config.dedup.redis, config.dedup.ttl) {
+        secrets.extend_from_slice(redis.url.secrets());
+    }
+    secrets
+}

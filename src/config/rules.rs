@@ -1,0 +1,79 @@
+//! The numbers the settings must respect, their defaults where one follows another, and
+//! the advice about settings that work but mislead.
+
+use std::time::Duration;
+
+use super::Config;
+use crate::vars::*;
+
+/// Feishu stops waiting for an answer after this long.
+pub const FEISHU_DEADLINE: Duration = Duration::from_secs(10);
+/// The longest upstream timeout that still leaves the request read and the
+/// answer inside [`FEISHU_DEADLINE`].
+pub const MAX_UPSTREAM_TIMEOUT_MS: u64 = 9_000;
+/// Feishu gives up after 10 s; answering by 9.5 s leaves room for the
+/// network. Also the most `ANSWER_WITHIN_MS` may be.
+pub const MAX_ANSWER_WITHIN_MS: u64 = 9_500;
+/// Below this the gateway could not read, verify and forward a callback.
+pub const MIN_ANSWER_WITHIN_MS: u64 = 500;
+/// What the default upstream timeout leaves, out of `ANSWER_WITHIN_MS`, for
+/// reading the request, a retry's backoff and writing the answer.
+const ANSWER_MARGIN_MS: u64 = 1_500;
+
+/// The upstream timeout when `UPSTREAM_TIMEOUT_MS` is unset: 8 s under the
+/// default 9.5 s bound, 3 s under Lark's 4.5 s, never under half the bound.
+pub fn default_upstream_timeout_ms(answer_within_ms: u64) -> u64 {
+    answer_within_ms
+        .saturating_sub(ANSWER_MARGIN_MS)
+        .max(answer_within_ms / 2)
+        .min(MAX_UPSTREAM_TIMEOUT_MS)
+}
+
+/// More worker threads than this is a typo, not a machine.
+pub const MAX_WORKERS: u64 = 1_024;
+
+/// Settings that work but are probably not what the operator meant.
+pub(super) fn advice(config: &Config) -> Vec<String> {
+    let mut advice = Vec::new();
+    let (callback, upstream) = (&config.callback, &config.upstream);
+    if callback.allow_plaintext && callback.keys.is_empty() {
+        advice.push(format!(
+            "{ALLOW_PLAINTEXT} has no effect without {KEY}: with no key every callback is plaintext"
+        ));
+    }
+    if upstream.ok_rule.is_none() {
+        advice.push(format!(
+            "{UPSTREAM_OK} is not set: any 2xx answer counts as acceptance, whatever its body \
+             (a login page included); set it to the legacy system's success field, e.g. /code==0"
+        ));
+    }
+    if upstream.timeout > config.server.shutdown_grace {
+        advice.push(format!(
+            "{UPSTREAM_TIMEOUT_MS} ({} ms) is longer than {SHUTDOWN_GRACE_MS} ({} ms): \
+             a delivery still waiting when the drain ends is cut off with its outcome unknown",
+            upstream.timeout.as_millis(),
+            config.server.shutdown_grace.as_millis()
+        ));
+    }
+    if config.server.tls.is_none() && callback.keys.is_empty() {
+        advice.push(format!(
+            "neither {TLS_CERT} nor {KEY} is set: the token and the decision cross the network \
+             in the clear unless TLS ends in front of the gateway"
+        ));
+    }
+    if upstream.url.scheme_str() == Some("http") && !upstream.url.host().is_some_and(is_loopback) {
+        advice.push(format!(
+            "{UPSTREAM_URL} is http:// to a host other than this pod's loopback: \
+             decisions and {UPSTREAM_HEADERS} travel unencrypted; use https:// across machines"
+        ));
+    }
+    advice
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}

@@ -1,0 +1,724 @@
+use std::time::Duration;
+
+use super::rules::*;
+use super::*;
+use crate::dedup::shared::FailureMode;
+use crate::observe::logging::LogFormat;
+use crate::pipeline::limit::RateLimit;
+use crate::respond::Lang;
+
+fn minimal() -> Vec<(String, String)> {
+    vec![
+        (UPSTREAM_URL.into(), "http://127.0.0.1:8080/approve".into()),
+        (TOKEN.into(), "tok".into()),
+    ]
+}
+
+fn with(extra: &[(&str, &str)]) -> Result<Loaded, ConfigErrors> {
+    let mut vars = minimal();
+    for (k, v) in extra {
+        vars.retain(|(name, _)| name != k);
+        vars.push(((*k).into(), (*v).into()));
+    }
+    Config::from_vars(vars)
+}
+
+fn errors(extra: &[(&str, &str)]) -> Vec<String> {
+    with(extra)
+        .unwrap_err()
+        .0
+        .into_iter()
+        .map(|e| e.to_string())
+        .collect()
+}
+
+#[test]
+fn check_config_shows_every_variable_but_those_shown_beside_another() {
+    let described: Vec<&str> = with(&[])
+        .unwrap()
+        .config
+        .describe()
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    // A burst is shown beside its rate; the OTLP base URL and protocols only steer the
+    // traces endpoint, which is shown; disabling the SDK shows as `off`.
+    let beside = [
+        RATE_LIMIT_BURST,
+        USER_RATE_LIMIT_BURST,
+        OTEL_EXPORTER_OTLP_ENDPOINT,
+        OTEL_EXPORTER_OTLP_PROTOCOL,
+        OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+        OTEL_SDK_DISABLED,
+    ];
+    let mut expected: Vec<&str> = VARIABLES
+        .iter()
+        .chain(OTEL_VARIABLES)
+        .copied()
+        .filter(|v| !beside.contains(v))
+        .collect();
+    let mut shown = described.clone();
+    expected.sort_unstable();
+    shown.sort_unstable();
+    assert_eq!(shown, expected);
+    let mut once = described.clone();
+    once.dedup();
+    assert_eq!(once, described);
+}
+
+#[test]
+fn every_secret_and_only_a_secret_is_read_from_its_file() {
+    for &name in VARIABLES {
+        let secret = SECRET_VARIABLES.contains(&name);
+        let file = format!("{name}_FILE");
+        let mut vars = minimal();
+        // Set both ways, a secret is refused before its file is read.
+        vars.retain(|(n, _)| !(secret && n == name));
+        vars.push((file.clone(), "/no/such/secret".to_owned()));
+        let loaded = Config::from_vars(vars);
+        if secret {
+            let e = loaded.unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!("{file}: cannot read /no/such/secret: entity not found")
+            );
+        } else {
+            let w = loaded.unwrap().warnings;
+            let unknown = format!("{file} is not a feishu-gate setting and is ignored");
+            assert!(w.contains(&unknown), "{w:?}");
+        }
+    }
+}
+
+/// The documented range of every number (README's table).
+const RANGES: &[(&str, u64, u64)] = &[
+    (UPSTREAM_TIMEOUT_MS, 1, 9_000),
+    (ANSWER_WITHIN_MS, 500, 9_500),
+    (MAX_BODY_BYTES, 1_024, 16 * 1024 * 1024),
+    (RATE_LIMIT_RPS, 0, 1_000_000),
+    (RATE_LIMIT_BURST, 1, 10_000_000),
+    (USER_RATE_LIMIT_RPS, 0, 1_000_000),
+    (USER_RATE_LIMIT_BURST, 1, 10_000_000),
+    (DEDUP_TTL_SECS, 0, 7 * 24 * 3600),
+    (SHUTDOWN_GRACE_MS, 0, 3_600_000),
+    (MAX_CONNECTIONS, 1, 1_000_000),
+    (WORKERS, 1, 1_024),
+];
+
+#[test]
+fn every_number_is_read_within_its_range() {
+    for &(name, min, max) in RANGES {
+        let outside = [min.checked_sub(1), max.checked_add(1)];
+        for n in outside.into_iter().flatten() {
+            let e = errors(&[(name, &n.to_string())]);
+            assert_eq!(
+                e,
+                vec![format!(
+                    "{name}: {n} is out of range: must be a whole number from {min} to {max}"
+                )]
+            );
+        }
+        assert!(with(&[(name, &max.to_string())]).is_ok(), "{name}={max}");
+    }
+}
+
+#[test]
+fn defaults_follow_the_product_table() {
+    let c = with(&[]).unwrap().config;
+    assert_eq!(c.server.listen.to_string(), "0.0.0.0:8443");
+    assert_eq!(c.server.admin_listen.to_string(), "0.0.0.0:9901");
+    assert_eq!(c.pipeline.path, "/");
+    assert_eq!(c.upstream.timeout, Duration::from_millis(8000));
+    assert_eq!(c.pipeline.answer_within, Duration::from_millis(9500));
+    assert_eq!(c.pipeline.max_body, 65536);
+    assert_eq!(
+        c.pipeline.rate_limit,
+        Some(RateLimit {
+            per_second: 200,
+            burst: 400
+        })
+    );
+    assert_eq!(c.pipeline.user_rate_limit, None);
+    assert_eq!(c.dedup.ttl, Some(Duration::from_secs(600)));
+    assert_eq!(c.lang, Lang::Zh);
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert_eq!(c.server.shutdown_grace, Duration::from_millis(8000));
+    assert_eq!(c.server.max_connections, 1024);
+    assert!(c.callback.keys.is_empty() && !c.callback.allow_plaintext && c.server.tls.is_none());
+}
+
+#[test]
+fn every_problem_is_reported_at_once_naming_the_variable() {
+    let errs = Config::from_vars([
+        (LISTEN, "nowhere"),
+        (UPSTREAM_TIMEOUT_MS, "9500"),
+        (LANG, "fr"),
+        (TLS_CERT, "/x.pem"),
+        (UPSTREAM_OK, "code=0"),
+        (RATE_LIMIT_RPS, "-1"),
+    ])
+    .unwrap_err()
+    .0;
+    let vars: Vec<&str> = errs.iter().map(|e| e.variable.as_str()).collect();
+    for expected in [
+        LISTEN,
+        UPSTREAM_URL,
+        UPSTREAM_TIMEOUT_MS,
+        TOKEN,
+        LANG,
+        TLS_KEY,
+        UPSTREAM_OK,
+        RATE_LIMIT_RPS,
+    ] {
+        assert!(vars.contains(&expected), "{expected} missing from {vars:?}");
+    }
+    let shown = ConfigErrors(errs).to_string();
+    assert!(shown.lines().all(|l| l.starts_with(PREFIX)), "{shown}");
+}
+
+#[test]
+fn upstream_timeout_must_leave_time_to_answer_feishu() {
+    assert!(with(&[(UPSTREAM_TIMEOUT_MS, "9000")]).is_ok());
+    assert!(errors(&[(UPSTREAM_TIMEOUT_MS, "9001")])[0].starts_with(UPSTREAM_TIMEOUT_MS));
+    assert!(errors(&[(UPSTREAM_TIMEOUT_MS, "0")])[0].starts_with(UPSTREAM_TIMEOUT_MS));
+}
+
+#[test]
+fn the_answer_bound_alone_is_enough_for_lark() {
+    let c = with(&[(ANSWER_WITHIN_MS, "4500")]).unwrap().config;
+    assert_eq!(c.pipeline.answer_within, Duration::from_millis(4500));
+    assert_eq!(c.upstream.timeout, Duration::from_millis(3000));
+    let c = with(&[(ANSWER_WITHIN_MS, "4500"), (UPSTREAM_TIMEOUT_MS, "4500")])
+        .unwrap()
+        .config;
+    assert_eq!(c.upstream.timeout, Duration::from_millis(4500));
+    let e = errors(&[(ANSWER_WITHIN_MS, "4500"), (UPSTREAM_TIMEOUT_MS, "4501")]);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].starts_with(UPSTREAM_TIMEOUT_MS), "{e:?}");
+    assert!(e[0].contains(ANSWER_WITHIN_MS), "{e:?}");
+    assert!(errors(&[(ANSWER_WITHIN_MS, "9501")])[0].starts_with(ANSWER_WITHIN_MS));
+    assert!(errors(&[(ANSWER_WITHIN_MS, "499")])[0].starts_with(ANSWER_WITHIN_MS));
+    let c = with(&[(ANSWER_WITHIN_MS, "500")]).unwrap().config;
+    assert_eq!(c.upstream.timeout, Duration::from_millis(250));
+    assert_eq!(default_upstream_timeout_ms(MAX_ANSWER_WITHIN_MS), 8000);
+    let shown = c.describe();
+    assert!(
+        shown.contains(&(ANSWER_WITHIN_MS, "500".to_owned())),
+        "{shown:?}"
+    );
+}
+
+#[test]
+fn spans_are_exported_only_when_an_otlp_endpoint_is_set() {
+    assert_eq!(with(&[]).unwrap().config.traces, None);
+    let c = with(&[(OTEL_EXPORTER_OTLP_ENDPOINT, "http://collector:4318/")])
+        .unwrap()
+        .config;
+    let t = c.traces.unwrap();
+    assert_eq!(t.endpoint, "http://collector:4318/v1/traces");
+    assert_eq!(t.service_name, "feishu-gate");
+    let c = with(&[
+        (OTEL_EXPORTER_OTLP_ENDPOINT, "http://collector:4318"),
+        (
+            OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+            "https://traces.example/otlp",
+        ),
+        (OTEL_SERVICE_NAME, "approvals-gate"),
+    ])
+    .unwrap()
+    .config;
+    let t = c.traces.as_ref().unwrap();
+    assert_eq!(t.endpoint, "https://traces.example/otlp");
+    assert_eq!(t.service_name, "approvals-gate");
+    let shown = c.describe();
+    assert!(shown.contains(&(OTEL_SERVICE_NAME, "approvals-gate".to_owned())));
+    let disabled = with(&[
+        (OTEL_EXPORTER_OTLP_ENDPOINT, "http://collector:4318"),
+        (OTEL_SDK_DISABLED, "true"),
+    ]);
+    assert_eq!(disabled.unwrap().config.traces, None);
+    let e = errors(&[(OTEL_EXPORTER_OTLP_ENDPOINT, "collector:4318")]);
+    assert!(e[0].starts_with(OTEL_EXPORTER_OTLP_ENDPOINT), "{e:?}");
+    let e = errors(&[
+        (OTEL_EXPORTER_OTLP_ENDPOINT, "http://collector:4317"),
+        (OTEL_EXPORTER_OTLP_PROTOCOL, "grpc"),
+    ]);
+    assert!(e[0].starts_with(OTEL_EXPORTER_OTLP_PROTOCOL), "{e:?}");
+    // Not our prefix: never reported as an unknown setting.
+    let w = with(&[(OTEL_EXPORTER_OTLP_HEADERS_FOR_TEST, "x=1")])
+        .unwrap()
+        .warnings;
+    assert!(w.iter().all(|w| !w.contains("OTEL_")), "{w:?}");
+    let c = with(&[(OTEL_EXPORTER_OTLP_ENDPOINT, "http://user:pw@collector:4318")])
+        .unwrap()
+        .config;
+    let shown = format!("{:?}", c.describe());
+    assert!(!shown.contains("pw"), "{shown}");
+}
+
+const OTEL_EXPORTER_OTLP_HEADERS_FOR_TEST: &str = "OTEL_EXPORTER_OTLP_HEADERS";
+
+#[test]
+fn upstream_url_must_be_http_or_https_without_credentials() {
+    for bad in [
+        "ftp://x/",
+        "127.0.0.1:80",
+        "http://user:pw@host/",
+        "not a url",
+    ] {
+        let e = errors(&[(UPSTREAM_URL, bad)]);
+        assert!(e[0].starts_with(UPSTREAM_URL), "{bad}: {e:?}");
+        assert!(!e[0].contains("pw"), "{e:?}");
+    }
+    assert!(with(&[(UPSTREAM_URL, "https://legacy.internal:8443/cb?x=1")]).is_ok());
+}
+
+#[test]
+fn secrets_from_files_and_rotation_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "new-token,old-token\n").unwrap();
+    let tf = token.to_str().unwrap();
+    let c = Config::from_vars([
+        (UPSTREAM_URL, "http://u/"),
+        ("FEISHU_GATE_TOKEN_FILE", tf),
+        (KEY, " k1 , k2 "),
+    ])
+    .unwrap()
+    .config;
+    assert!(c.callback.tokens.accepts("new-token") && c.callback.tokens.accepts("old-token"));
+    assert!(!c.callback.tokens.accepts("new-token\n"));
+    assert_eq!(c.callback.keys.len(), 2);
+
+    let e = errors(&[("FEISHU_GATE_TOKEN_FILE", tf)]);
+    assert_eq!(
+        e,
+        vec![format!(
+            "{TOKEN}: set either {TOKEN} or {TOKEN}_FILE, not both"
+        )]
+    );
+    let e = Config::from_vars([
+        (UPSTREAM_URL, "http://u/"),
+        ("FEISHU_GATE_TOKEN_FILE", "/nonexistent/t"),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        e,
+        "FEISHU_GATE_TOKEN_FILE: cannot read /nonexistent/t: entity not found"
+    );
+}
+
+#[test]
+fn every_problem_stays_on_one_line_whatever_the_path() {
+    let e = errors(&[
+        ("FEISHU_GATE_KEY_FILE", "/no\nsuch\r/key"),
+        (UPSTREAM_CA_FILE, "/etc\u{7}/ca.pem"),
+    ]);
+    assert_eq!(e.len(), 2, "{e:?}");
+    for line in &e {
+        assert!(!line.contains(['\n', '\r', '\u{7}']), "{line:?}");
+    }
+    assert_eq!(
+        e[1],
+        "FEISHU_GATE_KEY_FILE: cannot read /no\\nsuch\\r/key: entity not found"
+    );
+}
+
+#[test]
+fn both_files_of_a_pair_are_checked() {
+    let e = errors(&[(TLS_CERT, "/no/cert.pem"), (TLS_KEY, "/no/key.pem")]);
+    assert_eq!(
+        e,
+        vec![
+            format!("{TLS_CERT}: cannot read /no/cert.pem: entity not found"),
+            format!("{TLS_KEY}: cannot read /no/key.pem: entity not found"),
+        ]
+    );
+}
+
+#[test]
+fn secret_files_must_be_regular_files_of_sane_size() {
+    for (path, problem) in [
+        ("/dev/zero", "not a regular file"),
+        ("/", "not a regular file"),
+    ] {
+        let e = errors(&[("FEISHU_GATE_KEY_FILE", path)]);
+        assert_eq!(
+            e,
+            vec![format!(
+                "FEISHU_GATE_KEY_FILE: cannot read {path}: {problem}"
+            )]
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'k'; 64 * 1024 + 1]).unwrap();
+    let e = errors(&[("FEISHU_GATE_KEY_FILE", big.to_str().unwrap())]);
+    assert!(e[0].ends_with("larger than 65536 bytes"), "{e:?}");
+    let fits = dir.path().join("fits");
+    std::fs::write(&fits, vec![b'k'; 64 * 1024]).unwrap();
+    assert!(with(&[("FEISHU_GATE_KEY_FILE", fits.to_str().unwrap())]).is_ok());
+}
+
+#[test]
+fn upstream_headers_are_parsed_and_redacted() {
+    let c = with(&[(
+        UPSTREAM_HEADERS,
+        "Authorization=Bearer%20s3cr3t, X-Tenant=a%2Cb",
+    )])
+    .unwrap()
+    .config;
+    let h = &c.upstream.headers.0;
+    assert_eq!(h[0].0, "authorization");
+    assert_eq!(h[0].1, "Bearer s3cr3t");
+    assert_eq!(h[1].1, "a,b");
+    let shown = format!("{c:?}{:?}", c.describe());
+    assert!(
+        !shown.contains("s3cr3t") && !shown.contains("tok\""),
+        "{shown}"
+    );
+    let e = errors(&[(UPSTREAM_HEADERS, "Host=x,bad header=1,X-Ok=zz")]);
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e.iter().all(|l| !l.contains("zz")), "{e:?}");
+    // A credential pasted without a name is not echoed either.
+    let e = errors(&[(UPSTREAM_HEADERS, "X-Ok=1,s3cr3t-t0ken,Bearer c2VjcmV0==")]);
+    assert_eq!(
+        e,
+        vec![
+            format!("{UPSTREAM_HEADERS}: entry 2 is not name=value (or Name: value)"),
+            format!("{UPSTREAM_HEADERS}: entry 3 does not start with a header name"),
+        ]
+    );
+}
+
+#[test]
+fn upstream_headers_may_be_written_as_curl_writes_them() {
+    let c = with(&[(
+        UPSTREAM_HEADERS,
+        "Authorization: Basic dXNlcjpwYXNz==, X-Time=12:30, X-Tenant:acme",
+    )])
+    .unwrap()
+    .config;
+    let h: Vec<(&str, &[u8])> = c
+        .upstream
+        .headers
+        .0
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect();
+    assert_eq!(
+        h,
+        vec![
+            ("authorization", &b"Basic dXNlcjpwYXNz=="[..]),
+            ("x-time", b"12:30"),
+            ("x-tenant", b"acme"),
+        ]
+    );
+}
+
+#[test]
+fn upstream_header_mistakes_are_named_without_their_values() {
+    for (value, problem) in [
+        (
+            "X-A=s3cr3t;X-B=2",
+            "the value of x-a holds a ';': separate headers with ',', and write a ';' \
+             that belongs to a value as %3B",
+        ),
+        ("X-A=1,x-a=s3cr3t", "x-a is given twice"),
+        (
+            "X-A=s3cr3t%zz",
+            "the value of x-a has a % not followed by two hex digits (write a literal % as %25)",
+        ),
+        (
+            "X-A=s3cr3t%0A",
+            "the value of x-a holds a character a header cannot carry \
+             (a line break or other control character)",
+        ),
+    ] {
+        assert_eq!(
+            errors(&[(UPSTREAM_HEADERS, value)]),
+            vec![format!("{UPSTREAM_HEADERS}: {problem}")],
+            "{value}"
+        );
+    }
+    let c = with(&[(UPSTREAM_HEADERS, "Cookie=a=1%3B b=2,X-Pct=100%25")])
+        .unwrap()
+        .config;
+    assert_eq!(c.upstream.headers.0[0].1, "a=1; b=2");
+    assert_eq!(c.upstream.headers.0[1].1, "100%");
+}
+
+#[test]
+fn upstream_url_mistakes_get_their_own_message() {
+    for (url, problem) in [
+        (
+            "http://127.0.0.1:80800/",
+            "has a port out of range: it must be from 1 to 65535",
+        ),
+        (
+            "http://[::1]:65536/",
+            "has a port out of range: it must be from 1 to 65535",
+        ),
+        (
+            "http://127.0.0.1:0/",
+            "has a port out of range: it must be from 1 to 65535",
+        ),
+        (
+            "127.0.0.1:8080/approve",
+            "has no scheme: write it in full, e.g. http://127.0.0.1:8080/approve",
+        ),
+        (
+            "legacy.internal/approve",
+            "has no scheme: write it in full, e.g. http://127.0.0.1:8080/approve",
+        ),
+        (
+            "ftp://legacy/approve",
+            "must start with http:// or https://",
+        ),
+    ] {
+        assert_eq!(
+            errors(&[(UPSTREAM_URL, url)]),
+            vec![format!("{UPSTREAM_URL}: {problem}")],
+            "{url}"
+        );
+    }
+    assert!(with(&[(UPSTREAM_URL, "http://[::1]:65535/")]).is_ok());
+}
+
+#[test]
+fn enumerations_ignore_case_and_take_locale_names() {
+    for (value, lang) in [
+        ("ZH", Lang::Zh),
+        ("zh_CN", Lang::Zh),
+        ("zh-Hans", Lang::Zh),
+        ("zh_CN.UTF-8", Lang::Zh),
+        ("En", Lang::En),
+        ("en_US.UTF-8", Lang::En),
+        ("en-GB", Lang::En),
+    ] {
+        assert_eq!(with(&[(LANG, value)]).unwrap().config.lang, lang, "{value}");
+    }
+    assert_eq!(
+        errors(&[(LANG, "fr_FR")]),
+        vec![format!(
+            "{LANG}: \"fr_FR\" is not zh or en (zh_CN and en_US also do)"
+        )]
+    );
+    assert_eq!(
+        with(&[(LOG_FORMAT, "TEXT")]).unwrap().config.log_format,
+        LogFormat::Text
+    );
+    assert_eq!(
+        with(&[(LOG_FORMAT, "Json")]).unwrap().config.log_format,
+        LogFormat::Json
+    );
+}
+
+#[test]
+fn settings_that_work_but_mislead_are_warned_about() {
+    let warned = |extra: &[(&str, &str)], about: &str| {
+        with(extra)
+            .unwrap()
+            .warnings
+            .iter()
+            .any(|w| w.starts_with(about))
+    };
+    let secure = [
+        (UPSTREAM_OK, "/code==0"),
+        (KEY, "k"),
+        (UPSTREAM_URL, "http://127.0.0.1:8080/"),
+    ];
+    assert!(with(&secure).unwrap().warnings.is_empty());
+    assert!(warned(&[(ALLOW_PLAINTEXT, "true")], ALLOW_PLAINTEXT));
+    assert!(!warned(
+        &[(ALLOW_PLAINTEXT, "true"), (KEY, "k")],
+        ALLOW_PLAINTEXT
+    ));
+    assert!(warned(&[], UPSTREAM_OK));
+    assert!(warned(
+        &[(UPSTREAM_TIMEOUT_MS, "9000"), (SHUTDOWN_GRACE_MS, "5000")],
+        UPSTREAM_TIMEOUT_MS
+    ));
+    assert!(!warned(
+        &[(UPSTREAM_TIMEOUT_MS, "5000")],
+        UPSTREAM_TIMEOUT_MS
+    ));
+    assert!(warned(&[], "neither"));
+    assert!(!warned(&[(KEY, "k")], "neither"));
+    for (url, warns) in [
+        ("http://legacy.internal/", true),
+        ("http://10.0.0.5:8080/", true),
+        ("https://legacy.internal/", false),
+        ("http://localhost:8080/", false),
+        ("http://[::1]:8080/", false),
+    ] {
+        assert_eq!(warned(&[(UPSTREAM_URL, url)], UPSTREAM_URL), warns, "{url}");
+    }
+}
+
+#[test]
+fn unknown_variables_warn_but_kubernetes_service_links_do_not() {
+    let mut vars = minimal();
+    vars.push(("FEISHU_GATE_UPSTREM_URL".into(), "x".into()));
+    vars.push(("FEISHU_GATE_PORT".into(), "tcp://10.0.0.1:8443".into()));
+    vars.push(("FEISHU_GATE_SERVICE_HOST".into(), "10.0.0.1".into()));
+    vars.push((
+        "FEISHU_GATE_METRICS_SERVICE_PORT_ADMIN".into(),
+        "9901".into(),
+    ));
+    vars.push((
+        "FEISHU_GATE_METRICS_PORT".into(),
+        "tcp://10.0.0.2:9901".into(),
+    ));
+    vars.push((
+        "FEISHU_GATE_METRICS_PORT_9901_TCP_ADDR".into(),
+        "10.0.0.2".into(),
+    ));
+    let mut w = Config::from_vars(vars).unwrap().warnings;
+    w.retain(|w| w.contains("is not a feishu-gate setting"));
+    assert_eq!(
+        w,
+        vec!["FEISHU_GATE_UPSTREM_URL is not a feishu-gate setting and is ignored"]
+    );
+}
+
+#[test]
+fn redis_is_off_by_default_and_its_url_never_shown() {
+    let c = with(&[]).unwrap().config;
+    assert!(c.dedup.redis.is_none());
+    let loaded = with(&[
+        (REDIS_URL, "redis://gate:p%40ss-w0rd@redis.internal:6380/2"),
+        (REDIS_FAILURE, "closed"),
+    ])
+    .unwrap();
+    let r = loaded.config.dedup.redis.clone().unwrap();
+    assert_eq!(r.prefix, "feishu-gate:");
+    assert_eq!(r.failure, FailureMode::Closed);
+    assert_eq!(r.url.shown(), "redis://<redacted>@redis.internal:6380/2");
+    let shown = format!("{:?}{:?}", loaded.config, loaded.config.describe());
+    for secret in ["p%40ss-w0rd", "p@ss-w0rd", "gate:p"] {
+        assert!(!shown.contains(secret), "{shown}");
+    }
+    assert_eq!(
+        r.url.scrub("NOAUTH for gate with p@ss-w0rd"),
+        "NOAUTH for <redacted> with <redacted>"
+    );
+    let r = with(&[
+        (REDIS_URL, "rediss://redis.internal"),
+        (REDIS_PREFIX, "approvals:"),
+    ])
+    .unwrap()
+    .config
+    .dedup
+    .redis
+    .unwrap();
+    assert_eq!(r.url.shown(), "rediss://redis.internal");
+    assert_eq!(r.prefix, "approvals:");
+    assert!(r.ca_file.is_none());
+    let described = with(&[(REDIS_URL, "rediss://r")])
+        .unwrap()
+        .config
+        .describe();
+    assert!(described.contains(&(REDIS_CA_FILE, "system roots".to_owned())));
+    let e = errors(&[(REDIS_URL, "rediss://r"), (REDIS_CA_FILE, "/no/ca.pem")]);
+    assert_eq!(
+        e,
+        vec![format!(
+            "{REDIS_CA_FILE}: cannot read /no/ca.pem: entity not found"
+        )]
+    );
+}
+
+#[test]
+fn redis_settings_are_checked_without_echoing_the_url() {
+    for bad in [
+        "http://:hunter2@redis/",
+        "hunter2",
+        "redis://:hunter2@/",
+        "redis://:hunter2@redis/notadb",
+    ] {
+        let e = errors(&[(REDIS_URL, bad)]);
+        assert_eq!(e.len(), 1, "{bad}: {e:?}");
+        assert!(e[0].starts_with(REDIS_URL), "{e:?}");
+        assert!(!e[0].contains("hunter2"), "{e:?}");
+    }
+    assert!(
+        errors(&[(REDIS_URL, "redis://r"), (REDIS_FAILURE, "maybe")])[0].starts_with(REDIS_FAILURE)
+    );
+    let redis_only =
+        |w: Vec<String>| -> Vec<String> { w.into_iter().filter(|w| w.contains("REDIS")).collect() };
+    let w = redis_only(with(&[(REDIS_FAILURE, "closed")]).unwrap().warnings);
+    assert_eq!(
+        w,
+        vec![format!("{REDIS_FAILURE} has no effect without {REDIS_URL}")]
+    );
+    let w = redis_only(
+        with(&[(REDIS_URL, "redis://r"), (DEDUP_TTL_SECS, "0")])
+            .unwrap()
+            .warnings,
+    );
+    assert_eq!(w.len(), 1, "{w:?}");
+}
+
+#[test]
+fn redis_url_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("redis-url");
+    std::fs::write(&file, "redis://:s3cret@10.0.0.9:6379\n").unwrap();
+    let f = file.to_str().unwrap();
+    let c = with(&[("FEISHU_GATE_REDIS_URL_FILE", f)]).unwrap().config;
+    let r = c.dedup.redis.unwrap();
+    assert_eq!(r.url.expose(), "redis://:s3cret@10.0.0.9:6379");
+    assert_eq!(r.url.shown(), "redis://<redacted>@10.0.0.9:6379");
+    let e = errors(&[("FEISHU_GATE_REDIS_URL_FILE", f), (REDIS_URL, "redis://x")]);
+    assert_eq!(
+        e,
+        vec![format!(
+            "{REDIS_URL}: set either {REDIS_URL} or {REDIS_URL}_FILE, not both"
+        )]
+    );
+}
+
+#[test]
+fn misc_validation() {
+    assert!(errors(&[(CALLBACK_PATH, "feishu")])[0].starts_with(CALLBACK_PATH));
+    assert!(errors(&[(ADMIN_LISTEN, "0.0.0.0:8443")])[0].starts_with(ADMIN_LISTEN));
+    assert!(with(&[(LISTEN, "127.0.0.1:0"), (ADMIN_LISTEN, "127.0.0.1:0")]).is_ok());
+    assert!(errors(&[(ALLOW_PLAINTEXT, "maybe")])[0].starts_with(ALLOW_PLAINTEXT));
+    assert!(errors(&[(MAX_BODY_BYTES, "10")])[0].starts_with(MAX_BODY_BYTES));
+    assert!(errors(&[(MAX_CONNECTIONS, "0")])[0].starts_with(MAX_CONNECTIONS));
+    assert_eq!(
+        with(&[(MAX_CONNECTIONS, "8")])
+            .unwrap()
+            .config
+            .server
+            .max_connections,
+        8
+    );
+    assert!(errors(&[(WORKERS, "0")])[0].starts_with(WORKERS));
+    assert!(errors(&[(WORKERS, "1025")])[0].starts_with(WORKERS));
+    assert_eq!(
+        with(&[(WORKERS, "3")]).unwrap().config.server.workers,
+        Some(3)
+    );
+    assert_eq!(with(&[]).unwrap().config.server.workers, None);
+    let c = with(&[
+        (RATE_LIMIT_RPS, "0"),
+        (USER_RATE_LIMIT_RPS, "2"),
+        (DEDUP_TTL_SECS, "0"),
+        (LANG, "en"),
+    ])
+    .unwrap()
+    .config;
+    assert_eq!(c.pipeline.rate_limit, None);
+    assert_eq!(
+        c.pipeline.user_rate_limit,
+        Some(RateLimit {
+            per_second: 2,
+            burst: 4
+        })
+    );
+    assert_eq!(c.dedup.ttl, None);
+    assert_eq!(c.lang, Lang::En);
+}

@@ -1,0 +1,72 @@
+//! The facts of one callback, gathered for its one log line.
+
+use std::time::Duration;
+
+use http::{HeaderValue, StatusCode};
+
+use crate::callback::Summary;
+use crate::observe::trace::Trace;
+use crate::outcome::Outcome;
+use crate::util::text::bounded;
+
+/// The facts of one callback, gathered for its log line.
+#[derive(Default)]
+pub(super) struct Record {
+    pub(super) summary: Option<Summary>,
+    pub(super) upstream_status: Option<StatusCode>,
+    pub(super) upstream_elapsed: Option<Duration>,
+    /// Requests sent or tried to the legacy system, when one was.
+    pub(super) attempts: Option<u32>,
+    pub(super) detail: Option<String>,
+    /// The request's body was read to its end, so its connection can carry another.
+    pub(super) body_read: bool,
+}
+
+/// Milliseconds to the microsecond: `2.226`, not the `2.2260079999999998` that
+/// `as_secs_f64() * 1000.0` prints.
+pub(super) fn millis(d: Duration) -> f64 {
+    // Microseconds fit an f64 exactly for 285 years; the division rounds once.
+    d.as_micros() as f64 / 1000.0
+}
+
+macro_rules! callback_line {
+    ($level:ident, $outcome:expr, $status:expr, $id:expr, $trace_id:expr, $elapsed:expr, $r:expr) => {{
+        let s = $r.summary.as_ref();
+        tracing::$level!(
+            target: crate::observe::logging::CALLBACK_TARGET,
+            request_id = $id,
+            trace_id = $trace_id,
+            approval_code = s.map(|s| bounded(&s.approval_code)),
+            instance_id = s.and_then(|s| s.instance_id.as_deref()).map(bounded),
+            task_id = s.and_then(|s| s.task_id.as_deref()).map(bounded),
+            message_id = s.and_then(|s| s.message_id.as_deref()).map(bounded),
+            action = s.map(|s| bounded(&s.action_type)),
+            outcome = $outcome.label(),
+            status = $status.as_u16(),
+            upstream_status = $r.upstream_status.map(|s| s.as_u16()),
+            duration_ms = millis($elapsed),
+            upstream_ms = $r.upstream_elapsed.map(millis),
+            attempts = $r.attempts,
+            detail = $r.detail.as_deref(),
+            "callback"
+        )
+    }};
+}
+
+pub(super) fn log(
+    outcome: &Outcome,
+    status: StatusCode,
+    request_id: &HeaderValue,
+    trace: &Trace,
+    elapsed: Duration,
+    record: &Record,
+) {
+    let id = request_id.to_str().unwrap_or("-");
+    let trace_id = trace.trace_id_hex();
+    let trace_id = trace_id.as_str();
+    if outcome.is_upstream_failure() {
+        callback_line!(warn, outcome, status, id, trace_id, elapsed, record)
+    } else {
+        callback_line!(info, outcome, status, id, trace_id, elapsed, record)
+    }
+}

@@ -1,0 +1,695 @@
+//! Delivery to the legacy system: kept-alive HTTP/1.1 connections, one
+//! bounded exchange per callback.
+//!
+//! Each worker thread has its own pool of hyper connections (see
+//! [`Upstream::for_worker`]), so a connection is only ever used and driven
+//! by one thread. The pool is a stack: the connection used last is used
+//! next, which keeps few connections busy and lets the rest time out.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::client::conn::http1;
+use tokio::time::{Instant, timeout_at};
+use tower_service::Service as _;
+
+use crate::callback::{self, Decision};
+use crate::observe::trace::{TRACEPARENT, TRACESTATE, Trace};
+use crate::outcome::{Outcome, UpstreamError};
+use crate::util::https::{self, Connector, TrustFile, Versions};
+use crate::vars::{self, ConfigError, ConfigErrors};
+
+pub mod answer;
+
+use answer::{MAX_ANSWER_BYTES, OkRule, Unread};
+
+/// Idle pooled connections are dropped before common servers drop them
+/// (Node.js closes after 5 s), so a reused connection is rarely found dead
+/// mid-request, which would leave the decision's fate unknown.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Header carrying the key that names the approval decision.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Header carrying the request id, end to end.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// `feishu-gate/<version>`, sent as `User-Agent`.
+pub const USER_AGENT: &str = concat!("feishu-gate/", env!("CARGO_PKG_VERSION"));
+
+type Sender = http1::SendRequest<Full<Bytes>>;
+
+/// How many pooled connections a request tries that turn out to have been
+/// closed before it could be written, before it opens a new one.
+const STALE_TRIES: usize = 4;
+
+/// The legacy system, as the gateway reaches it: where it is and how to
+/// talk to it, and this worker's connections to it.
+pub struct Upstream {
+    pool: Pool,
+    route: Route,
+}
+
+/// Everything about the upstream but the connections, shared by the workers.
+#[derive(Clone)]
+struct Route {
+    connector: Connector,
+    url: Uri,
+    /// The request target: the URL's path and query (origin form).
+    target: Uri,
+    headers: UpstreamHeaders,
+    /// The `Host` header the client would otherwise format for every request.
+    host: Option<HeaderValue>,
+    ok_rule: Option<OkRule>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("url", &self.route.url)
+            .field("headers", &self.route.headers)
+            .field("ok_rule", &self.route.ok_rule)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one delivery came to, over all its attempts.
+#[derive(Debug)]
+pub struct Exchange {
+    pub outcome: Outcome,
+    /// The last attempt's status.
+    pub status: Option<StatusCode>,
+    pub elapsed: Duration,
+    /// A detail for the operator's log, never shown to Feishu.
+    pub detail: Option<String>,
+    /// The attempts made after the first, by why.
+    pub retries: Retries,
+}
+
+impl Exchange {
+    /// Requests tried, the first included.
+    pub fn attempts(&self) -> u32 {
+        1 + self.retries.total()
+    }
+}
+
+/// Attempts repeated, by why each was safe to repeat.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Retries {
+    /// The request never reached the legacy system (refused, or the
+    /// connection closed before a byte of it was written).
+    pub unsent: u32,
+    /// A `503` with a `Retry-After` that fitted in the time left.
+    pub unavailable: u32,
+}
+
+impl Retries {
+    pub fn total(&self) -> u32 {
+        self.unsent + self.unavailable
+    }
+}
+
+/// The first pause before trying a request that was never sent again;
+/// doubled for each further try, up to [`MAX_BACKOFF`]. A legacy container
+/// that restarts takes seconds, and a refused connection costs the upstream
+/// nothing, so the pauses stay short.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_millis(400);
+/// A retry is only worth making with this much time left after its pause:
+/// one that starts later would more likely end in a 504 (whose message says
+/// the decision may have been recorded) than in an answer.
+const MIN_ATTEMPT: Duration = Duration::from_millis(250);
+
+/// Why an attempt may be repeated.
+enum Retry {
+    Unsent,
+    /// What the upstream's `Retry-After` asked for.
+    After(Duration),
+}
+
+impl Upstream {
+    /// Builds the client from its settings; fails on unreadable TLS material.
+    pub fn new(settings: &Settings) -> Result<Self, ConfigErrors> {
+        let https = settings.url.scheme() == Some(&http::uri::Scheme::HTTPS);
+        let identity = settings
+            .client
+            .as_ref()
+            .map(|id| (id.cert.as_path(), id.key.as_path()));
+        let tls = https::client_config(https, settings.ca_file.as_deref(), identity).map_err(
+            |(file, e)| {
+                let variable = match file {
+                    TrustFile::Ca => vars::UPSTREAM_CA_FILE,
+                    TrustFile::ClientCert => vars::UPSTREAM_CLIENT_CERT,
+                    TrustFile::ClientKey => vars::UPSTREAM_CLIENT_KEY,
+                };
+                ConfigErrors::from(ConfigError::new(variable, e.to_string()))
+            },
+        )?;
+        let connector = https::connector(tls, Versions::Http1, Some(settings.timeout));
+        let target = settings.url.path_and_query().map_or_else(
+            || Uri::from_static("/"),
+            |p| Uri::try_from(p.as_str()).unwrap_or_else(|_| Uri::from_static("/")),
+        );
+        Ok(Self {
+            pool: Pool::default(),
+            route: Route {
+                connector,
+                url: settings.url.clone(),
+                target,
+                headers: settings.headers.clone(),
+                host: host_header(&settings.url),
+                ok_rule: settings.ok_rule.clone(),
+            },
+        })
+    }
+
+    /// The same upstream with a connection pool of its own, for one worker
+    /// thread: a connection is then only ever driven by the thread whose
+    /// requests it carries, and a request never waits on another thread.
+    pub fn for_worker(&self) -> Self {
+        Self {
+            pool: Pool::default(),
+            route: self.route.clone(),
+        }
+    }
+
+    /// Closes connections idle for longer than the pool keeps them.
+    pub fn close_idle(&self) {
+        self.pool.close_idle(Instant::now());
+    }
+
+    /// Sends `request` on a kept-alive connection, or a new one. A pooled
+    /// connection the upstream closed before the request could be written
+    /// is passed over for the next: nothing was sent on it.
+    async fn send(
+        &self,
+        mut request: Request<Full<Bytes>>,
+        now: Instant,
+    ) -> Result<(Sender, http::Response<hyper::body::Incoming>), SendError> {
+        for _ in 0..STALE_TRIES {
+            let Some(mut sender) = self.pool.checkout(now) else {
+                break;
+            };
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((sender, response)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(SendError::Exchange(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok((sender, response)),
+            Err(mut e) => {
+                let unsent = e.take_message().is_some();
+                let error = e.into_error();
+                if unsent {
+                    // Closed before a byte of the request went out: as good as refused.
+                    Err(SendError::Unsent(error))
+                } else {
+                    Err(SendError::Exchange(error))
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Sender, SendError> {
+        let mut connector = self.route.connector.clone();
+        let io = connector
+            .call(self.route.url.clone())
+            .await
+            .map_err(SendError::Connect)?;
+        // Some legacy servers match header names case-sensitively; hyper would
+        // otherwise send them all lower-case.
+        let (sender, connection) = http1::Builder::new()
+            .title_case_headers(true)
+            .handshake(io)
+            .await
+            .map_err(|e| SendError::Connect(Box::new(e)))?;
+        // The connection reads and writes on this worker for as long as it lives.
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %error_chain(&e), "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// POSTs `body` and classifies the answer, finishing by `deadline` whatever
+    /// the upstream does. Redirects are answers, not instructions: never followed.
+    ///
+    /// A request that provably never reached the legacy system is tried again
+    /// after a short jittered pause, as is one answered `503` with a
+    /// `Retry-After` that fits, for as long as the deadline leaves time for
+    /// another attempt; a request that may have been received never is.
+    ///
+    /// `started` is the caller's reading of the clock just before the call,
+    /// which the exchange's duration counts from.
+    pub async fn deliver(
+        &self,
+        body: Vec<u8>,
+        request_id: &HeaderValue,
+        trace: &Trace,
+        decision: &Decision,
+        started: Instant,
+        deadline: Instant,
+    ) -> Exchange {
+        let body = Bytes::from(body);
+        let mut retries = Retries::default();
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let (mut exchange, retry) = self
+                .attempt(body.clone(), request_id, trace, decision, started, deadline)
+                .await;
+            let pause = match retry {
+                None => None,
+                Some(Retry::Unsent) => Some(jittered(backoff)),
+                Some(Retry::After(asked)) => Some(asked.max(jittered(backoff))),
+            };
+            let now = Instant::now();
+            match pause {
+                Some(pause) if now + pause + MIN_ATTEMPT <= deadline => {
+                    match retry {
+                        Some(Retry::After(_)) => retries.unavailable += 1,
+                        _ => retries.unsent += 1,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    tokio::time::sleep_until(now + pause).await;
+                }
+                _ => {
+                    exchange.retries = retries;
+                    return exchange;
+                }
+            }
+        }
+    }
+
+    /// One attempt: the exchange it came to, and whether it may be repeated.
+    async fn attempt(
+        &self,
+        body: Bytes,
+        request_id: &HeaderValue,
+        trace: &Trace,
+        decision: &Decision,
+        started: Instant,
+        deadline: Instant,
+    ) -> (Exchange, Option<Retry>) {
+        // Before an answer: no status, and the time is up to now.
+        let done = |outcome, detail: String| Exchange {
+            outcome,
+            status: None,
+            elapsed: started.elapsed(),
+            detail: Some(detail),
+            retries: Retries::default(),
+        };
+        let request = match self.request(body, request_id, trace, decision) {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    done(
+                        Outcome::UpstreamUnreachable(UpstreamError::Connect),
+                        e.to_string(),
+                    ),
+                    None,
+                );
+            }
+        };
+        let (sender, response) =
+            match timeout_at(deadline, self.send(request, Instant::now())).await {
+                Err(_) => {
+                    return (
+                        done(
+                            Outcome::UpstreamTimedOut,
+                            "no answer before the deadline".into(),
+                        ),
+                        None,
+                    );
+                }
+                Ok(Err(SendError::Connect(e))) => {
+                    let retry = never_sent(&*e).then_some(Retry::Unsent);
+                    return (
+                        done(
+                            Outcome::UpstreamUnreachable(UpstreamError::Connect),
+                            format!("connecting: {}", error_chain(&*e)),
+                        ),
+                        retry,
+                    );
+                }
+                Ok(Err(SendError::Unsent(e))) => {
+                    return (
+                        done(
+                            Outcome::UpstreamUnreachable(UpstreamError::Connect),
+                            format!("closed before the request was written: {}", error_chain(&e)),
+                        ),
+                        // A refused certificate stays refused.
+                        (!refused_by_tls(&e)).then_some(Retry::Unsent),
+                    );
+                }
+                Ok(Err(SendError::Exchange(e))) => {
+                    let kind = if refused_by_tls(&e) {
+                        UpstreamError::Connect
+                    } else {
+                        UpstreamError::Dropped
+                    };
+                    return (
+                        done(Outcome::UpstreamUnreachable(kind), error_chain(&e)),
+                        None,
+                    );
+                }
+                Ok(Ok(sent)) => sent,
+            };
+        let status = response.status();
+        let retry = (status == StatusCode::SERVICE_UNAVAILABLE)
+            .then(|| retry_after(response.headers()))
+            .flatten()
+            .map(Retry::After);
+        let (parts, body) = response.into_parts();
+        let answer = timeout_at(deadline, Limited::new(body, MAX_ANSWER_BYTES).collect()).await;
+        let answered = Instant::now();
+        let answer: Result<Bytes, Unread> = match answer {
+            Ok(Ok(collected)) => {
+                // Only a connection whose answer was read to its end can carry
+                // the next request; any other is dropped, which closes it.
+                self.pool.checkin(sender, answered);
+                Ok(collected.to_bytes())
+            }
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Unread::TooLong),
+            Ok(Err(e)) => Err(Unread::Broken(format!("reading the answer: {e}"))),
+            Err(_) => Err(Unread::Late),
+        };
+        let (outcome, detail) =
+            answer::judge(status, &parts.headers, answer, self.route.ok_rule.as_ref());
+        let exchange = Exchange {
+            outcome,
+            status: Some(status),
+            elapsed: answered - started,
+            detail,
+            retries: Retries::default(),
+        };
+        (exchange, retry)
+    }
+
+    fn request(
+        &self,
+        body: Bytes,
+        request_id: &HeaderValue,
+        trace: &Trace,
+        decision: &Decision,
+    ) -> Result<Request<Full<Bytes>>, http::Error> {
+        // Names and fixed values are built once, not parsed for every callback.
+        const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID);
+        const IDEMPOTENCY_KEY_NAME: HeaderName = HeaderName::from_static(IDEMPOTENCY_KEY);
+        const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT);
+        const TRACESTATE_NAME: HeaderName = HeaderName::from_static(TRACESTATE);
+        let mut headers = HeaderMap::with_capacity(6 + self.route.headers.0.len());
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        headers.insert(REQUEST_ID_NAME, request_id.clone());
+        headers.insert(
+            IDEMPOTENCY_KEY_NAME,
+            HeaderValue::from_bytes(&callback::idempotency_key(decision))?,
+        );
+        headers.insert(TRACEPARENT_NAME, trace.traceparent());
+        if let Some(state) = &trace.tracestate {
+            headers.insert(TRACESTATE_NAME, state.clone());
+        }
+        for (name, value) in &self.route.headers.0 {
+            headers.append(name, value.clone());
+        }
+        // Where and as the client would add it: last, unless one was configured.
+        if let Some(host) = &self.route.host
+            && !headers.contains_key(header::HOST)
+        {
+            headers.insert(header::HOST, host.clone());
+        }
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.route.target.clone();
+        *request.headers_mut() = headers;
+        Ok(request)
+    }
+}
+
+/// Why a request could not be exchanged.
+enum SendError {
+    /// No connection: nothing was sent.
+    Connect(Box<dyn std::error::Error + Send + Sync>),
+    /// A new connection closed before a byte of the request was written
+    /// (hyper handed the request back): nothing was sent.
+    Unsent(hyper::Error),
+    /// The connection failed once the request was (or may have been) sent.
+    Exchange(hyper::Error),
+}
+
+/// One worker's kept-alive connections, the most recently used last.
+#[derive(Default)]
+struct Pool {
+    idle: Mutex<Vec<(Sender, Instant)>>,
+}
+
+impl Pool {
+    fn checkout(&self, now: Instant) -> Option<Sender> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some((sender, since)) = idle.pop() {
+            if now.saturating_duration_since(since) >= POOL_IDLE_TIMEOUT {
+                // The rest were idle longer still.
+                idle.clear();
+                return None;
+            }
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, sender: Sender, now: Instant) {
+        if sender.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push((sender, now));
+        }
+    }
+
+    fn close_idle(&self, now: Instant) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain(|(sender, since)| {
+                !sender.is_closed() && now.saturating_duration_since(*since) < POOL_IDLE_TIMEOUT
+            });
+        }
+    }
+}
+
+/// `host[:port]` for the upstream URL, the port left out when it is the
+/// scheme's default, exactly as hyper-util's client writes `Host`.
+fn host_header(url: &Uri) -> Option<HeaderValue> {
+    let host = url.host()?;
+    let secure = matches!(url.scheme_str(), Some("https" | "wss"));
+    let value = match url.port() {
+        Some(port) if !(port.as_u16() == 443 && secure || port.as_u16() == 80 && !secure) => {
+            format!("{host}:{port}")
+        }
+        _ => host.to_owned(),
+    };
+    HeaderValue::from_str(&value).ok()
+}
+
+/// Whether the upstream's TLS refused us. Under TLS 1.3 a server checks the
+/// client's certificate after the client has finished its half of the
+/// handshake, so a refused or missing client certificate surfaces as an alert
+/// while the request is being sent rather than as a connect error; a server
+/// that sends one of these alerts has processed no request.
+fn refused_by_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    use rustls::AlertDescription as A;
+    let mut next = Some(e);
+    while let Some(e) = next {
+        // tokio-rustls hands rustls errors over inside an `io::Error`, whose
+        // `source` skips the error it wraps.
+        let wrapped = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        for candidate in [Some(e), wrapped].into_iter().flatten() {
+            if let Some(rustls::Error::AlertReceived(alert)) = candidate.downcast_ref() {
+                return matches!(
+                    alert,
+                    A::HandshakeFailure
+                        | A::NoCertificate
+                        | A::BadCertificate
+                        | A::UnsupportedCertificate
+                        | A::CertificateRevoked
+                        | A::CertificateExpired
+                        | A::CertificateUnknown
+                        | A::UnknownCA
+                        | A::AccessDenied
+                        | A::CertificateRequired
+                );
+            }
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// Whether a failure to connect is one a moment may mend: refused or reset
+/// while connecting, as while a container restarts. A name that
+/// does not resolve or a certificate that is refused will not mend itself
+/// before the deadline, and trying again would only delay the answer.
+fn never_sent(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind as K;
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                K::ConnectionRefused | K::ConnectionReset | K::ConnectionAborted | K::NotConnected
+            );
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// A `Retry-After` in seconds (the form servers send with a `503`); the
+/// HTTP-date form is not taken, since clocks between the hosts may differ.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let text = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let secs: u64 = text.parse().ok()?;
+    // Anything longer than the whole answer bound cannot fit anyway.
+    (secs <= 10).then(|| Duration::from_secs(secs))
+}
+
+/// `base`, give or take half, so callbacks refused at the same moment do not
+/// all come back at the same moment.
+fn jittered(base: Duration) -> Duration {
+    let spread = base.as_micros() as u64;
+    let random = getrandom::u64().unwrap_or(spread / 2);
+    base / 2 + Duration::from_micros(random % spread.max(1))
+}
+
+/// The whole cause chain of an error, for logs and command output.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The legacy system, as the operator configured it (`UPSTREAM_*`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub url: Uri,
+    /// The bound on the whole exchange.
+    pub timeout: Duration,
+    pub headers: UpstreamHeaders,
+    /// Trust anchors added to the system's.
+    pub ca_file: Option<PathBuf>,
+    pub client: Option<ClientIdentity>,
+    pub ok_rule: Option<OkRule>,
+}
+
+/// Client certificate for mutual TLS to the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Extra headers for the upstream. Values are secret; `Debug` shows names only.
+#[derive(Clone, Default)]
+pub struct UpstreamHeaders(pub Vec<(HeaderName, HeaderValue)>);
+
+impl std::fmt::Debug for UpstreamHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(n, _)| (n.as_str(), "<redacted>")))
+            .finish()
+    }
+}
+
+/// Headers the gateway itself owns on the upstream request.
+pub const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+    "expect",
+    "user-agent",
+    "x-request-id",
+    "idempotency-key",
+    "traceparent",
+    "tracestate",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_jittered_within_half_either_way() {
+        for _ in 0..200 {
+            let pause = jittered(Duration::from_millis(100));
+            assert!(pause >= Duration::from_millis(50) && pause < Duration::from_millis(150));
+        }
+    }
+
+    #[test]
+    fn retry_after_is_taken_in_seconds_only() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::RETRY_AFTER, HeaderValue::from_str(v).unwrap());
+            retry_after(&h)
+        };
+        assert_eq!(with("1"), Some(Duration::from_secs(1)));
+        assert_eq!(with(" 0 "), Some(Duration::ZERO));
+        assert_eq!(with("3600"), None);
+        assert_eq!(with("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(with("-1"), None);
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn only_failures_before_the_request_left_are_retried() {
+        let io = |kind| std::io::Error::from(kind);
+        assert!(never_sent(&io(std::io::ErrorKind::ConnectionRefused)));
+        assert!(never_sent(&io(std::io::ErrorKind::ConnectionReset)));
+        assert!(!never_sent(&io(std::io::ErrorKind::InvalidData)));
+        assert!(!never_sent(&io(std::io::ErrorKind::TimedOut)));
+        let wrapped = std::io::Error::other(io(std::io::ErrorKind::ConnectionRefused));
+        // The outer error's kind decides, as for a TLS failure wrapped in an io::Error.
+        assert!(!never_sent(&wrapped));
+    }
+
+    #[test]
+    fn host_header_is_written_as_the_client_writes_it() {
+        let host = |url: &str| host_header(&url.parse().unwrap()).unwrap();
+        assert_eq!(host("http://127.0.0.1:8080/legacy"), "127.0.0.1:8080");
+        assert_eq!(host("http://legacy.internal/approve"), "legacy.internal");
+        assert_eq!(host("http://legacy:80/"), "legacy");
+        assert_eq!(host("https://legacy:443/"), "legacy");
+        assert_eq!(host("https://legacy:80/"), "legacy:80");
+        assert_eq!(host("http://legacy:443/"), "legacy:443");
+        assert_eq!(host("http://[::1]:9000/"), "[::1]:9000");
+    }
+}

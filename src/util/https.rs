@@ -1,0 +1,95 @@
+//! The one HTTP(S) client stack every outbound call uses (the legacy system, the OTLP
+//! collector, `send`): hyper's connector under rustls, with the system's trust roots
+//! plus any private CA, and a client certificate when mutual TLS is asked for.
+
+use std::path::Path;
+use std::time::Duration;
+
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use rustls::{ClientConfig, RootCertStore};
+
+use super::pem::{self, PemError};
+
+/// A connector for `http://` and `https://` URLs alike.
+pub type Connector = HttpsConnector<HttpConnector>;
+
+/// Which file a [`PemError`] is about, so the caller can name the setting that named it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrustFile {
+    Ca,
+    ClientCert,
+    ClientKey,
+}
+
+/// Trust and identity for a TLS client: the system's roots plus any private CA, and a
+/// client certificate (chain, key) when mutual TLS is asked for.
+///
+/// `system_roots` is false for a plain `http://` peer: reading the system store is most
+/// of start-up time and idle memory, and such a peer never needs it. The files named
+/// are still read, so a bad one is reported either way.
+pub fn client_config(
+    system_roots: bool,
+    ca_file: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<ClientConfig, (TrustFile, PemError)> {
+    let mut roots = RootCertStore::empty();
+    // A missing or partly unreadable system store is normal in minimal images;
+    // private CAs and the system's roots are simply added together.
+    if system_roots {
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+    }
+    if let Some(path) = ca_file {
+        let ca = |e| (TrustFile::Ca, e);
+        for cert in pem::load_certs(path).map_err(ca)? {
+            roots.add(cert).map_err(|e| {
+                ca(PemError::Invalid {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                })
+            })?;
+        }
+    }
+    let builder = ClientConfig::builder().with_root_certificates(roots);
+    match identity {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert, key)) => {
+            let certs = pem::load_certs(cert).map_err(|e| (TrustFile::ClientCert, e))?;
+            let private = pem::load_key(key).map_err(|e| (TrustFile::ClientKey, e))?;
+            builder.with_client_auth_cert(certs, private).map_err(|e| {
+                let reason = format!("does not match {}: {e}", cert.display());
+                let path = key.to_owned();
+                (TrustFile::ClientKey, PemError::Invalid { path, reason })
+            })
+        }
+    }
+}
+
+/// What a connection speaks once made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Versions {
+    Http1,
+    /// HTTP/2 where the server offers it over TLS, HTTP/1.1 otherwise.
+    Any,
+}
+
+/// The connector over `tls`, with `TCP_NODELAY` (a callback is one small write each way,
+/// and Nagle's delay would cost it tens of milliseconds) and an optional connect timeout.
+pub fn connector(
+    tls: ClientConfig,
+    versions: Versions,
+    connect_timeout: Option<Duration>,
+) -> Connector {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(connect_timeout);
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    match versions {
+        Versions::Http1 => builder.enable_http1().wrap_connector(http),
+        Versions::Any => builder.enable_all_versions().wrap_connector(http),
+    }
+}

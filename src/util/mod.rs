@@ -1,0 +1,7 @@
+//! Small pieces several components share, each written once.
+
+pub mod hex;
+pub mod https;
+pub mod json;
+pub mod pem;
+pub mod text;
