@@ -10,6 +10,7 @@ pub mod binary;
 pub mod certs;
 pub mod client;
 pub mod gateway;
+pub mod layering;
 pub mod metrics;
 pub mod redis_server;
 pub mod upstream;
