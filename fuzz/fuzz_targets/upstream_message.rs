@@ -2,7 +2,7 @@
 //! one clean line of at most 200 characters, without markup.
 #![no_main]
 
-use feishu_gate::testing::config::Lang;
+use feishu_gate::testing::respond::Lang;
 use feishu_gate::testing::outcome::Outcome;
 use feishu_gate::testing::respond::Translator;
 use feishu_gate::testing::util::text::{self, MAX_MESSAGE_CHARS};

@@ -6,7 +6,7 @@
 
 use feishu_gate::testing::callback::ForwardOptions;
 use feishu_gate::testing::callback::json::Fields;
-use feishu_gate::testing::config::Lang;
+use feishu_gate::testing::respond::Lang;
 use feishu_gate::testing::callback::envelope::CallbackKey;
 use feishu_gate::testing::outcome::Outcome;
 use feishu_gate::testing::respond::Translator;
