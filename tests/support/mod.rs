@@ -1,7 +1,7 @@
 //! What the integration tests share: the gateway in process on port 0, the real
 //! binary, a real upstream, a raw TCP one for answers no server library would
-//! send, one HTTP client, one metrics scraper, a real `redis-server` and
-//! certificates made at test time.
+//! send, one HTTP client, one metrics scraper, a real `redis-server`,
+//! certificates made at test time, and the check of src/'s import graph.
 //!
 //! Every test binary compiles this module on its own and uses a different part
 //! of it, hence the `allow`.
@@ -11,6 +11,7 @@ pub mod binary;
 pub mod certs;
 pub mod client;
 pub mod gateway;
+pub mod layering;
 pub mod legacy;
 pub mod metrics;
 pub mod redis_server;
