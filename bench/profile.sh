@@ -34,8 +34,8 @@ trap cleanup EXIT
 pids+=($!)
 "$TARGET/release/examples/bench_callbacks" 256 typical >"$work/bodies.txt"
 export BODIES=$work/bodies.txt
-token=$(sed -n 's/^pub const TOKEN: &str = "\(.*\)";/\1/p' benches/common/mod.rs)
-key=$(sed -n 's/^pub const KEY: &str = "\(.*\)";/\1/p' benches/common/mod.rs)
+token=$(sed -n 's/^pub const TOKEN: &str = "\(.*\)";/\1/p' bench/common/mod.rs)
+key=$(sed -n 's/^pub const KEY: &str = "\(.*\)";/\1/p' bench/common/mod.rs)
 
 wrapper=()
 case $tool in

@@ -39,8 +39,8 @@ trap cleanup EXIT
 mkdir -p "$OUT"
 results=$OUT/results.jsonl
 : >"$results"
-token=$(sed -n 's/^pub const TOKEN: &str = "\(.*\)";/\1/p' benches/common/mod.rs)
-key=$(sed -n 's/^pub const KEY: &str = "\(.*\)";/\1/p' benches/common/mod.rs)
+token=$(sed -n 's/^pub const TOKEN: &str = "\(.*\)";/\1/p' bench/common/mod.rs)
+key=$(sed -n 's/^pub const KEY: &str = "\(.*\)";/\1/p' bench/common/mod.rs)
 
 wait_port() {
   for _ in $(seq 500); do

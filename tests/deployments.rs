@@ -11,28 +11,11 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 use feishu_gate::testing::config;
-use support::upstream::{hold, reset};
 use support::*;
 
 /// Lark's page gives a callback 5 s; the README tells its users to set this.
 const LARK_ANSWER_WITHIN_MS: &str = "4500";
 const LARK_DEADLINE: Duration = Duration::from_secs(5);
-
-/// A legacy system that accepts connections, reads what it is sent and
-/// never answers.
-async fn silent_upstream() -> (SocketAddr, Arc<Mutex<usize>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(Mutex::new(0));
-    let counted = connections.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            *counted.lock().unwrap() += 1;
-            tokio::spawn(hold(stream));
-        }
-    });
-    (addr, connections)
-}
 
 async fn timed_sealed_post(addr: SocketAddr, task: &str) -> (Answer, Duration) {
     let body = seal(
@@ -49,8 +32,8 @@ async fn timed_sealed_post(addr: SocketAddr, task: &str) -> (Answer, Duration) {
 /// bound itself when the upstream timeout is as long as the bound.
 #[tokio::test(flavor = "multi_thread")]
 async fn at_larks_setting_a_silent_legacy_system_is_answered_504_before_5_s() {
-    let (addr, _) = silent_upstream().await;
-    let url = format!("http://{addr}/legacy/approve");
+    let silent = RawLegacy::answering(Act::hang()).await;
+    let url = silent.url();
     let by_default =
         Binary::start(&url, &[(config::ANSWER_WITHIN_MS, LARK_ANSWER_WITHIN_MS)]).await;
     let at_the_bound = Binary::start(
@@ -79,69 +62,6 @@ async fn at_larks_setting_a_silent_legacy_system_is_answered_504_before_5_s() {
         bound_took >= Duration::from_millis(4_400) && bound_took < LARK_DEADLINE,
         "{bound_took:?}"
     );
-}
-
-/// A raw HTTP/1.1 legacy system that acts out `script` for its n-th request
-/// (from 0), recording each request's head and body.
-#[derive(Clone)]
-struct Scripted {
-    addr: SocketAddr,
-    requests: Arc<Mutex<Vec<String>>>,
-}
-
-#[derive(Clone, Copy)]
-enum Act {
-    Answer(&'static str),
-    /// Reads the request, then resets the connection without answering.
-    Reset,
-}
-
-impl Scripted {
-    async fn start(script: fn(usize) -> Act) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let up = Scripted {
-            addr: listener.local_addr().unwrap(),
-            requests: Arc::default(),
-        };
-        let server = up.clone();
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let server = server.clone();
-                tokio::spawn(async move {
-                    while let Some(request) =
-                        read_raw_request(&mut stream).await.map(|(h, b)| h + &b)
-                    {
-                        let n = {
-                            let mut requests = server.requests.lock().unwrap();
-                            requests.push(request);
-                            requests.len() - 1
-                        };
-                        match script(n) {
-                            Act::Answer(raw) => {
-                                use tokio::io::AsyncWriteExt;
-                                if stream.write_all(raw.as_bytes()).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Act::Reset => {
-                                reset(stream);
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        up
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/legacy/approve", self.addr)
-    }
-
-    fn requests(&self) -> Vec<String> {
-        self.requests.lock().unwrap().clone()
-    }
 }
 
 const OK: &str =
@@ -217,13 +137,13 @@ async fn a_legacy_system_listening_only_after_1_5_s_gets_the_callback_once() {
 /// the legacy system is unreachable.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_legacy_system_that_received_the_request_and_reset_is_not_retried() {
-    let up = Scripted::start(|_| Act::Reset).await;
+    let up = RawLegacy::start(|_| Act::reset()).await;
     let gate = Binary::start(&up.url(), &[INFO]).await;
     let (answer, _) = timed_sealed_post(gate.addr, "reset-after-reading").await;
     answer.feishu_error(502);
     // Long enough for a retry's pause to have passed, had there been one.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(up.requests().len(), 1, "sent exactly once");
+    assert_eq!(up.count(), 1, "sent exactly once");
     let line = callback_line(&gate, "reset-after-reading").await;
     assert_eq!(field(&line, "attempts"), Some(1.into()), "{line}");
     let scrape = gate.metrics().await;
@@ -242,15 +162,15 @@ async fn a_legacy_system_that_received_the_request_and_reset_is_not_retried() {
 async fn a_503_with_a_retry_after_that_fits_is_tried_again() {
     const UNAVAILABLE_1S: &str = "HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-type: application/json\r\ncontent-length: 22\r\n\r\n{\"message\":\"starting\"}";
     const UNAVAILABLE_60S: &str = "HTTP/1.1 503 Service Unavailable\r\nretry-after: 60\r\ncontent-type: application/json\r\ncontent-length: 22\r\n\r\n{\"message\":\"starting\"}";
-    let fits = Scripted::start(|n| {
+    let fits = RawLegacy::start(|n| {
         if n == 0 {
-            Act::Answer(UNAVAILABLE_1S)
+            Act::answer(UNAVAILABLE_1S)
         } else {
-            Act::Answer(OK)
+            Act::answer(OK)
         }
     })
     .await;
-    let too_long = Scripted::start(|_| Act::Answer(UNAVAILABLE_60S)).await;
+    let too_long = RawLegacy::answering(Act::answer(UNAVAILABLE_60S)).await;
     let gate = Binary::start(&fits.url(), &[INFO]).await;
     let other = Binary::start(&too_long.url(), &[]).await;
 
@@ -259,8 +179,9 @@ async fn a_503_with_a_retry_after_that_fits_is_tried_again() {
     assert!(took >= Duration::from_secs(1), "{took:?}");
     let requests = fits.requests();
     assert_eq!(requests.len(), 2);
-    let key = |r: &str| {
-        r.lines()
+    let key = |r: &RawRequest| {
+        r.head_text()
+            .lines()
             .find(|l| l.to_ascii_lowercase().starts_with("idempotency-key:"))
             .map(str::to_owned)
             .unwrap()
@@ -280,7 +201,7 @@ async fn a_503_with_a_retry_after_that_fits_is_tried_again() {
     assert_eq!(answer.feishu_error(503), "starting");
     // Not the minute it asked for: passed on at once.
     assert!(took < Duration::from_secs(3), "{took:?}");
-    assert_eq!(too_long.requests().len(), 1);
+    assert_eq!(too_long.count(), 1);
 }
 
 /// `version-traceid-parentid-flags`, split.

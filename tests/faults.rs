@@ -4,16 +4,11 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use feishu_gate::testing::config;
-use support::upstream::{hold, reset};
 use support::*;
 
 /// Short, so the suite stays fast; every bound below is relative to it.
@@ -58,127 +53,45 @@ enum Fault {
 
 const ENORMOUS: u64 = 1 << 30;
 
-/// A raw TCP server acting out a [`Fault`].
-#[derive(Clone)]
-struct Faulty {
-    addr: SocketAddr,
-    fault: Arc<Mutex<Fault>>,
-    requests: Arc<Mutex<Vec<String>>>,
-    /// Connections accepted.
-    connections: Arc<AtomicUsize>,
-    /// Bytes of the enormous bodies the gateway took before hanging up.
-    enormous_written: Arc<AtomicU64>,
-    enormous_done: Arc<AtomicUsize>,
-}
+const HEALTHY: &str =
+    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 10\r\n\r\n{\"code\":0}";
 
-impl Faulty {
-    async fn start(fault: Fault) -> Self {
-        Self::on(TcpListener::bind("127.0.0.1:0").await.unwrap(), fault)
-    }
-
-    fn on(listener: TcpListener, fault: Fault) -> Self {
-        let up = Faulty {
-            addr: listener.local_addr().unwrap(),
-            fault: Arc::new(Mutex::new(fault)),
-            requests: Arc::default(),
-            connections: Arc::default(),
-            enormous_written: Arc::default(),
-            enormous_done: Arc::default(),
-        };
-        let server = up.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                server.connections.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(server.clone().connection(stream));
+impl Fault {
+    fn act(self) -> Act {
+        let partial = |status| format!("{}{}", head(status, 100), r#"{"message":"par"#);
+        match self {
+            Fault::Healthy => Act::answer(HEALTHY),
+            Fault::Silent => Act::hang(),
+            Fault::HeadersThenStall(status) => Act::answer(head(status, 100)).then_hang(),
+            Fault::ResetMidBody(status) => {
+                Act::answer(partial(status)).then_reset_after(Duration::from_millis(50))
             }
-        });
-        up
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/legacy/approve", self.addr)
-    }
-
-    fn set(&self, fault: Fault) {
-        *self.fault.lock().unwrap() = fault;
-    }
-
-    fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
-    }
-
-    fn requests(&self) -> Vec<String> {
-        self.requests.lock().unwrap().clone()
-    }
-
-    async fn connection(self, mut stream: TcpStream) {
-        while let Some((_, body)) = read_raw_request(&mut stream).await {
-            self.requests.lock().unwrap().push(body);
-            let fault = *self.fault.lock().unwrap();
-            match fault {
-                Fault::Healthy => {
-                    let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 10\r\n\r\n{\"code\":0}";
-                    if stream.write_all(answer.as_bytes()).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                Fault::Silent => hold(stream).await,
-                Fault::HeadersThenStall(status) => {
-                    let _ = stream.write_all(head(status, 100).as_bytes()).await;
-                    hold(stream).await;
-                }
-                Fault::ResetMidBody(status) => {
-                    let _ = stream.write_all(head(status, 100).as_bytes()).await;
-                    let _ = stream.write_all(br#"{"message":"par"#).await;
-                    let _ = stream.flush().await;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    reset(stream);
-                }
-                Fault::Truncated(status) => {
-                    let _ = stream.write_all(head(status, 100).as_bytes()).await;
-                    let _ = stream.write_all(br#"{"message":"par"#).await;
-                    let _ = stream.shutdown().await;
-                }
-                Fault::Garbage => {
-                    let _ = stream
-                        .write_all(b"SSH-2.0-OpenSSH_9.6\r\n\x00\x01\x02\xff garbage\r\n\r\n")
-                        .await;
-                    let _ = stream.shutdown().await;
-                }
-                Fault::Enormous(status) => {
-                    let mut written = head(status, ENORMOUS).len() as u64;
-                    let _ = stream.write_all(head(status, ENORMOUS).as_bytes()).await;
-                    let chunk = vec![b'a'; 64 * 1024];
-                    while written < ENORMOUS {
-                        match stream.write(&chunk).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => written += n as u64,
-                        }
-                    }
-                    self.enormous_written.fetch_add(written, Ordering::SeqCst);
-                    self.enormous_done.fetch_add(1, Ordering::SeqCst);
-                }
-                Fault::Trickle => {
-                    let answer = format!("{}{{\"code\":0}}", head(200, 10));
-                    for byte in answer.as_bytes() {
-                        if stream.write_all(&[*byte]).await.is_err() {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-                Fault::ResetBeforeAnswer => reset(stream),
-                Fault::CloseAfterAnswer => {
-                    let _ = stream
-                        .write_all(format!("{}{{\"code\":0}}", head(200, 10)).as_bytes())
-                        .await;
-                    let _ = stream.shutdown().await;
-                }
+            Fault::Truncated(status) => Act::answer(partial(status)).then_close(),
+            Fault::Garbage => {
+                Act::answer(&b"SSH-2.0-OpenSSH_9.6\r\n\x00\x01\x02\xff garbage\r\n\r\n"[..])
+                    .then_close()
             }
-            return;
+            Fault::Enormous(status) => Act::answer(head(status, ENORMOUS))
+                .filled_to(ENORMOUS)
+                .then_close(),
+            Fault::Trickle => Act::answer(format!("{}{{\"code\":0}}", head(200, 10)))
+                .trickled(Duration::from_secs(1))
+                .then_close(),
+            Fault::ResetBeforeAnswer => Act::reset(),
+            Fault::CloseAfterAnswer => {
+                Act::answer(format!("{}{{\"code\":0}}", head(200, 10))).then_close()
+            }
         }
     }
+}
+
+/// A raw TCP server acting out a [`Fault`].
+async fn faulty(fault: Fault) -> RawLegacy {
+    RawLegacy::start(move |_| fault.act()).await
+}
+
+fn set(up: &RawLegacy, fault: Fault) {
+    up.set(move |_| fault.act());
 }
 
 fn head(status: u16, length: u64) -> String {
@@ -204,14 +117,14 @@ async fn timed_post(gate: &Gate, task: &str) -> (Answer, Duration) {
 
 /// After a fault: a normal callback is delivered and answered 200, and
 /// nothing from the fault is left running.
-async fn still_healthy(gate: &Gate, up: &Faulty) {
-    up.set(Fault::Healthy);
-    let before = up.requests().len();
+async fn still_healthy(gate: &Gate, up: &RawLegacy) {
+    set(up, Fault::Healthy);
+    let before = up.count();
     let (answer, _) = timed_post(gate, "after-the-fault").await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     let requests = up.requests();
     assert_eq!(requests.len(), before + 1);
-    assert!(requests[before].contains("after-the-fault"));
+    assert!(requests[before].text().contains("after-the-fault"));
     let deadline = Instant::now() + SLACK;
     while !gate.gateway.deliveries.is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -229,7 +142,7 @@ async fn still_healthy(gate: &Gate, up: &Faulty) {
 /// One fault end to end: the status and message Feishu gets, within the
 /// deadline, then a healthy callback.
 async fn survives(fault: Fault, extra: &[(&str, &str)], status: u16, message: Option<&str>) {
-    let up = Faulty::start(fault).await;
+    let up = faulty(fault).await;
     let gate = gate_for(&up.url(), extra).await;
     let (answer, elapsed) = timed_post(&gate, "during-the-fault").await;
     if status == 200 {
@@ -245,11 +158,7 @@ async fn survives(fault: Fault, extra: &[(&str, &str)], status: u16, message: Op
         elapsed < TIMEOUT + SLACK,
         "{fault:?} answered after {elapsed:?}"
     );
-    assert_eq!(
-        up.requests().len(),
-        1,
-        "{fault:?}: delivered once, never retried"
-    );
+    assert_eq!(up.count(), 1, "{fault:?}: delivered once, never retried");
     still_healthy(&gate, &up).await;
 }
 
@@ -262,13 +171,11 @@ async fn an_upstream_refusing_connections_is_unreachable_until_it_is_back() {
     let (answer, elapsed) = timed_post(&gate, "while-down").await;
     assert_eq!(answer.feishu_error(502), UNREACHABLE);
     assert!(elapsed < TIMEOUT + SLACK);
-    let up = Faulty::on(TcpListener::bind(addr).await.unwrap(), Fault::Healthy);
+    let up = RawLegacy::on(TcpListener::bind(addr).await.unwrap(), |_| {
+        Fault::Healthy.act()
+    });
     still_healthy(&gate, &up).await;
-    assert_eq!(
-        up.requests().len(),
-        1,
-        "the failed callback was not replayed"
-    );
+    assert_eq!(up.count(), 1, "the failed callback was not replayed");
 }
 
 #[tokio::test]
@@ -332,15 +239,15 @@ async fn a_refusal_with_a_broken_body_keeps_its_status() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_enormous_answer_is_cut_off_and_memory_stays_flat() {
     const ROUNDS: usize = 6;
-    let up = Faulty::start(Fault::Enormous(200)).await;
+    let up = faulty(Fault::Enormous(200)).await;
     let gate = Binary::start(&up.url(), &[(config::UPSTREAM_TIMEOUT_MS, "5000")]).await;
     // One ordinary exchange first, so the baseline includes a warm client.
-    up.set(Fault::Healthy);
+    set(&up, Fault::Healthy);
     let sealed = seal(KEY, &callback(TOKEN));
     assert_eq!(post(gate.addr, "/", sealed, &[]).await.status, 200);
     let before = gate.memory();
 
-    up.set(Fault::Enormous(200));
+    set(&up, Fault::Enormous(200));
     for i in 0..ROUNDS {
         let body = seal(
             KEY,
@@ -350,16 +257,16 @@ async fn an_enormous_answer_is_cut_off_and_memory_stays_flat() {
         assert_eq!(answer.status, 200, "{}", answer.text);
     }
     let deadline = Instant::now() + Duration::from_secs(20);
-    while up.enormous_done.load(Ordering::SeqCst) < ROUNDS && Instant::now() < deadline {
+    while up.fills_ended() < ROUNDS && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        up.enormous_done.load(Ordering::SeqCst),
+        up.fills_ended(),
         ROUNDS,
         "the gateway hung up on every answer"
     );
     let after = gate.memory();
-    let taken = up.enormous_written.load(Ordering::SeqCst);
+    let taken = up.filled();
     println!(
         "enormous answers: {} GiB offered, {} KiB taken by the kernel's buffers and the gateway; \
          VmHWM {} -> {} KiB, VmRSS {} -> {} KiB",
@@ -388,13 +295,13 @@ async fn an_enormous_answer_is_cut_off_and_memory_stays_flat() {
 /// another travel on one connection (one worker, so one pool).
 #[tokio::test]
 async fn callbacks_one_after_another_share_one_upstream_connection() {
-    let up = Faulty::start(Fault::Healthy).await;
+    let up = faulty(Fault::Healthy).await;
     let gate = gate_for(&up.url(), &[(config::WORKERS, "1")]).await;
     for i in 0..5 {
         let (answer, _) = timed_post(&gate, &format!("in-turn-{i}")).await;
         assert_eq!(answer.status, 200, "{}", answer.text);
     }
-    assert_eq!(up.requests().len(), 5);
+    assert_eq!(up.count(), 5);
     assert_eq!(up.connections(), 1, "each callback opened a connection");
 }
 
@@ -403,7 +310,7 @@ async fn callbacks_one_after_another_share_one_upstream_connection() {
 /// callback is delivered once, on a live connection, and answered 200.
 #[tokio::test]
 async fn a_kept_alive_connection_the_upstream_closed_is_not_used_again() {
-    let up = Faulty::start(Fault::CloseAfterAnswer).await;
+    let up = faulty(Fault::CloseAfterAnswer).await;
     let gate = gate_for(&up.url(), &[(config::WORKERS, "1")]).await;
     for i in 0..3 {
         let (answer, _) = timed_post(&gate, &format!("after-close-{i}")).await;
@@ -413,7 +320,8 @@ async fn a_kept_alive_connection_the_upstream_closed_is_not_used_again() {
     }
     let requests = up.requests();
     assert_eq!(requests.len(), 3, "each callback delivered exactly once");
-    for (i, body) in requests.iter().enumerate() {
+    for (i, request) in requests.iter().enumerate() {
+        let body = request.text();
         assert!(body.contains(&format!("after-close-{i}")), "{body}");
     }
     assert_eq!(up.connections(), 3);

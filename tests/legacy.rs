@@ -4,69 +4,30 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::Binary;
-use support::{Answer, KEY, TOKEN, callback, post, read_raw_request, seal};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use support::{Act, Answer, KEY, RawLegacy, TOKEN, callback, post, seal};
 
 /// A legacy system that answers every request with the same bytes, written as given:
-/// whatever charset, whatever headers. Counts the requests it read.
-struct Legacy {
-    addr: SocketAddr,
-    /// Each request's head, as the bytes arrived.
-    heads: Arc<Mutex<Vec<String>>>,
+/// whatever charset, whatever headers; then it closes the connection.
+async fn answering(status_line: &str, headers: &[&str], body: &[u8]) -> RawLegacy {
+    let mut response = format!("HTTP/1.1 {status_line}\r\n").into_bytes();
+    for h in headers {
+        response.extend_from_slice(format!("{h}\r\n").as_bytes());
+    }
+    response.extend_from_slice(
+        format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    response.extend_from_slice(body);
+    RawLegacy::answering(Act::answer(response).then_close()).await
 }
 
-impl Legacy {
-    async fn answering(status_line: &str, headers: &[&str], body: &[u8]) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut response = format!("HTTP/1.1 {status_line}\r\n").into_bytes();
-        for h in headers {
-            response.extend_from_slice(format!("{h}\r\n").as_bytes());
-        }
-        response.extend_from_slice(
-            format!(
-                "Content-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            )
-            .as_bytes(),
-        );
-        response.extend_from_slice(body);
-        let heads = Arc::new(Mutex::new(Vec::new()));
-        let counter = heads.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut sock, _)) = listener.accept().await else {
-                    return;
-                };
-                let response = response.clone();
-                let counter = counter.clone();
-                tokio::spawn(async move {
-                    if let Some((head, _)) = read_raw_request(&mut sock).await {
-                        counter.lock().unwrap().push(head);
-                        let _ = sock.write_all(&response).await;
-                    }
-                });
-            }
-        });
-        Self { addr, heads }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/approve", self.addr)
-    }
-
-    fn requests(&self) -> usize {
-        self.heads.lock().unwrap().len()
-    }
-}
-
-async fn gateway(legacy: &Legacy, extra: &[(&str, &str)]) -> Binary {
+async fn gateway(legacy: &RawLegacy, extra: &[(&str, &str)]) -> Binary {
     Binary::start(&legacy.url(), extra).await
 }
 
@@ -94,7 +55,7 @@ async fn details(gate: &Binary) -> Vec<String> {
 
 #[tokio::test]
 async fn a_numeric_ok_rule_holds_for_the_same_number_as_a_string() {
-    let ok = Legacy::answering(
+    let ok = answering(
         "200 OK",
         &["Content-Type: application/json"],
         br#"{"code":"0","msg":"ok"}"#,
@@ -104,9 +65,9 @@ async fn a_numeric_ok_rule_holds_for_the_same_number_as_a_string() {
     let answer = send(&gate).await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert_eq!(answer.json()["code"], 0);
-    assert_eq!(ok.requests(), 1);
+    assert_eq!(ok.count(), 1);
 
-    let refused = Legacy::answering(
+    let refused = answering(
         "200 OK",
         &["Content-Type: application/json"],
         r#"{"code":"1","msg":"审批单已锁定"}"#.as_bytes(),
@@ -127,7 +88,7 @@ async fn a_numeric_ok_rule_holds_for_the_same_number_as_a_string() {
 #[tokio::test]
 async fn a_plain_text_refusal_reaches_feishu_as_written() {
     let refusal = "参数错误：缺少审批意见";
-    let legacy = Legacy::answering(
+    let legacy = answering(
         "400 Bad Request",
         &["Content-Type: text/plain; charset=utf-8"],
         refusal.as_bytes(),
@@ -148,7 +109,7 @@ async fn a_gbk_json_refusal_reaches_feishu_as_written() {
     let (gbk, _, _) =
         encoding_rs::GBK.encode(r#"{"code":40901,"message":"该审批任务已被他人处理"}"#);
     assert!(std::str::from_utf8(&gbk).is_err(), "the body is not UTF-8");
-    let legacy = Legacy::answering(
+    let legacy = answering(
         "409 Conflict",
         &["Content-Type: application/json;charset=GBK"],
         &gbk,
@@ -163,7 +124,7 @@ async fn a_gbk_json_refusal_reaches_feishu_as_written() {
 
 #[tokio::test]
 async fn a_redirect_is_logged_with_where_it_pointed() {
-    let legacy = Legacy::answering(
+    let legacy = answering(
         "302 Found",
         &["Location: https://sso.example.com/login?next=%2Fapprove"],
         b"",
@@ -172,7 +133,7 @@ async fn a_redirect_is_logged_with_where_it_pointed() {
     let gate = gateway(&legacy, &[]).await;
     let message = send(&gate).await.feishu_error(502);
     assert!(message.contains("HTTP 302"), "{message}");
-    assert_eq!(legacy.requests(), 1);
+    assert_eq!(legacy.count(), 1);
     let details = details(&gate).await;
     assert!(
         details
@@ -185,7 +146,7 @@ async fn a_redirect_is_logged_with_where_it_pointed() {
 #[tokio::test]
 async fn a_refusal_echoing_a_credential_is_logged_redacted() {
     let credential = "Bearer hush-hush-4711";
-    let legacy = Legacy::answering(
+    let legacy = answering(
         "403 Forbidden",
         &["Content-Type: application/json"],
         format!(r#"{{"message":"token {credential} is not allowed here"}}"#).as_bytes(),
@@ -217,7 +178,7 @@ async fn a_refusal_echoing_a_credential_is_logged_redacted() {
 
 #[tokio::test]
 async fn header_names_arrive_in_their_conventional_case() {
-    let legacy = Legacy::answering(
+    let legacy = answering(
         "200 OK",
         &["Content-Type: application/json"],
         br#"{"code":0}"#,
@@ -232,7 +193,7 @@ async fn header_names_arrive_in_their_conventional_case() {
     )
     .await;
     assert_eq!(send(&gate).await.status, 200);
-    let head = legacy.heads.lock().unwrap()[0].clone();
+    let head = legacy.requests()[0].head_text();
     for line in [
         "\r\nContent-Type: application/json",
         "\r\nX-Request-Id: ",

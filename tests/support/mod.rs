@@ -1,6 +1,7 @@
 //! What the integration tests share: the gateway in process on port 0, the real
-//! binary, a real upstream, one HTTP client, one metrics scraper, a real
-//! `redis-server` and certificates made at test time.
+//! binary, a real upstream, a raw TCP one for answers no server library would
+//! send, one HTTP client, one metrics scraper, a real `redis-server`,
+//! certificates made at test time, and the check of src/'s import graph.
 //!
 //! Every test binary compiles this module on its own and uses a different part
 //! of it, hence the `allow`.
@@ -11,6 +12,7 @@ pub mod certs;
 pub mod client;
 pub mod gateway;
 pub mod layering;
+pub mod legacy;
 pub mod metrics;
 pub mod redis_server;
 pub mod upstream;
@@ -18,8 +20,9 @@ pub mod upstream;
 use std::time::{Duration, Instant};
 
 pub use binary::Binary;
-pub use client::{Answer, Conn, Protocol, get, post, raw, read_raw_request, request, try_get};
+pub use client::{Answer, Conn, Protocol, get, post, raw, request, try_get};
 pub use gateway::Gate;
+pub use legacy::{Act, RawLegacy, RawRequest};
 pub use metrics::{duplicates, metric};
 pub use upstream::{Received, Reply, Upstream};
 

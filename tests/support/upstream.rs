@@ -13,8 +13,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 /// Serves HTTP/1.1 on every connection `listener` accepts, over TLS when
@@ -216,27 +216,4 @@ impl Upstream {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}/legacy/approve", self.addr)
     }
-}
-
-/// Keeps a connection open, reading and discarding, until the peer leaves (or
-/// a minute passes, so nothing outlives the test run): a legacy system that
-/// never answers.
-pub async fn hold(mut stream: TcpStream) {
-    let mut buf = [0u8; 1024];
-    let _ = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Ok(n) = stream.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-        }
-    })
-    .await;
-}
-
-/// Closes with RST instead of FIN.
-// A zero linger never blocks on drop, which is what the deprecation is about.
-#[allow(deprecated)]
-pub fn reset(stream: TcpStream) {
-    let _ = stream.set_linger(Some(Duration::ZERO));
-    drop(stream);
 }

@@ -9,7 +9,7 @@
 //!
 //! `cargo run --release --example bench_load -- http://127.0.0.1:18081/ 8 4 40000`
 
-#[path = "../benches/common/mod.rs"]
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::sync::Arc;

@@ -6,7 +6,7 @@
 //! Kinds: `typical` (sealed, about 1 KiB), `large` (sealed, near 64 KiB),
 //! `plain` (about 1 KiB, no envelope).
 
-#[path = "../benches/common/mod.rs"]
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::hint::black_box;

@@ -1,10 +1,10 @@
 //! Writes callback bodies for the load benchmarks in `bench/`, one JSON body
 //! per line: `count` distinct decisions, sealed (`typical`, `large`) or plain
-//! (`plain`), with the token and key from `benches/common`.
+//! (`plain`), with the token and key from `bench/common`.
 //!
 //! `cargo run --release --example bench_callbacks -- 256 typical > bodies.txt`
 
-#[path = "../benches/common/mod.rs"]
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::io::Write;
