@@ -24,7 +24,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::time::Instant;
 
 use crate::callback::{Decision, idempotency_key};
-use crate::observe::metrics::Metrics;
+use crate::observe::metrics::{How, LabelValue as _, Metrics, RedisOp, RedisResult, Store};
 use crate::outcome::Outcome;
 use crate::util::pem::{self, PemError};
 use crate::util::text::percent_decode;
@@ -253,7 +253,11 @@ impl SharedMemory {
             let seen = if late {
                 self.peek(&key, deadline, metrics).await
             } else {
-                let op = if waited { "wait" } else { "claim" };
+                let op = if waited {
+                    RedisOp::Wait
+                } else {
+                    RedisOp::Claim
+                };
                 self.try_claim(&key, &token, op, deadline, metrics).await
             };
             match seen {
@@ -271,7 +275,7 @@ impl SharedMemory {
                 }
             }
             if !waited {
-                metrics.count_duplicate("in_flight", "shared");
+                metrics.count_duplicate(How::InFlight, Store::Shared);
             }
             waited = true;
             let next = Instant::now() + POLL_EVERY;
@@ -289,7 +293,7 @@ impl SharedMemory {
         deadline: Instant,
         metrics: &Metrics,
     ) -> Result<Option<String>, ()> {
-        self.run("wait", deadline, metrics, |mut c| {
+        self.run(RedisOp::Wait, deadline, metrics, |mut c| {
             let key = key.to_owned();
             async move {
                 redis::cmd("GET")
@@ -308,7 +312,7 @@ impl SharedMemory {
         &self,
         key: &str,
         token: &str,
-        op: &'static str,
+        op: RedisOp,
         deadline: Instant,
         metrics: &Metrics,
     ) -> Result<Option<String>, ()> {
@@ -360,7 +364,7 @@ impl SharedMemory {
             // Written whatever the key holds now: `delivered` is the final word,
             // even over a claim taken after this one's expired.
             let _ = self
-                .run("remember", by, metrics, |mut c| {
+                .run(RedisOp::Remember, by, metrics, |mut c| {
                     let key = claim.key.clone();
                     async move {
                         redis::cmd("SET")
@@ -375,7 +379,7 @@ impl SharedMemory {
                 .await;
         } else {
             let _ = self
-                .run("release", by, metrics, |mut c| {
+                .run(RedisOp::Release, by, metrics, |mut c| {
                     let mut invocation = self.release.key(&claim.key);
                     invocation.arg(&claim.token);
                     async move { invocation.invoke_async::<i64>(&mut c).await }
@@ -388,7 +392,7 @@ impl SharedMemory {
     /// timed, and folded into the failing/recovered state.
     async fn run<T, F, Fut>(
         &self,
-        op: &'static str,
+        op: RedisOp,
         by: Instant,
         metrics: &Metrics,
         call: F,
@@ -414,11 +418,11 @@ impl SharedMemory {
         let seconds = started.elapsed().as_secs_f64();
         match &result {
             Ok(_) => {
-                metrics.count_redis(op, "ok", seconds);
+                metrics.count_redis(op, RedisResult::Ok, seconds);
                 self.recovered(metrics);
             }
             Err(Failed::Timeout) => {
-                metrics.count_redis(op, "timeout", seconds);
+                metrics.count_redis(op, RedisResult::Timeout, seconds);
                 // Cut short by the callback's own deadline, it says nothing
                 // about Redis.
                 if by >= budget_end {
@@ -426,7 +430,7 @@ impl SharedMemory {
                 }
             }
             Err(Failed::Error(e)) => {
-                metrics.count_redis(op, "error", seconds);
+                metrics.count_redis(op, RedisResult::Error, seconds);
                 self.forget_connection();
                 self.failed(op, self.url.scrub(&e.to_string()), metrics);
             }
@@ -451,14 +455,14 @@ impl SharedMemory {
                 .is_ok()
     }
 
-    fn failed(&self, op: &'static str, error: String, metrics: &Metrics) {
+    fn failed(&self, op: RedisOp, error: String, metrics: &Metrics) {
         self.next_probe_ms
             .store(ms_since(self.epoch) + ms(PROBE_EVERY), Ordering::Relaxed);
         if !self.failing.swap(true, Ordering::Relaxed) {
             metrics.redis_fallback.set(1);
             tracing::warn!(
                 redis = self.url.shown(),
-                op,
+                op = op.label(),
                 error = %error,
                 failure_mode = self.failure.label(),
                 until_it_returns = match self.failure {
@@ -649,7 +653,7 @@ mod tests {
     async fn while_failing_one_caller_per_interval_probes() {
         let m = memory("p:");
         let metrics = Metrics::new();
-        m.failed("claim", "refused".to_owned(), &metrics);
+        m.failed(RedisOp::Claim, "refused".to_owned(), &metrics);
         assert_eq!(metrics.redis_fallback.get(), 1);
         assert!(!m.probe_now(), "the failure itself was the last try");
         tokio::time::advance(PROBE_EVERY).await;

@@ -14,16 +14,91 @@ use prometheus_client::registry::{Registry, Unit};
 type Label = [(&'static str, &'static str); 1];
 type Labels2 = [(&'static str, &'static str); 2];
 
-/// Where a duplicate was recognised: this replica's memory or the shared one.
-pub const DUPLICATE_STORES: &[&str] = &["local", "shared"];
-/// How a duplicate was recognised.
-pub const DUPLICATE_HOWS: &[&str] = &["in_flight", "remembered"];
-/// Kinds of failed delivery.
-pub const UPSTREAM_ERROR_KINDS: &[&str] = &["connect", "dropped", "timeout", "status", "not_ok"];
-/// Operations on the shared duplicate memory.
-pub const REDIS_OPS: &[&str] = &["claim", "wait", "remember", "release"];
-/// How an operation on the shared memory ended.
-pub const REDIS_RESULTS: &[&str] = &["ok", "error", "timeout"];
+/// A label's values as an enum: callers can only count what is exported, every value is
+/// exported at 0 from the start (alerts take `increase()`, which misses a series' first
+/// count), and counting indexes an array instead of hashing labels.
+macro_rules! label_values {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($variant),+
+        }
+
+        impl LabelValue for $name {
+            const ALL: &[Self] = &[$(Self::$variant),+];
+
+            fn label(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text),+
+                }
+            }
+        }
+    };
+}
+
+label_values!(
+    /// How a duplicate was recognised.
+    How { InFlight = "in_flight", Remembered = "remembered" }
+);
+label_values!(
+    /// Where a duplicate was recognised: this replica's memory or the shared one.
+    Store { Local = "local", Shared = "shared" }
+);
+label_values!(
+    /// Which rate limit refused a callback.
+    Scope { Global = "global", User = "user" }
+);
+label_values!(
+    /// Kinds of failed delivery.
+    UpstreamErrorKind {
+        Connect = "connect",
+        Dropped = "dropped",
+        Timeout = "timeout",
+        Status = "status",
+        NotOk = "not_ok",
+    }
+);
+label_values!(
+    /// Why a request to the legacy system could be tried again.
+    RetryReason { Unsent = "unsent", Unavailable = "unavailable" }
+);
+label_values!(
+    /// Operations on the shared duplicate memory.
+    RedisOp { Claim = "claim", Wait = "wait", Remember = "remember", Release = "release" }
+);
+label_values!(
+    /// How an operation on the shared memory ended.
+    RedisResult { Ok = "ok", Error = "error", Timeout = "timeout" }
+);
+
+/// The values of one label, in the order of their discriminants.
+pub trait LabelValue: Copy + Sized + 'static {
+    const ALL: &[Self];
+    fn label(self) -> &'static str;
+}
+
+/// A family's counter for every value of `name`, looked up once, so each exists (at 0)
+/// from the start.
+fn by_label<E: LabelValue, const N: usize>(
+    family: &Family<Label, Counter>,
+    name: &'static str,
+) -> [Counter; N] {
+    std::array::from_fn(|i| family.get_or_create(&[(name, E::ALL[i].label())]).clone())
+}
+
+/// A two-label family's counter for every pair of values.
+fn by_labels<A: LabelValue, B: LabelValue, const N: usize, const M: usize>(
+    family: &Family<Labels2, Counter>,
+    (a, b): (&'static str, &'static str),
+) -> [[Counter; M]; N] {
+    std::array::from_fn(|i| {
+        std::array::from_fn(|j| {
+            let labels = [(a, A::ALL[i].label()), (b, B::ALL[j].label())];
+            family.get_or_create(&labels).clone()
+        })
+    })
+}
 
 /// Latency buckets for Redis operations, in seconds: a loopback or same-zone
 /// round trip is well under a millisecond, and [`crate::dedup::shared::OP_BUDGET`]
@@ -83,7 +158,13 @@ pub struct Metrics {
     pub redis_operations: Family<Labels2, Counter>,
     pub redis_duration: Histogram,
     pub redis_fallback: Gauge,
-    resolved: [Resolved; 6],
+    /// `callbacks` and `retried_deliveries`, by outcome.
+    resolved: [Resolved; 2],
+    duplicates_by: [[Counter; 2]; 2],
+    rate_limited_by: [Counter; 2],
+    upstream_errors_by: [Counter; 5],
+    upstream_retries_by: [Counter; 2],
+    redis_by: [[Counter; 3]; 4],
 }
 
 /// Names as exported, for documentation and the dashboard check.
@@ -141,43 +222,28 @@ impl Metrics {
             in_flight.clone(),
         );
         let duplicates = Family::<Labels2, Counter>::default();
-        for how in DUPLICATE_HOWS {
-            for store in DUPLICATE_STORES {
-                drop(duplicates.get_or_create(&[("how", how), ("store", store)]));
-            }
-        }
+        let duplicates_by = by_labels::<How, Store, 2, 2>(&duplicates, ("how", "store"));
         registry.register(
             "duplicates_suppressed",
             "Repeated decisions answered without a second delivery, by how (in_flight, remembered) and where they were found (local, shared)",
             duplicates.clone(),
         );
         let rate_limited = Family::<Label, Counter>::default();
-        // Both scopes are exported from the start at 0, so an alert on their rate
-        // has a series to read before the first refusal.
-        for scope in ["global", "user"] {
-            drop(rate_limited.get_or_create(&[("scope", scope)]));
-        }
+        let rate_limited_by = by_label::<Scope, 2>(&rate_limited, "scope");
         registry.register(
             "rate_limited",
             "Callbacks refused by a rate limit, by scope (global, user)",
             rate_limited.clone(),
         );
         let upstream_errors = Family::<Label, Counter>::default();
-        // Exported at 0 from the start: the alerts take `increase()` of the
-        // connect, dropped and timeout kinds, which misses a series' first count.
-        for kind in UPSTREAM_ERROR_KINDS {
-            drop(upstream_errors.get_or_create(&[("kind", kind)]));
-        }
+        let upstream_errors_by = by_label::<UpstreamErrorKind, 5>(&upstream_errors, "kind");
         registry.register(
             "upstream_errors",
             "Failed deliveries, by kind (connect, dropped, timeout, status, not_ok)",
             upstream_errors.clone(),
         );
         let upstream_retries = Family::<Label, Counter>::default();
-        // Exported at 0 from the start, like the rate limits, for the alerts.
-        for reason in ["unsent", "unavailable"] {
-            drop(upstream_retries.get_or_create(&[("reason", reason)]));
-        }
+        let upstream_retries_by = by_label::<RetryReason, 2>(&upstream_retries, "reason");
         registry.register(
             "upstream_retries",
             "Requests to the legacy system tried again, by why it was safe (unsent: it never \
@@ -205,13 +271,7 @@ impl Metrics {
             .set(1);
         registry.register("build_info", "Build information", build_info);
         let redis_operations = Family::<Labels2, Counter>::default();
-        // Exported at 0 from the start, so an alert on the error rate has a
-        // series to read before the first failure.
-        for op in REDIS_OPS {
-            for result in REDIS_RESULTS {
-                drop(redis_operations.get_or_create(&[("op", op), ("result", result)]));
-            }
-        }
+        let redis_by = by_labels::<RedisOp, RedisResult, 4, 3>(&redis_operations, ("op", "result"));
         registry.register(
             "redis_operations",
             "Operations on the shared duplicate memory, by op (claim, wait, remember, release) and result (ok, error, timeout)",
@@ -247,6 +307,11 @@ impl Metrics {
             redis_duration,
             redis_fallback,
             resolved: Default::default(),
+            duplicates_by,
+            rate_limited_by,
+            upstream_errors_by,
+            upstream_retries_by,
+            redis_by,
         }
     }
 
@@ -256,41 +321,34 @@ impl Metrics {
     }
 
     /// Counts a suppressed duplicate by how and where it was recognised.
-    /// Duplicates are rare enough to go through the family's lock.
-    pub fn count_duplicate(&self, how: &'static str, store: &'static str) {
-        self.duplicates
-            .get_or_create(&[("how", how), ("store", store)])
-            .inc();
+    pub fn count_duplicate(&self, how: How, store: Store) {
+        self.duplicates_by[how as usize][store as usize].inc();
     }
 
     /// Counts one operation on the shared memory and its latency.
-    pub fn count_redis(&self, op: &'static str, result: &'static str, seconds: f64) {
-        self.redis_operations
-            .get_or_create(&[("op", op), ("result", result)])
-            .inc();
+    pub fn count_redis(&self, op: RedisOp, result: RedisResult, seconds: f64) {
+        self.redis_by[op as usize][result as usize].inc();
         self.redis_duration.observe(seconds);
     }
 
     /// Counts a rate-limited callback by the limit's scope.
-    pub fn count_rate_limited(&self, scope: &'static str) {
-        self.resolved[2].inc(&self.rate_limited, [("scope", scope)]);
+    pub fn count_rate_limited(&self, scope: Scope) {
+        self.rate_limited_by[scope as usize].inc();
     }
 
     /// Counts a failed delivery by kind.
-    pub fn count_upstream_error(&self, kind: &'static str) {
-        self.resolved[3].inc(&self.upstream_errors, [("kind", kind)]);
+    pub fn count_upstream_error(&self, kind: UpstreamErrorKind) {
+        self.upstream_errors_by[kind as usize].inc();
     }
 
     /// Counts `n` retries made for one reason.
-    pub fn count_retries(&self, reason: &'static str, n: u32) {
-        if n > 0 {
-            self.resolved[4].inc_by(&self.upstream_retries, [("reason", reason)], n.into());
-        }
+    pub fn count_retries(&self, reason: RetryReason, n: u32) {
+        self.upstream_retries_by[reason as usize].inc_by(n.into());
     }
 
     /// Counts a delivery that took more than one attempt, by its outcome.
     pub fn count_retried(&self, outcome: &'static str) {
-        self.resolved[5].inc(&self.retried_deliveries, [("outcome", outcome)]);
+        self.resolved[1].inc(&self.retried_deliveries, [("outcome", outcome)]);
     }
 
     /// The text exposition format.
@@ -320,8 +378,8 @@ mod tests {
             let listed = NAMES.contains(&name) || NAMES.contains(&format!("{name}_total").as_str());
             assert!(listed, "{name} is not in NAMES");
         }
-        for op in REDIS_OPS {
-            for result in REDIS_RESULTS {
+        for op in RedisOp::ALL.iter().map(|o| o.label()) {
+            for result in RedisResult::ALL.iter().map(|r| r.label()) {
                 let series = format!(
                     "feishu_gate_redis_operations_total{{op=\"{op}\",result=\"{result}\"}} 0"
                 );
@@ -332,5 +390,74 @@ mod tests {
         assert!(text.contains(
             "feishu_gate_duplicates_suppressed_total{how=\"remembered\",store=\"shared\"} 0"
         ));
+    }
+
+    /// Counting by enum indexes an array: each value must land on its own series.
+    #[test]
+    fn each_label_value_counts_on_its_own_series() {
+        let m = Metrics::new();
+        for (n, kind) in (1..).zip(UpstreamErrorKind::ALL) {
+            for _ in 0..n {
+                m.count_upstream_error(*kind);
+            }
+        }
+        for (n, op) in (1..).zip(RedisOp::ALL) {
+            for (k, result) in (1..).zip(RedisResult::ALL) {
+                for _ in 0..n * 10 + k {
+                    m.count_redis(*op, *result, 0.0);
+                }
+            }
+        }
+        for (n, how) in (1..).zip(How::ALL) {
+            for (k, store) in (1..).zip(Store::ALL) {
+                for _ in 0..n * 10 + k {
+                    m.count_duplicate(*how, *store);
+                }
+            }
+        }
+        for (n, scope) in (1..).zip(Scope::ALL) {
+            (0..n).for_each(|_| m.count_rate_limited(*scope));
+        }
+        for (n, reason) in (1..).zip(RetryReason::ALL) {
+            m.count_retries(*reason, n);
+        }
+        let text = m.render();
+        let expect = |series: String| assert!(text.contains(&series), "{series}\n{text}");
+        for (n, kind) in (1..).zip(UpstreamErrorKind::ALL) {
+            expect(format!(
+                "feishu_gate_upstream_errors_total{{kind=\"{}\"}} {n}\n",
+                kind.label()
+            ));
+        }
+        for (n, op) in (1..).zip(RedisOp::ALL) {
+            for (k, result) in (1..).zip(RedisResult::ALL) {
+                let (op, result) = (op.label(), result.label());
+                let count = n * 10 + k;
+                expect(format!(
+                    "feishu_gate_redis_operations_total{{op=\"{op}\",result=\"{result}\"}} {count}\n"
+                ));
+            }
+        }
+        for (n, how) in (1..).zip(How::ALL) {
+            for (k, store) in (1..).zip(Store::ALL) {
+                let (how, store) = (how.label(), store.label());
+                let count = n * 10 + k;
+                expect(format!(
+                    "feishu_gate_duplicates_suppressed_total{{how=\"{how}\",store=\"{store}\"}} {count}\n"
+                ));
+            }
+        }
+        for (n, scope) in (1..).zip(Scope::ALL) {
+            expect(format!(
+                "feishu_gate_rate_limited_total{{scope=\"{}\"}} {n}\n",
+                scope.label()
+            ));
+        }
+        for (n, reason) in (1..).zip(RetryReason::ALL) {
+            expect(format!(
+                "feishu_gate_upstream_retries_total{{reason=\"{}\"}} {n}\n",
+                reason.label()
+            ));
+        }
     }
 }

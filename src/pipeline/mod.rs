@@ -17,18 +17,18 @@ use hyper::body::Body;
 use tokio::time::{Instant, timeout_at};
 use tokio_util::task::TaskTracker;
 
-use crate::callback::verify::Verifier;
 use guard::{CatchPanic, InFlight};
 use ids::RequestIds;
 use record::{Record, log};
 
+use crate::callback::verify::Verifier;
 use crate::callback::{Callback, Decision};
 use crate::dedup::local::{Admission, Dedup, Ticket};
 use crate::dedup::shared::{self, SharedMemory};
-use crate::observe::metrics::Metrics;
+use crate::observe::metrics::{How, Metrics, RetryReason, Scope, Store, UpstreamErrorKind as Kind};
 use crate::observe::otlp::{CallbackSpan, Telemetry};
 use crate::observe::trace::Trace;
-use crate::outcome::{BadRequest, Outcome, TryLater};
+use crate::outcome::{BadRequest, Outcome, TryLater, UpstreamError};
 use crate::pipeline::limit::{Limits, RateLimit};
 use crate::respond::Translator;
 use crate::upstream::{Exchange, REQUEST_ID, Upstream};
@@ -317,11 +317,11 @@ impl Gateway {
         // could spend Feishu's budget and crowd out real callbacks. What
         // bounds junk instead is the CPU each refusal costs.
         if let Err(retry_after_secs) = self.limits.check_global() {
-            self.metrics.count_rate_limited("global");
+            self.metrics.count_rate_limited(Scope::Global);
             return Outcome::TryLater(TryLater::RateLimited { retry_after_secs });
         }
         if let Err(retry_after_secs) = self.limits.check_user(&summary.user_id) {
-            self.metrics.count_rate_limited("user");
+            self.metrics.count_rate_limited(Scope::User);
             return Outcome::TryLater(TryLater::RateLimited { retry_after_secs });
         }
         let now = Instant::now();
@@ -394,11 +394,11 @@ impl Gateway {
             Some(dedup) => match dedup.admit(&decision) {
                 Admission::Deliver(ticket) => Some(ticket),
                 Admission::AlreadyDelivered => {
-                    self.metrics.count_duplicate("remembered", "local");
+                    self.metrics.count_duplicate(How::Remembered, Store::Local);
                     return Outcome::Duplicate;
                 }
                 Admission::Wait(mut first) => {
-                    self.metrics.count_duplicate("in_flight", "local");
+                    self.metrics.count_duplicate(How::InFlight, Store::Local);
                     let settled = async {
                         first
                             .wait_for(Option::is_some)
@@ -484,9 +484,9 @@ impl Gateway {
             .observe(exchange.elapsed.as_secs_f64());
         if exchange.retries.total() > 0 {
             self.metrics
-                .count_retries("unsent", exchange.retries.unsent);
+                .count_retries(RetryReason::Unsent, exchange.retries.unsent);
             self.metrics
-                .count_retries("unavailable", exchange.retries.unavailable);
+                .count_retries(RetryReason::Unavailable, exchange.retries.unavailable);
             self.metrics.count_retried(exchange.outcome.label());
         }
         exchange.outcome
@@ -497,10 +497,11 @@ impl Gateway {
         m.count_callback(outcome.label());
         m.callback_duration.observe(elapsed.as_secs_f64());
         let kind = match outcome {
-            Outcome::UpstreamUnreachable(e) => Some(e.label()),
-            Outcome::UpstreamTimedOut => Some("timeout"),
-            Outcome::UpstreamRefused(r) if r.business_rule => Some("not_ok"),
-            Outcome::UpstreamRefused(_) => Some("status"),
+            Outcome::UpstreamUnreachable(UpstreamError::Connect) => Some(Kind::Connect),
+            Outcome::UpstreamUnreachable(UpstreamError::Dropped) => Some(Kind::Dropped),
+            Outcome::UpstreamTimedOut => Some(Kind::Timeout),
+            Outcome::UpstreamRefused(r) if r.business_rule => Some(Kind::NotOk),
+            Outcome::UpstreamRefused(_) => Some(Kind::Status),
             _ => None,
         };
         if let Some(kind) = kind {
@@ -524,7 +525,7 @@ async fn ask_shared(
         shared::Admission::Deliver(claim) => return Ok((claim, ticket)),
         shared::Admission::Delivered { waited } => {
             if !waited {
-                metrics.count_duplicate("remembered", "shared");
+                metrics.count_duplicate(How::Remembered, Store::Shared);
             }
             (Outcome::Duplicate, "delivered by another replica")
         }
@@ -589,7 +590,8 @@ mod tests {
             (crate::config::TOKEN, "s3cret-token-for-tests"),
         ])
         .unwrap();
-        let gateway = crate::app::App::build(&loaded.config).unwrap().gateway;
+        let app = crate::app::App::build(&loaded.config).unwrap();
+        let gateway = app.gateway();
         let upstream = gateway.upstream_for_worker();
         let request = Request::post(loaded.config.pipeline.path.as_str())
             .body(Panics)
