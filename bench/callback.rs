@@ -7,6 +7,9 @@
 //!
 //! `cargo bench --bench callback`
 
+// The counting allocator below is a `GlobalAlloc`, an unsafe trait.
+#![allow(unsafe_code)]
+
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -51,10 +51,20 @@ impl StartError {
 
 /// The gateway, built and ready to serve.
 pub struct App {
-    pub gateway: Arc<Gateway>,
+    /// Not shared until it serves, so that start-up can still add to it.
+    gateway: Gateway,
     /// The callback listener's certificate, when `TLS_CERT` and `TLS_KEY` are set.
     tls: Option<ServerTls>,
     settings: server::Settings,
+}
+
+/// Where the callback listener's TLS comes from.
+pub enum ListenerTls {
+    /// The configured files, if any, read again this often so that a renewed pair is
+    /// served without a restart.
+    Files(Duration),
+    /// An acceptor the caller made (tests make their own); the files are not followed.
+    Given(TlsAcceptor),
 }
 
 impl App {
@@ -82,74 +92,74 @@ impl App {
             shared,
         };
         Ok(Self {
-            gateway: Arc::new(Gateway::new(&config.pipeline, parts)),
+            gateway: Gateway::new(&config.pipeline, parts),
             tls,
             settings: config.server.clone(),
         })
     }
 
-    /// Exports a span for every callback through `telemetry`. Only before serving.
-    pub fn with_telemetry(self, telemetry: Telemetry) -> Self {
-        let gateway = Arc::try_unwrap(self.gateway)
-            .map(|gateway| Arc::new(gateway.with_telemetry(telemetry)))
-            .unwrap_or_else(|shared| shared);
-        Self { gateway, ..self }
+    /// Exports a span for every callback through `telemetry`.
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.gateway = self.gateway.with_telemetry(telemetry);
+        self
     }
 
-    /// The callback listener's acceptor, when it serves TLS from files.
-    pub fn acceptor(&self) -> Option<TlsAcceptor> {
-        self.tls.as_ref().map(ServerTls::acceptor)
+    /// The gateway as built, before it serves.
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
     }
 
     /// Serves until `shutdown` completes, then drains. Certificate files are read again
-    /// every `reload_every` and a renewed pair is served without a restart.
+    /// every `reload_every`.
     pub async fn serve(
         self,
         listeners: Listeners,
         shutdown: impl Future<Output = ()>,
         reload_every: Duration,
     ) {
-        let acceptor = self.acceptor();
-        self.run(listeners, acceptor, shutdown, Some(reload_every))
-            .await;
+        let (_, serving) = self.start(listeners, ListenerTls::Files(reload_every), shutdown);
+        serving.await;
     }
 
-    /// [`Self::serve`] with the callback listener's TLS, if any, given by the caller
-    /// (tests make their own acceptors); the configured files are then not followed.
-    pub async fn serve_with(
+    /// The gateway, now shared, and the future that serves it until `shutdown`
+    /// completes and then drains.
+    pub fn start(
         self,
         listeners: Listeners,
-        acceptor: Option<TlsAcceptor>,
+        tls: ListenerTls,
         shutdown: impl Future<Output = ()>,
-    ) {
-        self.run(listeners, acceptor, shutdown, None).await;
-    }
-
-    async fn run(
-        self,
-        listeners: Listeners,
-        acceptor: Option<TlsAcceptor>,
-        shutdown: impl Future<Output = ()>,
-        reload_every: Option<Duration>,
-    ) {
+    ) -> (Arc<Gateway>, impl Future<Output = ()>) {
         let Self {
             gateway,
-            tls,
+            tls: files,
             settings,
         } = self;
-        let reload = tls
-            .zip(reload_every)
-            .map(|(tls, every)| tokio::spawn(tls.watch(every, gateway.metrics.clone())));
-        let telemetry = gateway.telemetry().cloned();
-        server::serve(gateway, listeners, acceptor, shutdown, settings).await;
-        if let Some(reload) = reload {
-            reload.abort();
-        }
-        if let Some(telemetry) = telemetry {
-            // The exporter sends its last batch on this runtime while the
-            // flush blocks a thread of its own.
-            let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
-        }
+        let gateway = Arc::new(gateway);
+        let (acceptor, reload) = match tls {
+            ListenerTls::Given(acceptor) => (Some(acceptor), None),
+            ListenerTls::Files(every) => match files {
+                None => (None, None),
+                Some(files) => (Some(files.acceptor()), Some((files, every))),
+            },
+        };
+        let serving = {
+            let gateway = gateway.clone();
+            async move {
+                let metrics = gateway.metrics.clone();
+                let reload = reload.map(|(files, every)| tokio::spawn(files.watch(every, metrics)));
+                let telemetry = gateway.telemetry().cloned();
+                server::serve(gateway, listeners, acceptor, shutdown, settings).await;
+                if let Some(reload) = reload {
+                    reload.abort();
+                }
+                if let Some(telemetry) = telemetry {
+                    // The exporter sends its last batch on this runtime while the
+                    // flush blocks a thread of its own.
+                    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+                }
+            }
+        };
+        (gateway, serving)
     }
 }
 

@@ -242,12 +242,3 @@ pub enum UpstreamError {
     /// The request may have been delivered, but no complete answer came back.
     Dropped,
 }
-
-impl UpstreamError {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Connect => "connect",
-            Self::Dropped => "dropped",
-        }
-    }
-}

@@ -1,15 +1,11 @@
 //! The numbers the settings must respect, their defaults where one follows another, and
 //! the advice about settings that work but mislead.
 
-use std::time::Duration;
-
 use super::Config;
 use crate::vars::*;
 
-/// Feishu stops waiting for an answer after this long.
-pub const FEISHU_DEADLINE: Duration = Duration::from_secs(10);
 /// The longest upstream timeout that still leaves the request read and the
-/// answer inside [`FEISHU_DEADLINE`].
+/// answer inside Feishu's 10 s.
 pub const MAX_UPSTREAM_TIMEOUT_MS: u64 = 9_000;
 /// Feishu gives up after 10 s; answering by 9.5 s leaves room for the
 /// network. Also the most `ANSWER_WITHIN_MS` may be.

@@ -73,7 +73,7 @@ impl Dedup {
         Self::with_capacity(ttl, MAX_REMEMBERED)
     }
 
-    pub fn with_capacity(ttl: Duration, cap: usize) -> Self {
+    fn with_capacity(ttl: Duration, cap: usize) -> Self {
         Self {
             ttl,
             cap: cap.max(1),
@@ -91,10 +91,6 @@ impl Dedup {
 
     pub fn len(&self) -> usize {
         self.lock().entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     pub fn admit(&self, key: &Decision) -> Admission {
@@ -209,7 +205,7 @@ mod tests {
             panic!()
         };
         drop(t);
-        assert!(d.is_empty());
+        assert_eq!(d.len(), 0);
     }
 
     #[tokio::test]

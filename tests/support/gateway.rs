@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use feishu_gate::testing::app::App;
+use feishu_gate::testing::app::{App, ListenerTls};
 use feishu_gate::testing::config::{self, Config};
 use feishu_gate::testing::pipeline::Gateway;
 use feishu_gate::testing::server::Listeners;
@@ -60,7 +60,6 @@ impl Gate {
 
     /// Serves `app`: over the given TLS, or else as its files say, following them.
     async fn serve_app(app: App, tls: Option<TlsAcceptor>) -> Self {
-        let gateway = app.gateway.clone();
         let callback = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, admin_addr) = (callback.local_addr().unwrap(), admin.local_addr().unwrap());
@@ -69,10 +68,9 @@ impl Gate {
             let _ = stopped.await;
         };
         let listeners = Listeners { callback, admin };
-        let task = match tls {
-            Some(tls) => tokio::spawn(app.serve_with(listeners, Some(tls), shutdown)),
-            None => tokio::spawn(app.serve(listeners, shutdown, TLS_POLL)),
-        };
+        let tls = tls.map_or(ListenerTls::Files(TLS_POLL), ListenerTls::Given);
+        let (gateway, serving) = app.start(listeners, tls, shutdown);
+        let task = tokio::spawn(serving);
         Gate {
             addr,
             admin: admin_addr,
