@@ -7,14 +7,17 @@ use crate::observe::logging::LogFormat;
 use crate::pipeline::limit::RateLimit;
 use crate::respond::Lang;
 
-fn minimal() -> Vec<(String, String)> {
+mod redis;
+mod upstream;
+
+pub(super) fn minimal() -> Vec<(String, String)> {
     vec![
         (UPSTREAM_URL.into(), "http://127.0.0.1:8080/approve".into()),
         (TOKEN.into(), "tok".into()),
     ]
 }
 
-fn with(extra: &[(&str, &str)]) -> Result<Loaded, ConfigErrors> {
+pub(super) fn with(extra: &[(&str, &str)]) -> Result<Loaded, ConfigErrors> {
     let mut vars = minimal();
     for (k, v) in extra {
         vars.retain(|(name, _)| name != k);
@@ -23,7 +26,7 @@ fn with(extra: &[(&str, &str)]) -> Result<Loaded, ConfigErrors> {
     Config::from_vars(vars)
 }
 
-fn errors(extra: &[(&str, &str)]) -> Vec<String> {
+pub(super) fn errors(extra: &[(&str, &str)]) -> Vec<String> {
     with(extra)
         .unwrap_err()
         .0
@@ -119,6 +122,20 @@ fn every_number_is_read_within_its_range() {
             );
         }
         assert!(with(&[(name, &max.to_string())]).is_ok(), "{name}={max}");
+    }
+}
+
+/// [`RANGES`] lists every variable read as a number, so none is left unchecked above.
+#[test]
+fn every_number_has_its_range_listed() {
+    for &name in VARIABLES {
+        let problems = with(&[(name, "ten")]).err().map(|e| e.to_string());
+        let numeric = problems.is_some_and(|p| {
+            p.lines()
+                .any(|l| l.starts_with(&format!("{name}: \"ten\" is not a whole number from")))
+        });
+        let listed = RANGES.iter().any(|&(n, _, _)| n == name);
+        assert_eq!(numeric, listed, "{name}");
     }
 }
 
@@ -259,21 +276,6 @@ fn spans_are_exported_only_when_an_otlp_endpoint_is_set() {
 const OTEL_EXPORTER_OTLP_HEADERS_FOR_TEST: &str = "OTEL_EXPORTER_OTLP_HEADERS";
 
 #[test]
-fn upstream_url_must_be_http_or_https_without_credentials() {
-    for bad in [
-        "ftp://x/",
-        "127.0.0.1:80",
-        "http://user:pw@host/",
-        "not a url",
-    ] {
-        let e = errors(&[(UPSTREAM_URL, bad)]);
-        assert!(e[0].starts_with(UPSTREAM_URL), "{bad}: {e:?}");
-        assert!(!e[0].contains("pw"), "{e:?}");
-    }
-    assert!(with(&[(UPSTREAM_URL, "https://legacy.internal:8443/cb?x=1")]).is_ok());
-}
-
-#[test]
 fn secrets_from_files_and_rotation_lists() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
@@ -359,131 +361,6 @@ fn secret_files_must_be_regular_files_of_sane_size() {
     let fits = dir.path().join("fits");
     std::fs::write(&fits, vec![b'k'; 64 * 1024]).unwrap();
     assert!(with(&[("FEISHU_GATE_KEY_FILE", fits.to_str().unwrap())]).is_ok());
-}
-
-#[test]
-fn upstream_headers_are_parsed_and_redacted() {
-    let c = with(&[(
-        UPSTREAM_HEADERS,
-        "Authorization=Bearer%20s3cr3t, X-Tenant=a%2Cb",
-    )])
-    .unwrap()
-    .config;
-    let h = &c.upstream.headers.0;
-    assert_eq!(h[0].0, "authorization");
-    assert_eq!(h[0].1, "Bearer s3cr3t");
-    assert_eq!(h[1].1, "a,b");
-    let shown = format!("{c:?}{:?}", c.describe());
-    assert!(
-        !shown.contains("s3cr3t") && !shown.contains("tok\""),
-        "{shown}"
-    );
-    let e = errors(&[(UPSTREAM_HEADERS, "Host=x,bad header=1,X-Ok=zz")]);
-    assert_eq!(e.len(), 2, "{e:?}");
-    assert!(e.iter().all(|l| !l.contains("zz")), "{e:?}");
-    // A credential pasted without a name is not echoed either.
-    let e = errors(&[(UPSTREAM_HEADERS, "X-Ok=1,s3cr3t-t0ken,Bearer c2VjcmV0==")]);
-    assert_eq!(
-        e,
-        vec![
-            format!("{UPSTREAM_HEADERS}: entry 2 is not name=value (or Name: value)"),
-            format!("{UPSTREAM_HEADERS}: entry 3 does not start with a header name"),
-        ]
-    );
-}
-
-#[test]
-fn upstream_headers_may_be_written_as_curl_writes_them() {
-    let c = with(&[(
-        UPSTREAM_HEADERS,
-        "Authorization: Basic dXNlcjpwYXNz==, X-Time=12:30, X-Tenant:acme",
-    )])
-    .unwrap()
-    .config;
-    let h: Vec<(&str, &[u8])> = c
-        .upstream
-        .headers
-        .0
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_bytes()))
-        .collect();
-    assert_eq!(
-        h,
-        vec![
-            ("authorization", &b"Basic dXNlcjpwYXNz=="[..]),
-            ("x-time", b"12:30"),
-            ("x-tenant", b"acme"),
-        ]
-    );
-}
-
-#[test]
-fn upstream_header_mistakes_are_named_without_their_values() {
-    for (value, problem) in [
-        (
-            "X-A=s3cr3t;X-B=2",
-            "the value of x-a holds a ';': separate headers with ',', and write a ';' \
-             that belongs to a value as %3B",
-        ),
-        ("X-A=1,x-a=s3cr3t", "x-a is given twice"),
-        (
-            "X-A=s3cr3t%zz",
-            "the value of x-a has a % not followed by two hex digits (write a literal % as %25)",
-        ),
-        (
-            "X-A=s3cr3t%0A",
-            "the value of x-a holds a character a header cannot carry \
-             (a line break or other control character)",
-        ),
-    ] {
-        assert_eq!(
-            errors(&[(UPSTREAM_HEADERS, value)]),
-            vec![format!("{UPSTREAM_HEADERS}: {problem}")],
-            "{value}"
-        );
-    }
-    let c = with(&[(UPSTREAM_HEADERS, "Cookie=a=1%3B b=2,X-Pct=100%25")])
-        .unwrap()
-        .config;
-    assert_eq!(c.upstream.headers.0[0].1, "a=1; b=2");
-    assert_eq!(c.upstream.headers.0[1].1, "100%");
-}
-
-#[test]
-fn upstream_url_mistakes_get_their_own_message() {
-    for (url, problem) in [
-        (
-            "http://127.0.0.1:80800/",
-            "has a port out of range: it must be from 1 to 65535",
-        ),
-        (
-            "http://[::1]:65536/",
-            "has a port out of range: it must be from 1 to 65535",
-        ),
-        (
-            "http://127.0.0.1:0/",
-            "has a port out of range: it must be from 1 to 65535",
-        ),
-        (
-            "127.0.0.1:8080/approve",
-            "has no scheme: write it in full, e.g. http://127.0.0.1:8080/approve",
-        ),
-        (
-            "legacy.internal/approve",
-            "has no scheme: write it in full, e.g. http://127.0.0.1:8080/approve",
-        ),
-        (
-            "ftp://legacy/approve",
-            "must start with http:// or https://",
-        ),
-    ] {
-        assert_eq!(
-            errors(&[(UPSTREAM_URL, url)]),
-            vec![format!("{UPSTREAM_URL}: {problem}")],
-            "{url}"
-        );
-    }
-    assert!(with(&[(UPSTREAM_URL, "http://[::1]:65535/")]).is_ok());
 }
 
 #[test]
@@ -580,103 +457,6 @@ fn unknown_variables_warn_but_kubernetes_service_links_do_not() {
     assert_eq!(
         w,
         vec!["FEISHU_GATE_UPSTREM_URL is not a feishu-gate setting and is ignored"]
-    );
-}
-
-#[test]
-fn redis_is_off_by_default_and_its_url_never_shown() {
-    let c = with(&[]).unwrap().config;
-    assert!(c.dedup.redis.is_none());
-    let loaded = with(&[
-        (REDIS_URL, "redis://gate:p%40ss-w0rd@redis.internal:6380/2"),
-        (REDIS_FAILURE, "closed"),
-    ])
-    .unwrap();
-    let r = loaded.config.dedup.redis.clone().unwrap();
-    assert_eq!(r.prefix, "feishu-gate:");
-    assert_eq!(r.failure, FailureMode::Closed);
-    assert_eq!(r.url.shown(), "redis://<redacted>@redis.internal:6380/2");
-    let shown = format!("{:?}{:?}", loaded.config, loaded.config.describe());
-    for secret in ["p%40ss-w0rd", "p@ss-w0rd", "gate:p"] {
-        assert!(!shown.contains(secret), "{shown}");
-    }
-    assert_eq!(
-        r.url.scrub("NOAUTH for gate with p@ss-w0rd"),
-        "NOAUTH for <redacted> with <redacted>"
-    );
-    let r = with(&[
-        (REDIS_URL, "rediss://redis.internal"),
-        (REDIS_PREFIX, "approvals:"),
-    ])
-    .unwrap()
-    .config
-    .dedup
-    .redis
-    .unwrap();
-    assert_eq!(r.url.shown(), "rediss://redis.internal");
-    assert_eq!(r.prefix, "approvals:");
-    assert!(r.ca_file.is_none());
-    let described = with(&[(REDIS_URL, "rediss://r")])
-        .unwrap()
-        .config
-        .describe();
-    assert!(described.contains(&(REDIS_CA_FILE, "system roots".to_owned())));
-    let e = errors(&[(REDIS_URL, "rediss://r"), (REDIS_CA_FILE, "/no/ca.pem")]);
-    assert_eq!(
-        e,
-        vec![format!(
-            "{REDIS_CA_FILE}: cannot read /no/ca.pem: entity not found"
-        )]
-    );
-}
-
-#[test]
-fn redis_settings_are_checked_without_echoing_the_url() {
-    for bad in [
-        "http://:hunter2@redis/",
-        "hunter2",
-        "redis://:hunter2@/",
-        "redis://:hunter2@redis/notadb",
-    ] {
-        let e = errors(&[(REDIS_URL, bad)]);
-        assert_eq!(e.len(), 1, "{bad}: {e:?}");
-        assert!(e[0].starts_with(REDIS_URL), "{e:?}");
-        assert!(!e[0].contains("hunter2"), "{e:?}");
-    }
-    assert!(
-        errors(&[(REDIS_URL, "redis://r"), (REDIS_FAILURE, "maybe")])[0].starts_with(REDIS_FAILURE)
-    );
-    let redis_only =
-        |w: Vec<String>| -> Vec<String> { w.into_iter().filter(|w| w.contains("REDIS")).collect() };
-    let w = redis_only(with(&[(REDIS_FAILURE, "closed")]).unwrap().warnings);
-    assert_eq!(
-        w,
-        vec![format!("{REDIS_FAILURE} has no effect without {REDIS_URL}")]
-    );
-    let w = redis_only(
-        with(&[(REDIS_URL, "redis://r"), (DEDUP_TTL_SECS, "0")])
-            .unwrap()
-            .warnings,
-    );
-    assert_eq!(w.len(), 1, "{w:?}");
-}
-
-#[test]
-fn redis_url_from_a_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("redis-url");
-    std::fs::write(&file, "redis://:s3cret@10.0.0.9:6379\n").unwrap();
-    let f = file.to_str().unwrap();
-    let c = with(&[("FEISHU_GATE_REDIS_URL_FILE", f)]).unwrap().config;
-    let r = c.dedup.redis.unwrap();
-    assert_eq!(r.url.expose(), "redis://:s3cret@10.0.0.9:6379");
-    assert_eq!(r.url.shown(), "redis://<redacted>@10.0.0.9:6379");
-    let e = errors(&[("FEISHU_GATE_REDIS_URL_FILE", f), (REDIS_URL, "redis://x")]);
-    assert_eq!(
-        e,
-        vec![format!(
-            "{REDIS_URL}: set either {REDIS_URL} or {REDIS_URL}_FILE, not both"
-        )]
     );
 }
 
