@@ -27,7 +27,7 @@ use crate::callback::{Decision, idempotency_key};
 use crate::observe::metrics::{How, LabelValue as _, Metrics, RedisOp, RedisResult, Store};
 use crate::outcome::Outcome;
 use crate::util::pem::{self, PemError};
-use crate::util::text::percent_decode;
+use crate::util::text::{percent_decode, redact};
 use crate::vars::{REDIS_CA_FILE, REDIS_URL};
 
 /// The most one Redis operation may take. A round trip inside a zone is well
@@ -589,9 +589,7 @@ impl RedisUrl {
     /// `text` with every occurrence of the URL's credentials replaced.
     pub fn scrub(&self, text: &str) -> String {
         let mut out = text.replace(self.url.as_str(), self.shown.as_str());
-        for secret in &self.secrets {
-            out = out.replace(secret.as_str(), "<redacted>");
-        }
+        redact(&mut out, &self.secrets);
         out
     }
 

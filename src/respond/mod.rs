@@ -12,7 +12,7 @@ use crate::outcome::BodyError;
 use crate::outcome::JsonError;
 use crate::outcome::{BadRequest, Outcome, TryLater};
 use crate::outcome::{Refusal, UpstreamError};
-use crate::util::text::{clip, fold};
+use crate::util::text::{clip, fold, redact};
 
 /// The shortest run of a secret's bytes that counts as giving it away. Shorter runs turn up
 /// in ordinary text by chance; a token or key of 32 characters has 25 runs of this length.
@@ -246,11 +246,7 @@ impl Translator {
             (None, Some(m)) => m,
             (Some(d), Some(m)) => format!("{d}; {m}"),
         };
-        for secret in self.secrets.iter().filter(|s| !s.is_empty()) {
-            if text.contains(secret.as_str()) {
-                text = text.replace(secret.as_str(), "<redacted>");
-            }
-        }
+        redact(&mut text, &self.secrets);
         if self.holds_part_of_a_secret(&text) {
             // Where a fragment sits cannot be told from ordinary text around it: the whole
             // detail goes, and the operator learns why.

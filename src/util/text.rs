@@ -66,6 +66,16 @@ pub fn bounded(text: &str) -> &str {
     &text[..end]
 }
 
+/// Every occurrence in `text` of any of `secrets` replaced by `<redacted>`: the one
+/// scrubber for log details and error messages that might repeat a credential.
+pub fn redact(text: &mut String, secrets: &[String]) {
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        if text.contains(secret.as_str()) {
+            *text = text.replace(secret.as_str(), "<redacted>");
+        }
+    }
+}
+
 /// `%XX` decoding, so values may hold commas (`%2C`) and other separators.
 pub fn percent_decode(s: &str) -> Option<Vec<u8>> {
     let bytes = s.as_bytes();
