@@ -25,14 +25,9 @@ echo "== building (release)" >&2
 cargo build --release --quiet --bin feishu-gate --example bench_upstream --example bench_callbacks
 gate_bin=${GATEWAY_BIN:-$TARGET/release/feishu-gate}
 
-work=$(mktemp -d /tmp/feishu-gate-hostile.XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_workspace hostile
 mkdir -p "$OUT"
 # The attackers open a few hundred sockets; the gateway's own cap stays its default.
 ulimit -n 65536 2>/dev/null || true

@@ -21,14 +21,9 @@ OUT=${OUT:-$TARGET/bench}
 cargo build --release --quiet --bin feishu-gate --example bench_upstream --example bench_callbacks
 gate_bin=${GATEWAY_BIN:-$TARGET/release/feishu-gate}
 mkdir -p "$OUT"
-work=$(mktemp -d /tmp/feishu-gate-profile.XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_workspace profile
 
 "$TARGET/release/examples/bench_upstream" "127.0.0.1:$PORT" 2>/dev/null &
 pids+=($!)

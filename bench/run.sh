@@ -54,19 +54,10 @@ if ! "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null; then
   "$VENV/bin/pip" install --quiet matplotlib
 fi
 
-work=$(mktemp -d /tmp/feishu-gate-bench.XXXXXX)
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_workspace bench
 chmod 755 "$work"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${pids[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
 mkdir -p "$OUT"
 results=$OUT/results.jsonl
 : >"$results"

@@ -28,14 +28,9 @@ command -v redis-server >/dev/null || { echo "bench: redis-server is missing (De
 echo "== building ($PROFILE)" >&2
 cargo build --profile "${PROFILE/debug/dev}" --quiet --bin feishu-gate --example bench_upstream --example bench_load
 
-work=$(mktemp -d /tmp/feishu-gate-bench-shared.XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_workspace bench-shared
 mkdir -p "$OUT"
 results=$OUT/results.jsonl
 : >"$results"

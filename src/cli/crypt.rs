@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
-use super::{DecryptArgs, EncryptArgs};
+use super::{DecryptArgs, EncryptArgs, KeyArgs};
 use crate::callback::envelope::CallbackKey;
 
 fn read_stdin() -> Result<Vec<u8>, ExitCode> {
@@ -22,13 +22,14 @@ pub(super) fn first_key(list: &str) -> &str {
         .unwrap_or(list)
 }
 
+/// The key the command needs, then its input: every command here reads both.
+fn key_and_input(key: &KeyArgs) -> Result<(String, Vec<u8>), ExitCode> {
+    Ok((key.required()?, read_stdin()?))
+}
+
 pub(super) fn encrypt(args: &EncryptArgs) -> ExitCode {
-    let key = match args.key.required() {
-        Ok(k) => k,
-        Err(code) => return code,
-    };
-    let input = match read_stdin() {
-        Ok(i) => i,
+    let (key, input) = match key_and_input(&args.key) {
+        Ok(both) => both,
         Err(code) => return code,
     };
     // A shell's trailing newline is no part of the callback.
@@ -65,12 +66,8 @@ pub(super) fn encrypt(args: &EncryptArgs) -> ExitCode {
 }
 
 pub(super) fn decrypt(args: &DecryptArgs) -> ExitCode {
-    let keys = match args.key.required() {
-        Ok(k) => k,
-        Err(code) => return code,
-    };
-    let input = match read_stdin() {
-        Ok(i) => i,
+    let (keys, input) = match key_and_input(&args.key) {
+        Ok(both) => both,
         Err(code) => return code,
     };
     let text = String::from_utf8_lossy(&input);

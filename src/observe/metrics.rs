@@ -78,20 +78,26 @@ pub trait LabelValue: Copy + Sized + 'static {
     fn label(self) -> &'static str;
 }
 
-/// A family's counter for every value of `name`, looked up once, so each exists (at 0)
-/// from the start.
+/// Registers a counter family labelled `label` by `E`, with its counter for every value
+/// looked up once, so each exists (at 0) from the start.
 fn by_label<E: LabelValue, const N: usize>(
-    family: &Family<Label, Counter>,
-    name: &'static str,
+    registry: &mut Registry,
+    (name, help): (&str, &str),
+    label: &'static str,
 ) -> [Counter; N] {
-    std::array::from_fn(|i| family.get_or_create(&[(name, E::ALL[i].label())]).clone())
+    let family = Family::<Label, Counter>::default();
+    registry.register(name, help, family.clone());
+    std::array::from_fn(|i| family.get_or_create(&[(label, E::ALL[i].label())]).clone())
 }
 
-/// A two-label family's counter for every pair of values.
+/// [`by_label`] for a family of two labels, with a counter for every pair of values.
 fn by_labels<A: LabelValue, B: LabelValue, const N: usize, const M: usize>(
-    family: &Family<Labels2, Counter>,
+    registry: &mut Registry,
+    (name, help): (&str, &str),
     (a, b): (&'static str, &'static str),
 ) -> [[Counter; M]; N] {
+    let family = Family::<Labels2, Counter>::default();
+    registry.register(name, help, family.clone());
     std::array::from_fn(|i| {
         std::array::from_fn(|j| {
             let labels = [(a, A::ALL[i].label()), (b, B::ALL[j].label())];
@@ -148,14 +154,9 @@ pub struct Metrics {
     pub callback_duration: Histogram,
     pub upstream_duration: Histogram,
     pub in_flight: Gauge,
-    pub duplicates: Family<Labels2, Counter>,
-    pub rate_limited: Family<Label, Counter>,
-    pub upstream_errors: Family<Label, Counter>,
-    pub upstream_retries: Family<Label, Counter>,
     pub retried_deliveries: Family<Label, Counter>,
     pub tls_expiry: Gauge<f64, AtomicU64>,
     pub ready: Gauge,
-    pub redis_operations: Family<Labels2, Counter>,
     pub redis_duration: Histogram,
     pub redis_fallback: Gauge,
     /// `callbacks` and `retried_deliveries`, by outcome.
@@ -221,34 +222,39 @@ impl Metrics {
             "Callbacks being processed",
             in_flight.clone(),
         );
-        let duplicates = Family::<Labels2, Counter>::default();
-        let duplicates_by = by_labels::<How, Store, 2, 2>(&duplicates, ("how", "store"));
-        registry.register(
-            "duplicates_suppressed",
-            "Repeated decisions answered without a second delivery, by how (in_flight, remembered) and where they were found (local, shared)",
-            duplicates.clone(),
+        let duplicates_by = by_labels::<How, Store, 2, 2>(
+            &mut registry,
+            (
+                "duplicates_suppressed",
+                "Repeated decisions answered without a second delivery, by how (in_flight, \
+                 remembered) and where they were found (local, shared)",
+            ),
+            ("how", "store"),
         );
-        let rate_limited = Family::<Label, Counter>::default();
-        let rate_limited_by = by_label::<Scope, 2>(&rate_limited, "scope");
-        registry.register(
-            "rate_limited",
-            "Callbacks refused by a rate limit, by scope (global, user)",
-            rate_limited.clone(),
+        let rate_limited_by = by_label::<Scope, 2>(
+            &mut registry,
+            (
+                "rate_limited",
+                "Callbacks refused by a rate limit, by scope (global, user)",
+            ),
+            "scope",
         );
-        let upstream_errors = Family::<Label, Counter>::default();
-        let upstream_errors_by = by_label::<UpstreamErrorKind, 5>(&upstream_errors, "kind");
-        registry.register(
-            "upstream_errors",
-            "Failed deliveries, by kind (connect, dropped, timeout, status, not_ok)",
-            upstream_errors.clone(),
+        let upstream_errors_by = by_label::<UpstreamErrorKind, 5>(
+            &mut registry,
+            (
+                "upstream_errors",
+                "Failed deliveries, by kind (connect, dropped, timeout, status, not_ok)",
+            ),
+            "kind",
         );
-        let upstream_retries = Family::<Label, Counter>::default();
-        let upstream_retries_by = by_label::<RetryReason, 2>(&upstream_retries, "reason");
-        registry.register(
-            "upstream_retries",
-            "Requests to the legacy system tried again, by why it was safe (unsent: it never \
-             reached the legacy system; unavailable: a 503 with Retry-After)",
-            upstream_retries.clone(),
+        let upstream_retries_by = by_label::<RetryReason, 2>(
+            &mut registry,
+            (
+                "upstream_retries",
+                "Requests to the legacy system tried again, by why it was safe (unsent: it \
+                 never reached the legacy system; unavailable: a 503 with Retry-After)",
+            ),
+            "reason",
         );
         let retried_deliveries = Family::<Label, Counter>::default();
         registry.register(
@@ -270,12 +276,14 @@ impl Metrics {
             .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
             .set(1);
         registry.register("build_info", "Build information", build_info);
-        let redis_operations = Family::<Labels2, Counter>::default();
-        let redis_by = by_labels::<RedisOp, RedisResult, 4, 3>(&redis_operations, ("op", "result"));
-        registry.register(
-            "redis_operations",
-            "Operations on the shared duplicate memory, by op (claim, wait, remember, release) and result (ok, error, timeout)",
-            redis_operations.clone(),
+        let redis_by = by_labels::<RedisOp, RedisResult, 4, 3>(
+            &mut registry,
+            (
+                "redis_operations",
+                "Operations on the shared duplicate memory, by op (claim, wait, remember, \
+                 release) and result (ok, error, timeout)",
+            ),
+            ("op", "result"),
         );
         let redis_duration = Histogram::new(REDIS_BUCKETS.iter().copied());
         registry.register_with_unit(
@@ -296,14 +304,9 @@ impl Metrics {
             callback_duration,
             upstream_duration,
             in_flight,
-            duplicates,
-            rate_limited,
-            upstream_errors,
-            upstream_retries,
             retried_deliveries,
             tls_expiry,
             ready,
-            redis_operations,
             redis_duration,
             redis_fallback,
             resolved: Default::default(),

@@ -26,6 +26,16 @@ pub(super) fn with(extra: &[(&str, &str)]) -> Result<Loaded, ConfigErrors> {
     Config::from_vars(vars)
 }
 
+/// A file holding `contents`, as a mounted Secret does, and its path; the file goes with
+/// the directory.
+pub(super) fn secret_file(contents: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret");
+    std::fs::write(&path, contents).unwrap();
+    let path = path.to_str().unwrap().to_owned();
+    (dir, path)
+}
+
 pub(super) fn errors(extra: &[(&str, &str)]) -> Vec<String> {
     with(extra)
         .unwrap_err()
@@ -277,10 +287,8 @@ const OTEL_EXPORTER_OTLP_HEADERS_FOR_TEST: &str = "OTEL_EXPORTER_OTLP_HEADERS";
 
 #[test]
 fn secrets_from_files_and_rotation_lists() {
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "new-token,old-token\n").unwrap();
-    let tf = token.to_str().unwrap();
+    let (_dir, tf) = secret_file("new-token,old-token\n");
+    let tf = tf.as_str();
     let c = Config::from_vars([
         (UPSTREAM_URL, "http://u/"),
         ("FEISHU_GATE_TOKEN_FILE", tf),

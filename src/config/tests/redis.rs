@@ -82,15 +82,12 @@ fn redis_settings_are_checked_without_echoing_the_url() {
 
 #[test]
 fn redis_url_from_a_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("redis-url");
-    std::fs::write(&file, "redis://:s3cret@10.0.0.9:6379\n").unwrap();
-    let f = file.to_str().unwrap();
-    let c = with(&[("FEISHU_GATE_REDIS_URL_FILE", f)]).unwrap().config;
+    let (_dir, f) = secret_file("redis://:s3cret@10.0.0.9:6379\n");
+    let c = with(&[("FEISHU_GATE_REDIS_URL_FILE", &f)]).unwrap().config;
     let r = c.dedup.redis.unwrap();
     assert_eq!(r.url.expose(), "redis://:s3cret@10.0.0.9:6379");
     assert_eq!(r.url.shown(), "redis://<redacted>@10.0.0.9:6379");
-    let e = errors(&[("FEISHU_GATE_REDIS_URL_FILE", f), (REDIS_URL, "redis://x")]);
+    let e = errors(&[("FEISHU_GATE_REDIS_URL_FILE", &f), (REDIS_URL, "redis://x")]);
     assert_eq!(
         e,
         vec![format!(
