@@ -327,7 +327,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for IdleIo<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_connection_reads_as_closed_after_the_limit() {
@@ -368,8 +368,8 @@ mod tests {
         writer.abort();
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn an_idle_http2_connection_is_asked_for_goaway_then_closed_after_the_grace() {
+    /// An HTTP/2 connection, idle after 5 s, whose preface the server has read.
+    async fn http2_connection() -> (DuplexStream, IdleIo<DuplexStream>, Activity, Instant) {
         let (mut client, server) = tokio::io::duplex(64);
         let activity = Activity::default();
         let mut io = IdleIo::new(server, activity.clone(), Duration::from_secs(5));
@@ -380,6 +380,13 @@ mod tests {
         while read < PREFACE.len() {
             read += io.read(&mut buf[read..]).await.unwrap();
         }
+        (client, io, activity, started)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_http2_connection_is_asked_for_goaway_then_closed_after_the_grace() {
+        let (mut client, mut io, activity, started) = http2_connection().await;
+        let mut buf = [0u8; 64];
         let wanted = tokio::spawn(activity.goaway_wanted());
         let reader = tokio::spawn(async move {
             let n = io.read(&mut buf).await.unwrap();
@@ -396,16 +403,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_http2_connection_that_does_not_close_reads_as_closed_after_the_grace() {
-        let (mut client, server) = tokio::io::duplex(64);
-        let activity = Activity::default();
-        let mut io = IdleIo::new(server, activity.clone(), Duration::from_secs(5));
-        let started = Instant::now();
-        client.write_all(PREFACE).await.unwrap();
+        let (_client, mut io, activity, started) = http2_connection().await;
         let mut buf = [0u8; 64];
-        let mut read = 0;
-        while read < PREFACE.len() {
-            read += io.read(&mut buf[read..]).await.unwrap();
-        }
         assert_eq!(io.read(&mut buf).await.unwrap(), 0);
         assert_eq!(started.elapsed(), Duration::from_secs(5) + GOAWAY_GRACE);
         assert!(activity.lock().goaway);
