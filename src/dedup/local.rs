@@ -183,12 +183,18 @@ mod tests {
         assert!(matches!(d.admit(&K), Admission::Deliver(_)));
     }
 
+    /// The ticket of the first copy of `K`, which is the one to deliver.
+    fn deliver(d: &Dedup) -> Ticket {
+        let Admission::Deliver(t) = d.admit(&K) else {
+            panic!("the first copy is delivered")
+        };
+        t
+    }
+
     #[tokio::test]
     async fn failures_are_forgotten_and_waiters_told() {
         let d = Dedup::new(Duration::from_secs(60));
-        let Admission::Deliver(t) = d.admit(&K) else {
-            panic!()
-        };
+        let t = deliver(&d);
         let Admission::Wait(mut rx) = d.admit(&K) else {
             panic!()
         };
@@ -201,9 +207,7 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_ticket_frees_the_key() {
         let d = Dedup::new(Duration::from_secs(60));
-        let Admission::Deliver(t) = d.admit(&K) else {
-            panic!()
-        };
+        let t = deliver(&d);
         drop(t);
         assert_eq!(d.len(), 0);
     }
