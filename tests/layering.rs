@@ -1,7 +1,7 @@
-//! No import circles between the crate's top-level components (`config`,
-//! `server`, `upstream`, ...): a newcomer reads the crate from the bottom up,
-//! and a circle leaves no bottom. A module may use anything inside its own
-//! component; tests (`#[cfg(test)]` items) may reach anywhere.
+//! The crate's top-level components (`config`, `server`, `upstream`, ...) form layers: each
+//! uses only those below it, so a newcomer reads the crate from the bottom up, and there
+//! is no import circle. A module may use anything inside its own component; tests
+//! (`#[cfg(test)]` items) may reach anywhere.
 
 mod support;
 
@@ -15,6 +15,34 @@ fn top_level_components_import_no_circle() {
     let edges = edges(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
     let cycles = cycles(&edges);
     assert!(cycles.is_empty(), "{}", report(&edges, &cycles));
+}
+
+/// The components from the bottom up, as the README lists them: each may use only those
+/// before it.
+const LAYERS: &[&str] = &[
+    "vars", "outcome", "util", "callback", "observe", "dedup", "upstream", "respond",
+    "pipeline", "server", "config", "app", "cli",
+];
+
+#[test]
+fn every_component_uses_only_those_below_it() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut unlisted = Vec::new();
+    for entry in fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if !["lib", "main"].contains(&name.as_str()) && !LAYERS.contains(&name.as_str()) {
+            unlisted.push(name);
+        }
+    }
+    assert!(unlisted.is_empty(), "components missing from LAYERS: {unlisted:?}");
+    let rank = |c: &str| LAYERS.iter().position(|l| *l == c);
+    let upward: Vec<String> = edges(&src)
+        .iter()
+        .filter(|((from, to), _)| rank(to) > rank(from))
+        .map(|((from, to), (file, line))| format!("{from} -> {to}: {}:{line}", file.display()))
+        .collect();
+    assert!(upward.is_empty(), "imports from a layer above:\n{}", upward.join("\n"));
 }
 
 /// A `src/` in a temporary directory from `== path` lines, each followed by the file.
