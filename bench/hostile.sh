@@ -34,8 +34,6 @@ ulimit -n 65536 2>/dev/null || true
 
 "$TARGET/release/examples/bench_callbacks" 2048 typical >"$work/bodies.txt"
 export BODIES=$work/bodies.txt
-token=$(sed -n 's/^pub const TOKEN: &str = "\(.*\)";/\1/p' bench/common/mod.rs)
-key=$(sed -n 's/^pub const KEY: &str = "\(.*\)";/\1/p' bench/common/mod.rs)
 
 "$TARGET/release/examples/bench_upstream" "127.0.0.1:$up_port" 2>>"$work/upstream.log" &
 pids+=($!)

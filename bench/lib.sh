@@ -14,3 +14,7 @@ bench_cleanup() {
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$work"
 }
+
+# The token and key the load tools seal their callbacks with (bench/common/mod.rs).
+token=$(sed -n 's/^pub const TOKEN: &str = "\(.*\)";/\1/p' bench/common/mod.rs)
+key=$(sed -n 's/^pub const KEY: &str = "\(.*\)";/\1/p' bench/common/mod.rs)

@@ -29,8 +29,6 @@ bench_workspace profile
 pids+=($!)
 "$TARGET/release/examples/bench_callbacks" 256 typical >"$work/bodies.txt"
 export BODIES=$work/bodies.txt
-token=$(sed -n 's/^pub const TOKEN: &str = "\(.*\)";/\1/p' bench/common/mod.rs)
-key=$(sed -n 's/^pub const KEY: &str = "\(.*\)";/\1/p' bench/common/mod.rs)
 
 wrapper=()
 case $tool in

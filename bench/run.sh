@@ -70,8 +70,6 @@ chmod 644 "$work/tls.key"
 
 "$TARGET/release/examples/bench_callbacks" 256 "$BODY_KIND" >"$work/bodies.txt"
 export BODIES=$work/bodies.txt
-token=$(sed -n 's/^pub const TOKEN: &str = "\(.*\)";/\1/p' bench/common/mod.rs)
-key=$(sed -n 's/^pub const KEY: &str = "\(.*\)";/\1/p' bench/common/mod.rs)
 
 mkdir -p "$work/nginx/tmp"
 cat >"$work/nginx/nginx.conf" <<EOF

@@ -34,8 +34,6 @@ bench_workspace bench-shared
 mkdir -p "$OUT"
 results=$OUT/results.jsonl
 : >"$results"
-token=$(sed -n 's/^pub const TOKEN: &str = "\(.*\)";/\1/p' bench/common/mod.rs)
-key=$(sed -n 's/^pub const KEY: &str = "\(.*\)";/\1/p' bench/common/mod.rs)
 
 wait_port() {
   for _ in $(seq 500); do

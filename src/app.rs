@@ -12,11 +12,11 @@ use tokio_rustls::TlsAcceptor;
 use crate::callback::verify::Verifier;
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::dedup::local::Dedup;
-use crate::dedup::shared::SharedMemory;
+use crate::dedup::shared::{RedisSettings, SharedMemory};
 use crate::observe::otlp::Telemetry;
 use crate::pipeline::{Gateway, Parts};
 use crate::respond::Translator;
-use crate::server::tls::ServerTls;
+use crate::server::tls::{RELOAD_POLL, ServerTls};
 use crate::server::{self, Listeners};
 use crate::upstream::Upstream;
 
@@ -71,13 +71,17 @@ impl App {
     /// Builds every part from `config`, reading every file it names; every problem is
     /// reported at once, naming its variable.
     pub fn build(config: &Config) -> Result<Self, ConfigErrors> {
+        // In the order of the variables, so every bad file is reported, each once.
+        let redis = redis(config);
+        let shared = redis
+            .map(|(redis, ttl)| shared_memory(redis, ttl))
+            .transpose();
         let upstream = Upstream::new(&config.upstream);
-        let shared = shared_memory(config);
         let tls = config.server.tls.as_ref().map(ServerTls::load).transpose();
-        let (upstream, shared, tls) = match (upstream, shared, tls) {
-            (Ok(upstream), Ok(shared), Ok(tls)) => (upstream, shared, tls),
-            (upstream, shared, tls) => {
-                let errors = [upstream.err(), shared.err(), tls.err()];
+        let (shared, upstream, tls) = match (shared, upstream, tls) {
+            (Ok(shared), Ok(upstream), Ok(tls)) => (shared, upstream, tls),
+            (shared, upstream, tls) => {
+                let errors = [shared.err(), upstream.err(), tls.err()];
                 return Err(ConfigErrors(
                     errors.into_iter().flatten().flat_map(|e| e.0).collect(),
                 ));
@@ -86,8 +90,7 @@ impl App {
         let parts = Parts {
             verifier: config.callback.clone(),
             upstream,
-            upstream_timeout: config.upstream.timeout,
-            translator: Translator::new(config.lang, secrets(config)),
+            translator: Translator::new(config.lang, secrets(config, redis.map(|r| r.0))),
             dedup: config.dedup.ttl.map(Dedup::new),
             shared,
         };
@@ -109,15 +112,9 @@ impl App {
         &self.gateway
     }
 
-    /// Serves until `shutdown` completes, then drains. Certificate files are read again
-    /// every `reload_every`.
-    pub async fn serve(
-        self,
-        listeners: Listeners,
-        shutdown: impl Future<Output = ()>,
-        reload_every: Duration,
-    ) {
-        let (_, serving) = self.start(listeners, ListenerTls::Files(reload_every), shutdown);
+    /// Serves until `shutdown` completes, then drains, following the certificate files.
+    pub async fn serve(self, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+        let (_, serving) = self.start(listeners, ListenerTls::Files(RELOAD_POLL), shutdown);
         serving.await;
     }
 
@@ -163,19 +160,20 @@ impl App {
     }
 }
 
-/// The memory shared with the other replicas, when Redis is named and suppression is on.
-fn shared_memory(config: &Config) -> Result<Option<SharedMemory>, ConfigErrors> {
-    let (Some(redis), Some(ttl)) = (&config.dedup.redis, config.dedup.ttl) else {
-        return Ok(None);
-    };
+/// Redis and how long it remembers, when Redis is named and suppression is on.
+fn redis(config: &Config) -> Option<(&RedisSettings, Duration)> {
+    config.dedup.redis.as_ref().zip(config.dedup.ttl)
+}
+
+/// The memory shared with the other replicas.
+fn shared_memory(redis: &RedisSettings, ttl: Duration) -> Result<SharedMemory, ConfigErrors> {
     SharedMemory::new(redis, ttl)
-        .map(Some)
         .map_err(|(variable, problem)| ConfigError::new(variable, problem).into())
 }
 
 /// Every secret the legacy system's messages are searched for before an approver sees
 /// them: the tokens, the keys, the upstream's header values, Redis's credentials.
-fn secrets(config: &Config) -> Vec<String> {
+fn secrets(config: &Config, redis: Option<&RedisSettings>) -> Vec<String> {
     let Verifier { tokens, keys, .. } = &config.callback;
     let mut secrets: Vec<String> = tokens.plain().to_vec();
     secrets.extend_from_slice(keys.plain());
@@ -191,8 +189,69 @@ fn secrets(config: &Config) -> Vec<String> {
             .flatten()
             .filter(|s| s.len() >= MIN_HEADER_SECRET_LEN)
     }));
-    if let (Some(redis), Some(_)) = (&config.dedup.redis, config.dedup.ttl) {
+    if let Some(redis) = redis {
         secrets.extend_from_slice(redis.url.secrets());
     }
     secrets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vars::*;
+
+    fn problems(vars: &[(&str, &str)]) -> Vec<String> {
+        let mut all = vec![(UPSTREAM_URL, "https://legacy.internal/"), (TOKEN, "t")];
+        all.extend_from_slice(vars);
+        let config = Config::from_vars(all.iter().copied()).unwrap().config;
+        let Err(errors) = App::build(&config) else {
+            panic!("{vars:?} builds")
+        };
+        errors.0.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn every_bad_file_is_reported_each_once_in_the_order_of_the_variables() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not PEM").unwrap();
+        let junk = junk.to_str().unwrap();
+        let seen = problems(&[
+            (REDIS_URL, "rediss://redis.internal:6379"),
+            (REDIS_CA_FILE, junk),
+            (UPSTREAM_CA_FILE, junk),
+            (TLS_CERT, junk),
+            (TLS_KEY, junk),
+        ]);
+        let variables: Vec<&str> = seen.iter().map(|p| p.split(':').next().unwrap()).collect();
+        assert_eq!(
+            variables,
+            [REDIS_CA_FILE, UPSTREAM_CA_FILE, TLS_CERT, TLS_KEY],
+            "{seen:#?}"
+        );
+    }
+
+    #[test]
+    fn a_client_certificate_that_does_not_match_its_key_is_blamed_on_the_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.to_str().unwrap().to_owned()
+        };
+        let params = rcgen::CertificateParams::new(vec!["client".to_owned()]).unwrap();
+        let (key, other) = (
+            rcgen::KeyPair::generate().unwrap(),
+            rcgen::KeyPair::generate().unwrap(),
+        );
+        let cert = write("client.crt", params.self_signed(&key).unwrap().pem());
+        let other = write("other.key", other.serialize_pem());
+        let seen = problems(&[(UPSTREAM_CLIENT_CERT, &cert), (UPSTREAM_CLIENT_KEY, &other)]);
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(
+            seen[0].starts_with(&format!("{UPSTREAM_CLIENT_CERT}: ")),
+            "{seen:?}"
+        );
+        assert!(seen[0].contains("does not match"), "{seen:?}");
+    }
 }

@@ -1,6 +1,6 @@
 //! Every variable the gateway reads, as plain data: a named constant each, with its
 //! meaning, and the lists `config` walks; and [`ConfigError`], a problem naming one. A
-//! leaf: any component may name the variable a problem of its is about. What each
+//! leaf: any component may name the variable one of its problems is about. What each
 //! variable parses into is `config`'s business.
 
 use std::fmt;
@@ -102,7 +102,7 @@ pub const REDIS_CA_FILE: &str = "FEISHU_GATE_REDIS_CA_FILE";
 /// `closed` answers 503.
 pub const REDIS_FAILURE: &str = "FEISHU_GATE_REDIS_FAILURE";
 
-/// Every variable of ours, in `check-config`'s order.
+/// Every variable of ours, in `check-config`'s order (a test holds them together).
 pub const VARIABLES: &[&str] = &[
     LISTEN,
     ADMIN_LISTEN,

@@ -20,8 +20,8 @@ fn top_level_components_import_no_circle() {
 /// The components from the bottom up, as the README lists them: each may use only those
 /// before it.
 const LAYERS: &[&str] = &[
-    "vars", "outcome", "util", "callback", "observe", "dedup", "upstream", "respond",
-    "pipeline", "server", "config", "app", "cli",
+    "vars", "outcome", "util", "callback", "observe", "dedup", "upstream", "respond", "pipeline",
+    "server", "config", "app", "cli",
 ];
 
 #[test]
@@ -35,14 +35,21 @@ fn every_component_uses_only_those_below_it() {
             unlisted.push(name);
         }
     }
-    assert!(unlisted.is_empty(), "components missing from LAYERS: {unlisted:?}");
+    assert!(
+        unlisted.is_empty(),
+        "components missing from LAYERS: {unlisted:?}"
+    );
     let rank = |c: &str| LAYERS.iter().position(|l| *l == c);
     let upward: Vec<String> = edges(&src)
         .iter()
         .filter(|((from, to), _)| rank(to) > rank(from))
         .map(|((from, to), (file, line))| format!("{from} -> {to}: {}:{line}", file.display()))
         .collect();
-    assert!(upward.is_empty(), "imports from a layer above:\n{}", upward.join("\n"));
+    assert!(
+        upward.is_empty(),
+        "imports from a layer above:\n{}",
+        upward.join("\n")
+    );
 }
 
 /// A `src/` in a temporary directory from `== path` lines, each followed by the file.

@@ -25,7 +25,6 @@ use crate::config::{self, Config};
 use crate::observe::logging::LogFormat;
 use crate::observe::logging::{self, Sink};
 use crate::server::Listeners;
-use crate::server::tls::RELOAD_POLL;
 
 /// The demo's shared secret, as it would be set in Feishu's approval definition.
 pub const DEMO_TOKEN: &str = "demo-token-Zk3v9Qp2";
@@ -149,7 +148,7 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
             _ = stopped => {}
         }
     };
-    let server = tokio::spawn(app.serve(Listeners { callback, admin }, shutdown, RELOAD_POLL));
+    let server = tokio::spawn(app.serve(Listeners { callback, admin }, shutdown));
 
     let scheme = if demo_cert.is_some() { "https" } else { "http" };
     let url: Uri = format!("{scheme}://{callback_addr}/").parse()?;

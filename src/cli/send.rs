@@ -2,6 +2,7 @@
 //! smoke test and by the demo.
 
 use std::path::Path;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,8 +11,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Map, Value};
-
-use std::process::ExitCode;
 
 use super::crypt::first_key;
 use super::{EXIT_CONFIG, SendArgs, secret};
@@ -131,6 +130,8 @@ pub async fn post(
         .await
         .map_err(|_| SendError::Timeout(timeout))?
 }
+
+/// `feishu-gate send`: seals the fields as Feishu would, posts them, prints the answer.
 pub(super) async fn send_command(args: SendArgs) -> ExitCode {
     let token = match secret(args.token.as_deref(), args.token_file.as_deref(), "token") {
         Ok(Some(t)) => t,

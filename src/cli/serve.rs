@@ -10,7 +10,6 @@ use crate::config::{self, Config, Loaded};
 use crate::observe::logging::{self, Sink};
 use crate::observe::otlp::Telemetry;
 use crate::server::Listeners;
-use crate::server::tls::RELOAD_POLL;
 
 /// The configuration plus every check that needs the files it names, so that
 /// `check-config` and `serve` refuse exactly the same things.
@@ -55,7 +54,11 @@ pub(super) fn serve() -> ExitCode {
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => return failed(&StartError::Io(format!("cannot start the runtime: {e}"))),
+        Err(e) => {
+            return failed(&StartError::Io(format!(
+                "feishu-gate: cannot start the runtime: {e}"
+            )));
+        }
     };
     match rt.block_on(run_gateway()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -87,8 +90,7 @@ async fn run_gateway() -> Result<(), StartError> {
             app.with_telemetry(telemetry)
         }
     };
-    app.serve(listeners, super::shutdown_signal(), RELOAD_POLL)
-        .await;
+    app.serve(listeners, super::shutdown_signal()).await;
     Ok(())
 }
 

@@ -20,8 +20,8 @@ use crate::upstream::Settings as UpstreamSettings;
 
 mod describe;
 mod parse;
-pub mod rules;
-pub mod source;
+mod rules;
+mod source;
 
 #[cfg(test)]
 mod tests;

@@ -25,13 +25,7 @@ use crate::server::tls::TlsFiles;
 use crate::upstream::answer::OkRule;
 use crate::upstream::{ClientIdentity, Settings as UpstreamSettings, UpstreamHeaders};
 use crate::util::text::percent_decode;
-use crate::vars::ConfigError;
 use crate::vars::*;
-
-/// Callbacks per second, for either limit: `0` turns it off.
-const RATES: RangeInclusive<u64> = 0..=1_000_000;
-/// Bursts of either limit.
-const BURSTS: RangeInclusive<u64> = 1..=10_000_000;
 
 /// Reads variables one by one, collecting every problem instead of stopping at the first.
 pub(super) struct Parser<'a> {
@@ -55,10 +49,7 @@ impl<'a> Parser<'a> {
     }
 
     fn fail(&mut self, variable: &str, problem: impl Into<String>) {
-        self.errors.push(ConfigError {
-            variable: variable.to_owned(),
-            problem: problem.into(),
-        });
+        self.errors.push(ConfigError::new(variable, problem));
     }
 
     /// A plain variable; empty counts as unset so manifests can blank one out.
@@ -223,14 +214,10 @@ impl<'a> Parser<'a> {
             );
         }
         let upstream_url = self.upstream_url();
-        let answer_within_ms = self.number(
-            ANSWER_WITHIN_MS,
-            MIN_ANSWER_WITHIN_MS..=MAX_ANSWER_WITHIN_MS,
-            MAX_ANSWER_WITHIN_MS,
-        );
+        let answer_within_ms = self.number(ANSWER_WITHIN_MS, ANSWER_MS, MAX_ANSWER_WITHIN_MS);
         let upstream_timeout_ms = self.number(
             UPSTREAM_TIMEOUT_MS,
-            1..=MAX_UPSTREAM_TIMEOUT_MS,
+            UPSTREAM_MS,
             default_upstream_timeout_ms(answer_within_ms),
         );
         // Only an explicit timeout can exceed the bound: the default follows it.
@@ -264,10 +251,10 @@ impl<'a> Parser<'a> {
         let tls = self
             .pair(TLS_CERT, TLS_KEY)
             .map(|(cert, key)| TlsFiles { cert, key });
-        let max_body_bytes = self.number(MAX_BODY_BYTES, 1_024..=16 * 1024 * 1024, 65_536);
+        let max_body_bytes = self.number(MAX_BODY_BYTES, BODY_BYTES, 65_536);
         let rate_limit = self.rate(RATE_LIMIT_RPS, RATE_LIMIT_BURST, 200);
         let user_rate_limit = self.rate(USER_RATE_LIMIT_RPS, USER_RATE_LIMIT_BURST, 0);
-        let dedup_secs = self.number(DEDUP_TTL_SECS, 0..=7 * 24 * 3600, 600);
+        let dedup_secs = self.number(DEDUP_TTL_SECS, DEDUP_SECS, 600);
         let message_id_as_string = self.boolean(MESSAGE_ID_AS_STRING);
         let lang = self.raw(LANG).map_or(Lang::Zh, |v| {
             // `zh_CN.UTF-8`, `zh-Hans`, `EN_us`: what a locale variable holds is accepted too.
@@ -294,17 +281,16 @@ impl<'a> Parser<'a> {
                 }
             }
         });
-        let shutdown_grace =
-            Duration::from_millis(self.number(SHUTDOWN_GRACE_MS, 0..=3_600_000, 8_000));
+        let shutdown_grace = Duration::from_millis(self.number(SHUTDOWN_GRACE_MS, GRACE_MS, 8_000));
         let max_connections = self.number(
             MAX_CONNECTIONS,
-            1..=1_000_000,
+            CONNECTIONS,
             crate::server::MAX_CONNECTIONS as u64,
         );
         let workers = self
             .raw(WORKERS)
             .is_some()
-            .then(|| self.number(WORKERS, 1..=MAX_WORKERS, 1));
+            .then(|| self.number(WORKERS, WORKER_THREADS, 1));
         let traces = self.traces();
         let redis = self.redis(dedup_secs > 0);
 

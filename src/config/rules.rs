@@ -1,6 +1,8 @@
 //! The numbers the settings must respect, their defaults where one follows another, and
 //! the advice about settings that work but mislead.
 
+use std::ops::RangeInclusive;
+
 use super::Config;
 use crate::vars::*;
 
@@ -25,8 +27,19 @@ pub fn default_upstream_timeout_ms(answer_within_ms: u64) -> u64 {
         .min(MAX_UPSTREAM_TIMEOUT_MS)
 }
 
-/// More worker threads than this is a typo, not a machine.
-pub const MAX_WORKERS: u64 = 1_024;
+/// The whole numbers each numeric variable accepts.
+pub const ANSWER_MS: RangeInclusive<u64> = MIN_ANSWER_WITHIN_MS..=MAX_ANSWER_WITHIN_MS;
+pub const UPSTREAM_MS: RangeInclusive<u64> = 1..=MAX_UPSTREAM_TIMEOUT_MS;
+pub const BODY_BYTES: RangeInclusive<u64> = 1_024..=16 * 1024 * 1024;
+/// Callbacks per second, for either limit: `0` turns it off.
+pub const RATES: RangeInclusive<u64> = 0..=1_000_000;
+pub const BURSTS: RangeInclusive<u64> = 1..=10_000_000;
+/// How long a delivered decision may be remembered: a week at most.
+pub const DEDUP_SECS: RangeInclusive<u64> = 0..=7 * 24 * 3600;
+pub const GRACE_MS: RangeInclusive<u64> = 0..=3_600_000;
+pub const CONNECTIONS: RangeInclusive<u64> = 1..=1_000_000;
+/// More worker threads than 1,024 is a typo, not a machine.
+pub const WORKER_THREADS: RangeInclusive<u64> = 1..=1_024;
 
 /// Settings that work but are probably not what the operator meant.
 pub(super) fn advice(config: &Config) -> Vec<String> {

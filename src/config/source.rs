@@ -53,25 +53,26 @@ impl Source {
     }
 
     /// `FEISHU_GATE_*` names that are not ours: likely typos, worth a warning.
+    /// Kubernetes injects `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT` and
+    /// `<SERVICE>_PORT_<n>_TCP*` for every Service in the namespace; a Service
+    /// named `feishu-gate` or `feishu-gate-<anything>` produces names under our
+    /// prefix, and those are expected.
     pub(super) fn unknown_variables(&self) -> Vec<String> {
-        unknown_variables_in(&self.vars)
+        let mut unknown: Vec<String> = self
+            .vars
+            .keys()
+            .filter(|k| k.starts_with(PREFIX))
+            .filter(|k| {
+                let known = VARIABLES.contains(&k.as_str())
+                    || k.strip_suffix("_FILE")
+                        .is_some_and(|name| SECRET_VARIABLES.contains(&name));
+                !known && !is_service_link(k)
+            })
+            .map(|k| format!("{k} is not a feishu-gate setting and is ignored"))
+            .collect();
+        unknown.sort();
+        unknown
     }
-}
-
-fn unknown_variables_in(vars: &HashMap<String, Value>) -> Vec<String> {
-    let mut unknown: Vec<String> = vars
-        .keys()
-        .filter(|k| k.starts_with(PREFIX))
-        .filter(|k| {
-            let known = VARIABLES.contains(&k.as_str())
-                || k.strip_suffix("_FILE")
-                    .is_some_and(|name| SECRET_VARIABLES.contains(&name));
-            !known && !is_service_link(k)
-        })
-        .map(|k| format!("{k} is not a feishu-gate setting and is ignored"))
-        .collect();
-    unknown.sort();
-    unknown
 }
 
 fn is_service_link(name: &str) -> bool {
@@ -83,6 +84,7 @@ fn is_service_link(name: &str) -> bool {
             .is_some_and(|(_, rest)| rest.starts_with(|c: char| c.is_ascii_digit()))
 }
 
+/// Secrets are a few dozen bytes; a file much larger is the wrong file.
 const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
 
 /// Why a secret file could not be used.

@@ -1,6 +1,6 @@
 //! The duplicate memory shared by every replica, on Redis (`REDIS_URL`).
 //!
-//! [`crate::dedup`] stays in front: it suppresses this replica's own copies
+//! [`super::local`] stays in front: it suppresses this replica's own copies
 //! without a round trip. What reaches this module is a callback that replica
 //! has not seen in flight or delivered, and the question is whether any other
 //! replica has.

@@ -25,6 +25,11 @@ macro_rules! label_values {
             $($variant),+
         }
 
+        impl $name {
+            /// How many values there are: the length of the arrays counting them.
+            pub const COUNT: usize = [$(Self::$variant),+].len();
+        }
+
         impl LabelValue for $name {
             const ALL: &[Self] = &[$(Self::$variant),+];
 
@@ -85,6 +90,7 @@ fn by_label<E: LabelValue, const N: usize>(
     (name, help): (&str, &str),
     label: &'static str,
 ) -> [Counter; N] {
+    const { assert!(N == E::ALL.len()) };
     let family = Family::<Label, Counter>::default();
     registry.register(name, help, family.clone());
     std::array::from_fn(|i| family.get_or_create(&[(label, E::ALL[i].label())]).clone())
@@ -96,6 +102,7 @@ fn by_labels<A: LabelValue, B: LabelValue, const N: usize, const M: usize>(
     (name, help): (&str, &str),
     (a, b): (&'static str, &'static str),
 ) -> [[Counter; M]; N] {
+    const { assert!(N == A::ALL.len() && M == B::ALL.len()) };
     let family = Family::<Labels2, Counter>::default();
     registry.register(name, help, family.clone());
     std::array::from_fn(|i| {
@@ -161,11 +168,11 @@ pub struct Metrics {
     pub redis_fallback: Gauge,
     /// `callbacks` and `retried_deliveries`, by outcome.
     resolved: [Resolved; 2],
-    duplicates_by: [[Counter; 2]; 2],
-    rate_limited_by: [Counter; 2],
-    upstream_errors_by: [Counter; 5],
-    upstream_retries_by: [Counter; 2],
-    redis_by: [[Counter; 3]; 4],
+    duplicates_by: [[Counter; Store::COUNT]; How::COUNT],
+    rate_limited_by: [Counter; Scope::COUNT],
+    upstream_errors_by: [Counter; UpstreamErrorKind::COUNT],
+    upstream_retries_by: [Counter; RetryReason::COUNT],
+    redis_by: [[Counter; RedisResult::COUNT]; RedisOp::COUNT],
 }
 
 /// Names as exported, for documentation and the dashboard check.
@@ -222,7 +229,7 @@ impl Metrics {
             "Callbacks being processed",
             in_flight.clone(),
         );
-        let duplicates_by = by_labels::<How, Store, 2, 2>(
+        let duplicates_by = by_labels::<How, Store, _, _>(
             &mut registry,
             (
                 "duplicates_suppressed",
@@ -231,7 +238,7 @@ impl Metrics {
             ),
             ("how", "store"),
         );
-        let rate_limited_by = by_label::<Scope, 2>(
+        let rate_limited_by = by_label::<Scope, _>(
             &mut registry,
             (
                 "rate_limited",
@@ -239,7 +246,7 @@ impl Metrics {
             ),
             "scope",
         );
-        let upstream_errors_by = by_label::<UpstreamErrorKind, 5>(
+        let upstream_errors_by = by_label::<UpstreamErrorKind, _>(
             &mut registry,
             (
                 "upstream_errors",
@@ -247,7 +254,7 @@ impl Metrics {
             ),
             "kind",
         );
-        let upstream_retries_by = by_label::<RetryReason, 2>(
+        let upstream_retries_by = by_label::<RetryReason, _>(
             &mut registry,
             (
                 "upstream_retries",
@@ -276,7 +283,7 @@ impl Metrics {
             .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
             .set(1);
         registry.register("build_info", "Build information", build_info);
-        let redis_by = by_labels::<RedisOp, RedisResult, 4, 3>(
+        let redis_by = by_labels::<RedisOp, RedisResult, _, _>(
             &mut registry,
             (
                 "redis_operations",
@@ -436,7 +443,9 @@ mod tests {
             count(series, &|| m.count_redis(op, result, 0.0));
         }
         let text = m.render();
-        assert_eq!(expected.len(), 5 + 2 + 2 + 4 + 12);
+        let pairs = How::COUNT * Store::COUNT + RedisOp::COUNT * RedisResult::COUNT;
+        let singles = UpstreamErrorKind::COUNT + Scope::COUNT + RetryReason::COUNT;
+        assert_eq!(expected.len(), singles + pairs);
         for series in expected {
             assert!(
                 text.contains(&format!("feishu_gate_{series}")),

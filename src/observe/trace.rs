@@ -6,7 +6,7 @@
 //! parsing one header, a few hashes for new ids, and formatting the outgoing
 //! header. Exporting spans is [`crate::observe::otlp`]'s business.
 
-use crate::util::hex::Hex;
+use crate::util::hex::{self, Hex};
 use http::{HeaderMap, HeaderValue};
 
 /// Header carrying the trace and the parent span.
@@ -97,7 +97,7 @@ fn parse_traceparent(text: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
     if text.len() < 55 || text[2] != b'-' || text[35] != b'-' || text[52] != b'-' {
         return None;
     }
-    let version = crate::util::hex::decode::<1>(&text[..2])?[0];
+    let version = hex::decode::<1>(&text[..2])?[0];
     match version {
         0xff => return None,
         0 if text.len() != 55 => return None,
@@ -105,9 +105,9 @@ fn parse_traceparent(text: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
         _ if text.len() > 55 && text[55] != b'-' => return None,
         _ => {}
     }
-    let trace_id = crate::util::hex::decode::<16>(&text[3..35])?;
-    let parent = crate::util::hex::decode::<8>(&text[36..52])?;
-    let flags = crate::util::hex::decode::<1>(&text[53..55])?[0];
+    let trace_id = hex::decode::<16>(&text[3..35])?;
+    let parent = hex::decode::<8>(&text[36..52])?;
+    let flags = hex::decode::<1>(&text[53..55])?[0];
     if trace_id == [0; 16] || parent == [0; 8] {
         return None;
     }

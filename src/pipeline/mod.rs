@@ -58,8 +58,6 @@ pub struct Settings {
 pub struct Parts {
     pub verifier: Verifier,
     pub upstream: Upstream,
-    /// The upstream's bound on one exchange.
-    pub upstream_timeout: Duration,
     pub translator: Translator,
     pub dedup: Option<Dedup>,
     pub shared: Option<SharedMemory>,
@@ -145,7 +143,7 @@ impl Gateway {
         Self {
             path: settings.path.clone(),
             max_body: settings.max_body,
-            upstream_timeout: parts.upstream_timeout,
+            upstream_timeout: parts.upstream.timeout(),
             answer_within: settings.answer_within,
             verifier: parts.verifier,
             upstream: parts.upstream,

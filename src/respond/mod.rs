@@ -8,10 +8,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
-use crate::outcome::BodyError;
-use crate::outcome::JsonError;
-use crate::outcome::{BadRequest, Outcome, TryLater};
-use crate::outcome::{Refusal, UpstreamError};
+use crate::outcome::{BadRequest, BodyError, JsonError, Outcome, Refusal, TryLater, UpstreamError};
 use crate::util::text::{clip, fold, redact};
 
 /// The shortest run of a secret's bytes that counts as giving it away. Shorter runs turn up

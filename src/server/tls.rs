@@ -58,10 +58,7 @@ impl fmt::Display for CertError {
 
 impl From<CertError> for ConfigError {
     fn from(e: CertError) -> Self {
-        ConfigError {
-            variable: e.variable.to_owned(),
-            problem: format!("{}: {}", e.path.display(), e.problem),
-        }
+        ConfigError::new(e.variable, format!("{}: {}", e.path.display(), e.problem))
     }
 }
 
@@ -166,12 +163,8 @@ impl ServerTls {
         let material = parse(files, cert_pem, key_pem, &provider)
             .map_err(|errors| ConfigErrors(errors.into_iter().map(Into::into).collect()))?;
         let current = Arc::new(CurrentCert(RwLock::new(material.key)));
-        let config = server_config(provider.clone(), current.clone()).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                variable: vars::TLS_CERT.to_owned(),
-                problem: format!("cannot set up TLS: {e}"),
-            }])
-        })?;
+        let config = server_config(provider.clone(), current.clone())
+            .map_err(|e| ConfigError::new(vars::TLS_CERT, format!("cannot set up TLS: {e}")))?;
         Ok(Self {
             files: files.clone(),
             provider,
@@ -373,10 +366,9 @@ fn cannot_read(e: &io::Error) -> String {
 
 /// The PEM certificates, leaf first, and what the leaf says about itself.
 fn parse_chain(pem: &[u8]) -> Result<(Vec<CertificateDer<'static>>, CertInfo), String> {
-    let chain = pem::certs(pem).ok_or_else(|| "no PEM certificate could be read".to_owned())?;
-    let leaf = chain
-        .first()
-        .ok_or_else(|| "no PEM certificate could be read".to_owned())?;
+    let none = || "no PEM certificate could be read".to_owned();
+    let chain = pem::certs(pem).ok_or_else(none)?;
+    let leaf = chain.first().ok_or_else(none)?;
     let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
         .map_err(|e| format!("the first certificate is not valid X.509: {e}"))?;
     let not_after = parsed.validity().not_after;

@@ -56,6 +56,8 @@ pub struct Upstream {
 /// Everything about the upstream but the connections, shared by the workers.
 #[derive(Clone)]
 struct Route {
+    /// The bound on one exchange.
+    timeout: Duration,
     connector: Connector,
     url: Uri,
     /// The request target: the URL's path and query (origin form).
@@ -156,6 +158,7 @@ impl Upstream {
         Ok(Self {
             pool: Pool::default(),
             route: Route {
+                timeout: settings.timeout,
                 connector,
                 url: settings.url.clone(),
                 target,
@@ -174,6 +177,11 @@ impl Upstream {
             pool: Pool::default(),
             route: self.route.clone(),
         }
+    }
+
+    /// The bound on one exchange, as configured.
+    pub fn timeout(&self) -> Duration {
+        self.route.timeout
     }
 
     /// Closes connections idle for longer than the pool keeps them.

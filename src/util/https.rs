@@ -58,9 +58,11 @@ pub fn client_config(
             let certs = pem::load_certs(cert).map_err(|e| (TrustFile::ClientCert, e))?;
             let private = pem::load_key(key).map_err(|e| (TrustFile::ClientKey, e))?;
             builder.with_client_auth_cert(certs, private).map_err(|e| {
+                // Blamed on the certificate, as the listener's pair is: the key is
+                // usually the file that was right.
                 let reason = format!("does not match {}: {e}", cert.display());
                 let path = key.to_owned();
-                (TrustFile::ClientKey, PemError::Invalid { path, reason })
+                (TrustFile::ClientCert, PemError::Invalid { path, reason })
             })
         }
     }
