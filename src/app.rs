@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_rustls::TlsAcceptor;
 
 use crate::callback::verify::Verifier;
-use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::config::{Config, ConfigErrors};
 use crate::dedup::local::Dedup;
 use crate::dedup::shared::{RedisSettings, SharedMemory};
 use crate::observe::otlp::Telemetry;
@@ -167,8 +167,7 @@ fn redis(config: &Config) -> Option<(&RedisSettings, Duration)> {
 
 /// The memory shared with the other replicas.
 fn shared_memory(redis: &RedisSettings, ttl: Duration) -> Result<SharedMemory, ConfigErrors> {
-    SharedMemory::new(redis, ttl)
-        .map_err(|(variable, problem)| ConfigError::new(variable, problem).into())
+    SharedMemory::new(redis, ttl).map_err(ConfigErrors::from)
 }
 
 /// Every secret the legacy system's messages are searched for before an approver sees

@@ -28,7 +28,7 @@ use crate::observe::metrics::{How, LabelValue as _, Metrics, RedisOp, RedisResul
 use crate::outcome::Outcome;
 use crate::util::pem::{self, PemError};
 use crate::util::text::{percent_decode, redact};
-use crate::vars::{REDIS_CA_FILE, REDIS_URL};
+use crate::vars::{ConfigError, REDIS_CA_FILE, REDIS_URL};
 
 /// The most one Redis operation may take. A round trip inside a zone is well
 /// under a millisecond; this leaves room for a busy server while costing a
@@ -151,21 +151,21 @@ impl SharedMemory {
     /// the gateway starts (and `/readyz` passes) whether or not Redis is up.
     ///
     /// A problem is returned with the variable it is about.
-    pub fn new(settings: &RedisSettings, ttl: Duration) -> Result<Self, (&'static str, String)> {
+    pub fn new(settings: &RedisSettings, ttl: Duration) -> Result<Self, ConfigError> {
         let scrub = |e: redis::RedisError| settings.url.scrub(&e.to_string());
         let client = match &settings.ca_file {
-            None => {
-                redis::Client::open(settings.url.expose()).map_err(|e| (REDIS_URL, scrub(e)))?
-            }
+            None => redis::Client::open(settings.url.expose())
+                .map_err(|e| ConfigError::new(REDIS_URL, scrub(e)))?,
             Some(path) => {
                 let shown = path.display();
                 // redis-rs would take a file with no certificate in it as an empty
                 // trust store, and every connection would then fail.
+                let ca_error = |problem: String| ConfigError::new(REDIS_CA_FILE, problem);
                 let pem = std::fs::read(path)
-                    .map_err(|e| (REDIS_CA_FILE, format!("cannot read {shown}: {}", e.kind())))?;
+                    .map_err(|e| ca_error(format!("cannot read {shown}: {}", e.kind())))?;
                 if pem::certs(&pem).is_none() {
                     let path = path.clone();
-                    return Err((REDIS_CA_FILE, PemError::NoCertificates { path }.to_string()));
+                    return Err(ca_error(PemError::NoCertificates { path }.to_string()));
                 }
                 redis::Client::build_with_tls(
                     settings.url.expose(),
@@ -174,12 +174,7 @@ impl SharedMemory {
                         root_cert: Some(pem),
                     },
                 )
-                .map_err(|e| {
-                    (
-                        REDIS_CA_FILE,
-                        format!("{shown} is not usable: {}", scrub(e)),
-                    )
-                })?
+                .map_err(|e| ca_error(format!("{shown} is not usable: {}", scrub(e))))?
             }
         };
         Ok(Self {
