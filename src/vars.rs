@@ -215,4 +215,23 @@ mod tests {
         secrets.sort_unstable();
         assert_eq!(secrets, [KEY, REDIS_URL, TOKEN, UPSTREAM_HEADERS]);
     }
+
+    /// A name declared above but missing from the lists would be read by the parser yet
+    /// warned about at start as "not a feishu-gate setting".
+    #[test]
+    fn every_name_declared_here_is_in_a_list() {
+        let declared: Vec<&str> = include_str!("vars.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub const ")?.split_once(": &str = \""))
+            .map(|(_, value)| value.trim_end_matches("\";"))
+            .filter(|v| *v != PREFIX && *v != OTEL_PREFIX)
+            .collect();
+        assert_eq!(declared.len(), VARIABLES.len() + OTEL_VARIABLES.len());
+        for name in declared {
+            assert!(
+                VARIABLES.contains(&name) || OTEL_VARIABLES.contains(&name),
+                "{name} is in no list"
+            );
+        }
+    }
 }
