@@ -7,7 +7,6 @@
 //! next, which keeps few connections busy and lets the rest time out.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,13 +23,15 @@ use crate::util::https::{self, Connector, TrustFile, Versions};
 use crate::vars::{self, ConfigError, ConfigErrors};
 
 pub mod answer;
+mod pool;
+mod retry;
 
 use answer::{MAX_ANSWER_BYTES, OkRule, Unread};
-
-/// Idle pooled connections are dropped before common servers drop them
-/// (Node.js closes after 5 s), so a reused connection is rarely found dead
-/// mid-request, which would leave the decision's fate unknown.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+use pool::{Pool, STALE_TRIES, Sender};
+use retry::{
+    FIRST_BACKOFF, MAX_BACKOFF, MIN_ATTEMPT, Retry, jittered, never_sent, refused_by_tls,
+    retry_after,
+};
 
 /// Header carrying the key that names the approval decision.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -39,12 +40,6 @@ pub const REQUEST_ID: &str = "x-request-id";
 
 /// `feishu-gate/<version>`, sent as `User-Agent`.
 pub const USER_AGENT: &str = concat!("feishu-gate/", env!("CARGO_PKG_VERSION"));
-
-type Sender = http1::SendRequest<Full<Bytes>>;
-
-/// How many pooled connections a request tries that turn out to have been
-/// closed before it could be written, before it opens a new one.
-const STALE_TRIES: usize = 4;
 
 /// The legacy system, as the gateway reaches it: where it is and how to
 /// talk to it, and this worker's connections to it.
@@ -112,24 +107,6 @@ impl Retries {
     pub fn total(&self) -> u32 {
         self.unsent + self.unavailable
     }
-}
-
-/// The first pause before trying a request that was never sent again;
-/// doubled for each further try, up to [`MAX_BACKOFF`]. A legacy container
-/// that restarts takes seconds, and a refused connection costs the upstream
-/// nothing, so the pauses stay short.
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_millis(400);
-/// A retry is only worth making with this much time left after its pause:
-/// one that starts later would more likely end in a 504 (whose message says
-/// the decision may have been recorded) than in an answer.
-const MIN_ATTEMPT: Duration = Duration::from_millis(250);
-
-/// Why an attempt may be repeated.
-enum Retry {
-    Unsent,
-    /// What the upstream's `Retry-After` asked for.
-    After(Duration),
 }
 
 impl Upstream {
@@ -459,46 +436,6 @@ enum SendError {
     Exchange(hyper::Error),
 }
 
-/// One worker's kept-alive connections, the most recently used last.
-#[derive(Default)]
-struct Pool {
-    idle: Mutex<Vec<(Sender, Instant)>>,
-}
-
-impl Pool {
-    fn checkout(&self, now: Instant) -> Option<Sender> {
-        let mut idle = self.idle.lock().ok()?;
-        while let Some((sender, since)) = idle.pop() {
-            if now.saturating_duration_since(since) >= POOL_IDLE_TIMEOUT {
-                // The rest were idle longer still.
-                idle.clear();
-                return None;
-            }
-            if !sender.is_closed() {
-                return Some(sender);
-            }
-        }
-        None
-    }
-
-    fn checkin(&self, sender: Sender, now: Instant) {
-        if sender.is_closed() {
-            return;
-        }
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.push((sender, now));
-        }
-    }
-
-    fn close_idle(&self, now: Instant) {
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.retain(|(sender, since)| {
-                !sender.is_closed() && now.saturating_duration_since(*since) < POOL_IDLE_TIMEOUT
-            });
-        }
-    }
-}
-
 /// `host[:port]` for the upstream URL, the port left out when it is the
 /// scheme's default, exactly as hyper-util's client writes `Host`.
 fn host_header(url: &Uri) -> Option<HeaderValue> {
@@ -511,79 +448,6 @@ fn host_header(url: &Uri) -> Option<HeaderValue> {
         _ => host.to_owned(),
     };
     HeaderValue::from_str(&value).ok()
-}
-
-/// Whether the upstream's TLS refused us. Under TLS 1.3 a server checks the
-/// client's certificate after the client has finished its half of the
-/// handshake, so a refused or missing client certificate surfaces as an alert
-/// while the request is being sent rather than as a connect error; a server
-/// that sends one of these alerts has processed no request.
-fn refused_by_tls(e: &(dyn std::error::Error + 'static)) -> bool {
-    use rustls::AlertDescription as A;
-    let mut next = Some(e);
-    while let Some(e) = next {
-        // tokio-rustls hands rustls errors over inside an `io::Error`, whose
-        // `source` skips the error it wraps.
-        let wrapped = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|inner| inner as &(dyn std::error::Error + 'static));
-        for candidate in [Some(e), wrapped].into_iter().flatten() {
-            if let Some(rustls::Error::AlertReceived(alert)) = candidate.downcast_ref() {
-                return matches!(
-                    alert,
-                    A::HandshakeFailure
-                        | A::NoCertificate
-                        | A::BadCertificate
-                        | A::UnsupportedCertificate
-                        | A::CertificateRevoked
-                        | A::CertificateExpired
-                        | A::CertificateUnknown
-                        | A::UnknownCA
-                        | A::AccessDenied
-                        | A::CertificateRequired
-                );
-            }
-        }
-        next = e.source();
-    }
-    false
-}
-
-/// Whether a failure to connect is one a moment may mend: refused or reset
-/// while connecting, as while a container restarts. A name that
-/// does not resolve or a certificate that is refused will not mend itself
-/// before the deadline, and trying again would only delay the answer.
-fn never_sent(e: &(dyn std::error::Error + 'static)) -> bool {
-    use std::io::ErrorKind as K;
-    let mut next = Some(e);
-    while let Some(e) = next {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                K::ConnectionRefused | K::ConnectionReset | K::ConnectionAborted | K::NotConnected
-            );
-        }
-        next = e.source();
-    }
-    false
-}
-
-/// A `Retry-After` in seconds (the form servers send with a `503`); the
-/// HTTP-date form is not taken, since clocks between the hosts may differ.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let text = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
-    let secs: u64 = text.parse().ok()?;
-    // Anything longer than the whole answer bound cannot fit anyway.
-    (secs <= 10).then(|| Duration::from_secs(secs))
-}
-
-/// `base`, give or take half, so callbacks refused at the same moment do not
-/// all come back at the same moment.
-fn jittered(base: Duration) -> Duration {
-    let spread = base.as_micros() as u64;
-    let random = getrandom::u64().unwrap_or(spread / 2);
-    base / 2 + Duration::from_micros(random % spread.max(1))
 }
 
 /// The whole cause chain of an error, for logs and command output.
@@ -653,41 +517,6 @@ pub const RESERVED_HEADERS: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_is_jittered_within_half_either_way() {
-        for _ in 0..200 {
-            let pause = jittered(Duration::from_millis(100));
-            assert!(pause >= Duration::from_millis(50) && pause < Duration::from_millis(150));
-        }
-    }
-
-    #[test]
-    fn retry_after_is_taken_in_seconds_only() {
-        let with = |v: &str| {
-            let mut h = HeaderMap::new();
-            h.insert(header::RETRY_AFTER, HeaderValue::from_str(v).unwrap());
-            retry_after(&h)
-        };
-        assert_eq!(with("1"), Some(Duration::from_secs(1)));
-        assert_eq!(with(" 0 "), Some(Duration::ZERO));
-        assert_eq!(with("3600"), None);
-        assert_eq!(with("Wed, 21 Oct 2015 07:28:00 GMT"), None);
-        assert_eq!(with("-1"), None);
-        assert_eq!(retry_after(&HeaderMap::new()), None);
-    }
-
-    #[test]
-    fn only_failures_before_the_request_left_are_retried() {
-        let io = |kind| std::io::Error::from(kind);
-        assert!(never_sent(&io(std::io::ErrorKind::ConnectionRefused)));
-        assert!(never_sent(&io(std::io::ErrorKind::ConnectionReset)));
-        assert!(!never_sent(&io(std::io::ErrorKind::InvalidData)));
-        assert!(!never_sent(&io(std::io::ErrorKind::TimedOut)));
-        let wrapped = std::io::Error::other(io(std::io::ErrorKind::ConnectionRefused));
-        // The outer error's kind decides, as for a TLS failure wrapped in an io::Error.
-        assert!(!never_sent(&wrapped));
-    }
 
     #[test]
     fn host_header_is_written_as_the_client_writes_it() {
