@@ -209,12 +209,17 @@ mod tests {
         errors.0.iter().map(ToString::to_string).collect()
     }
 
+    /// Writes `text` to `name` in `dir` and gives the path as a variable holds it.
+    fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+
     #[test]
     fn every_bad_file_is_reported_each_once_in_the_order_of_the_variables() {
         let dir = tempfile::tempdir().unwrap();
-        let junk = dir.path().join("junk.pem");
-        std::fs::write(&junk, "not PEM").unwrap();
-        let junk = junk.to_str().unwrap();
+        let junk = &write(&dir, "junk.pem", "not PEM");
         let seen = problems(&[
             (REDIS_URL, "rediss://redis.internal:6379"),
             (REDIS_CA_FILE, junk),
@@ -233,18 +238,13 @@ mod tests {
     #[test]
     fn a_client_certificate_that_does_not_match_its_key_is_blamed_on_the_certificate() {
         let dir = tempfile::tempdir().unwrap();
-        let write = |name: &str, text: String| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, text).unwrap();
-            path.to_str().unwrap().to_owned()
-        };
         let params = rcgen::CertificateParams::new(vec!["client".to_owned()]).unwrap();
         let (key, other) = (
             rcgen::KeyPair::generate().unwrap(),
             rcgen::KeyPair::generate().unwrap(),
         );
-        let cert = write("client.crt", params.self_signed(&key).unwrap().pem());
-        let other = write("other.key", other.serialize_pem());
+        let cert = write(&dir, "client.crt", &params.self_signed(&key).unwrap().pem());
+        let other = write(&dir, "other.key", &other.serialize_pem());
         let seen = problems(&[(UPSTREAM_CLIENT_CERT, &cert), (UPSTREAM_CLIENT_KEY, &other)]);
         assert_eq!(seen.len(), 1, "{seen:?}");
         assert!(
