@@ -5,7 +5,8 @@
 
 The prober and the attacker are separate processes, so the attacker's own work does not
 delay the real callbacks being timed. The JSON line holds the real callbacks' success rate
-and p50/p99 latency, and the gateway's peak RSS during the phase.
+and p50/p99 latency, the slowest `/livez` of a probe every 200 ms (the kubelet's view), and
+the gateway's peak RSS during the phase.
 
 Driven by bench/hostile.sh, which starts the gateway and the upstream; see
 docs/reliability.md for what each attack is and the figures of the last run.
@@ -21,6 +22,7 @@ import time
 
 HOST = "127.0.0.1"
 PORT = int(os.environ["GATE_PORT"])
+ADMIN_PORT = int(os.environ["GATE_ADMIN_PORT"])
 PID = int(os.environ["GATE_PID"])
 PHASE_SECONDS = float(os.environ.get("PHASE_SECONDS", "8"))
 RATE = float(os.environ.get("RATE", "20"))
@@ -36,10 +38,10 @@ def request(body: bytes, path: str = "/", method: str = "POST") -> bytes:
     return head.encode() + body
 
 
-async def exchange(payload: bytes, timeout: float = 10.0) -> int:
+async def exchange(payload: bytes, timeout: float = 10.0, port: int = PORT) -> int:
     """One request on a fresh connection: the status, or 0 when none came."""
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, PORT), timeout)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), timeout)
     except (OSError, asyncio.TimeoutError):
         return 0
     try:
@@ -104,29 +106,36 @@ async def flood(stop: asyncio.Event, make) -> None:
     await asyncio.gather(*(client() for _ in range(ATTACKERS)))
 
 
-async def on_connections(stop: asyncio.Event, first: bytes, again: bytes, every: float) -> None:
-    """ATTACKERS connections, each sending `first` and then `again` every `every` seconds
-    until the gateway closes it, when the client connects anew."""
+async def on_connections(
+    stop: asyncio.Event, first: bytes, again: bytes, every: float, port: int = PORT, count: int = 0
+) -> None:
+    """`count` (ATTACKERS) connections, each sending `first` and then `again` every `every`
+    seconds until the gateway closes it, when the client connects anew."""
 
     async def client() -> None:
         while not stop.is_set():
             try:
-                _, writer = await asyncio.open_connection(HOST, PORT)
+                reader, writer = await asyncio.open_connection(HOST, port)
             except OSError:
                 await asyncio.sleep(0.1)
                 continue
             try:
                 writer.write(first)
-                while not stop.is_set():
-                    writer.write(again)
+                while not stop.is_set() and not reader.at_eof():
+                    if again:
+                        writer.write(again)
                     await writer.drain()
-                    await asyncio.sleep(every)
+                    # Reading notices the close of a connection that sends nothing.
+                    try:
+                        await asyncio.wait_for(reader.read(4096), every)
+                    except asyncio.TimeoutError:
+                        pass
             except OSError:
                 pass
             finally:
                 writer.close()
 
-    await asyncio.gather(*(client() for _ in range(ATTACKERS)))
+    await asyncio.gather(*(client() for _ in range(count or ATTACKERS)))
 
 
 def endless_heads(stop: asyncio.Event):
@@ -139,13 +148,81 @@ def holders(stop: asyncio.Event):
     return on_connections(stop, b"", b"GET /anything HTTP/1.1\r\nHost: x\r\n\r\n", 4.9)
 
 
+def slot_holders(stop: asyncio.Event):
+    """Half silent connections, half a head declaring a body never sent: slots held by
+    clients that show nothing, reconnecting as soon as they are closed."""
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n\r\n"
+    half = ATTACKERS // 2
+    return asyncio.gather(
+        on_connections(stop, b"", b"", 1.0, count=half),
+        on_connections(stop, head, b"", 1.0, count=ATTACKERS - half),
+    )
+
+
+def one_byte_chunks(stop: asyncio.Event):
+    """Chunked bodies of one-byte chunks, no token needed."""
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    return on_connections(stop, head, b"1\r\nx\r\n" * 256, 0.001, count=100)
+
+
+async def admin_hammer(stop: asyncio.Event) -> None:
+    """Keep-alive clients asking the admin port for /metrics back to back."""
+    request_ = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    async def client() -> None:
+        while not stop.is_set():
+            try:
+                reader, writer = await asyncio.open_connection(HOST, ADMIN_PORT)
+            except OSError:
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                while not stop.is_set():
+                    writer.write(request_)
+                    await writer.drain()
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = next(
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    )
+                    await reader.readexactly(length)
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, StopIteration):
+                pass
+            finally:
+                writer.close()
+
+    await asyncio.gather(*(client() for _ in range(80)))
+
+
+def admin_flood(stop: asyncio.Event):
+    """Endless header lines on the admin port."""
+    return on_connections(
+        stop, b"GET /metrics HTTP/1.1\r\nHost: x\r\n", b"X-Endless: line\r\n", 0.1, port=ADMIN_PORT
+    )
+
+
 ATTACKS = {
     "none": None,
     "bad_token_flood": lambda stop: flood(stop, bad_token_body),
     "many_keys_flood": lambda stop: flood(stop, many_keys_body),
     "endless_header_lines": endless_heads,
     "keep_alive_holders": holders,
+    "slot_holders": slot_holders,
+    "one_byte_chunks": one_byte_chunks,
+    "admin_hammer": admin_hammer,
+    "admin_flood": admin_flood,
 }
+
+
+async def livez(stop: asyncio.Event, times: list) -> None:
+    """The kubelet: `/livez` on a new connection every 200 ms, its time (10 s when none)."""
+    probe_ = b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    while not stop.is_set():
+        started = time.perf_counter()
+        status = await exchange(probe_, timeout=10, port=ADMIN_PORT)
+        times.append(time.perf_counter() - started if status == 200 else 10.0)
+        await asyncio.sleep(0.2)
 
 
 async def probe(name: str) -> dict:
@@ -153,12 +230,15 @@ async def probe(name: str) -> dict:
     results: list = []
     peak = rss_kib()
     prober = asyncio.create_task(real_callbacks(stop, results))
+    probes: list = []
+    kubelet = asyncio.create_task(livez(stop, probes))
     deadline = time.monotonic() + PHASE_SECONDS
     while time.monotonic() < deadline:
         await asyncio.sleep(0.1)
         peak = max(peak, rss_kib())
     stop.set()
     await prober
+    await kubelet
     latencies = sorted(t for status, t in results if status == 200)
     ok = len(latencies)
 
@@ -173,6 +253,7 @@ async def probe(name: str) -> dict:
         "p50_ms": pct(0.50) if ok else None,
         "p99_ms": pct(0.99) if ok else None,
         "mean_ms": round(1000 * statistics.mean(latencies), 2) if ok else None,
+        "livez_max_ms": round(1000 * max(probes), 2) if probes else None,
         "peak_rss_kib": peak,
     }
 

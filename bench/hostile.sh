@@ -7,9 +7,12 @@
 #   GATEWAY_BIN=/path/to/other/feishu-gate bench/hostile.sh   # a before/after comparison
 #
 # Attacks (bench/hostile.py): none (the baseline), bad_token_flood, many_keys_flood,
-# endless_header_lines, keep_alive_holders. Prints one JSON line per phase and writes
-# them to $OUT/hostile.jsonl. The gateway runs as the manifests run it: the default
-# limits, one worker per CPU. See docs/reliability.md for the figures of the last run.
+# endless_header_lines, keep_alive_holders, slot_holders, one_byte_chunks, admin_hammer,
+# admin_flood. Prints one JSON line per phase and writes them to $OUT/hostile.jsonl. The
+# gateway runs as the manifests run it: the default limits, one worker per CPU, and their
+# 256 MiB memory limit (MEMORY_LIMIT) in a memory cgroup the script makes under
+# /sys/fs/cgroup (v1 or v2; it says when it cannot, and runs without), so that an
+# out-of-memory kill shows as a failed phase. See docs/reliability.md for the figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -20,6 +23,7 @@ TARGET=${CARGO_TARGET_DIR:-$root/target}
 export PHASE_SECONDS=${PHASE_SECONDS:-8} RATE=${RATE:-20} ATTACKERS=${ATTACKERS:-200}
 
 up_port=$PORT gate_port=$((PORT + 1)) gate_admin=$((PORT + 2))
+MEMORY_LIMIT=${MEMORY_LIMIT:-256M}
 
 echo "== building (release)" >&2
 cargo build --release --quiet --bin feishu-gate --example bench_upstream --example bench_callbacks
@@ -44,14 +48,37 @@ env FEISHU_GATE_LISTEN=127.0.0.1:$gate_port FEISHU_GATE_ADMIN_LISTEN=127.0.0.1:$
   RUST_LOG=error "$gate_bin" serve >"$work/gateway.log" 2>&1 &
 gate_pid=$!
 pids+=("$gate_pid")
+
+# The manifests' memory limit around the gateway alone.
+cgroup=""
+for base in /sys/fs/cgroup/memory /sys/fs/cgroup; do
+  if [ -w "$base" ] && mkdir -p "$base/feishu-gate-hostile-$$" 2>/dev/null; then
+    cgroup=$base/feishu-gate-hostile-$$
+    if [ -e "$cgroup/memory.limit_in_bytes" ]; then
+      echo "$MEMORY_LIMIT" >"$cgroup/memory.limit_in_bytes"
+    elif [ -e "$cgroup/memory.max" ]; then
+      echo "$MEMORY_LIMIT" >"$cgroup/memory.max"
+    else
+      rmdir "$cgroup"; cgroup=""; continue
+    fi
+    echo "$gate_pid" >"$cgroup/cgroup.procs"
+    break
+  fi
+done
+if [ -n "$cgroup" ]; then
+  echo "== gateway in memory cgroup $cgroup, limit $MEMORY_LIMIT" >&2
+  trap 'bench_cleanup; rmdir "$cgroup" 2>/dev/null || true' EXIT
+else
+  echo "== no memory cgroup could be made here: running without a memory limit" >&2
+fi
 for _ in $(seq 100); do
   if curl -fs "http://127.0.0.1:$gate_admin/readyz" >/dev/null 2>&1; then break; fi
   sleep 0.1
 done
 curl -fs "http://127.0.0.1:$gate_admin/readyz" >/dev/null || { cat "$work/gateway.log" >&2; exit 1; }
 
-export GATE_PORT=$gate_port GATE_PID=$gate_pid
-attacks=${*:-none bad_token_flood many_keys_flood endless_header_lines keep_alive_holders}
+export GATE_PORT=$gate_port GATE_ADMIN_PORT=$gate_admin GATE_PID=$gate_pid
+attacks=${*:-none bad_token_flood many_keys_flood endless_header_lines keep_alive_holders slot_holders one_byte_chunks admin_hammer admin_flood}
 : >"$OUT/hostile.jsonl"
 for attack in $attacks; do
   python3 bench/hostile.py attack "$attack" &
@@ -60,6 +87,10 @@ for attack in $attacks; do
   python3 bench/hostile.py probe "$attack" | tee -a "$OUT/hostile.jsonl"
   kill "$attacker" 2>/dev/null || true
   wait "$attacker" 2>/dev/null || true
+  if ! kill -0 "$gate_pid" 2>/dev/null; then
+    echo "== the gateway died during $attack (out of memory?)" >&2
+    exit 1
+  fi
   # Let the gateway evict what the attack left before the next one.
   sleep 6
 done

@@ -14,6 +14,7 @@ use crate::config::{Config, ConfigErrors};
 use crate::dedup::local::Dedup;
 use crate::dedup::shared::{RedisSettings, SharedMemory};
 use crate::observe::otlp::Telemetry;
+use crate::openapi::OpenApi;
 use crate::pipeline::{Gateway, Parts};
 use crate::respond::Translator;
 use crate::server::tls::{RELOAD_POLL, ServerTls};
@@ -78,10 +79,11 @@ impl App {
             .transpose();
         let upstream = Upstream::new(&config.upstream);
         let tls = config.server.tls.as_ref().map(ServerTls::load).transpose();
-        let (shared, upstream, tls) = match (shared, upstream, tls) {
-            (Ok(shared), Ok(upstream), Ok(tls)) => (shared, upstream, tls),
-            (shared, upstream, tls) => {
-                let errors = [shared.err(), upstream.err(), tls.err()];
+        let openapi = config.openapi.as_ref().map(OpenApi::new).transpose();
+        let (shared, upstream, tls, openapi) = match (shared, upstream, tls, openapi) {
+            (Ok(shared), Ok(upstream), Ok(tls), Ok(openapi)) => (shared, upstream, tls, openapi),
+            (shared, upstream, tls, openapi) => {
+                let errors = [shared.err(), upstream.err(), tls.err(), openapi.err()];
                 return Err(ConfigErrors(
                     errors.into_iter().flatten().flat_map(|e| e.0).collect(),
                 ));
@@ -90,9 +92,12 @@ impl App {
         let parts = Parts {
             verifier: config.callback.clone(),
             upstream,
-            translator: Translator::new(config.lang, secrets(config, redis.map(|r| r.0))),
+            translator: Translator::new(config.lang, secrets(config, redis.map(|r| r.0)))
+                .with_late_exchange(!config.pipeline.late_verdict.is_zero())
+                .with_card_repair(openapi.is_some() && !config.pipeline.late_verdict.is_zero()),
             dedup: config.dedup.ttl.map(Dedup::new),
             shared,
+            openapi: openapi.map(Arc::new),
         };
         Ok(Self {
             gateway: Gateway::new(&config.pipeline, parts),
@@ -191,7 +196,45 @@ fn secrets(config: &Config, redis: Option<&RedisSettings>) -> Vec<String> {
     if let Some(redis) = redis {
         secrets.extend_from_slice(redis.url.secrets());
     }
+    if let Some(openapi) = &config.openapi {
+        secrets.push(openapi.app_secret.clone());
+    }
+    let encoded: Vec<String> = secrets.iter().flat_map(|s| encoded_forms(s)).collect();
+    secrets.extend(encoded);
     secrets
+}
+
+/// How a system that echoes a credential may have written it: base64 (standard or URL-safe,
+/// padded or not) and hex; and, for a header's `Basic` credentials, the `user:password`
+/// they decode to and the password alone.
+fn encoded_forms(secret: &str) -> Vec<String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let bytes = secret.as_bytes();
+    let mut forms = vec![
+        STANDARD.encode(bytes),
+        STANDARD_NO_PAD.encode(bytes),
+        URL_SAFE_NO_PAD.encode(bytes),
+    ];
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    forms.push(hex.to_ascii_uppercase());
+    forms.push(hex);
+    let decoded = STANDARD
+        .decode(secret)
+        .ok()
+        .and_then(|d| String::from_utf8(d).ok())
+        .filter(|d| d.contains(':'));
+    if let Some(user_password) = decoded {
+        if let Some((_, password)) = user_password.split_once(':') {
+            forms.push(password.to_owned());
+        }
+        forms.push(user_password);
+    }
+    // Short forms would redact innocent words; the secret itself stays whatever its length.
+    forms.retain(|f| f.len() >= MIN_HEADER_SECRET_LEN && f != secret);
+    forms.sort();
+    forms.dedup();
+    forms
 }
 
 #[cfg(test)]

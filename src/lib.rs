@@ -11,6 +11,7 @@ mod cli;
 mod config;
 mod dedup;
 mod observe;
+mod openapi;
 mod outcome;
 mod pipeline;
 mod respond;
@@ -55,7 +56,9 @@ pub mod testing {
     }
     pub mod dedup {
         pub mod shared {
-            pub use crate::dedup::shared::FailureMode;
+            pub use crate::dedup::shared::{
+                Admission, FailureMode, Hold, LEASE, RedisSettings, RedisUrl, SharedMemory,
+            };
         }
     }
     pub mod observe {

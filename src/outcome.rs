@@ -29,8 +29,12 @@ pub enum Outcome {
     UpstreamRefused(Refusal),
     /// The legacy system could not be reached, or dropped the exchange.
     UpstreamUnreachable(UpstreamError),
-    /// The legacy system did not answer within the time Feishu allows.
+    /// The legacy system had not answered by the time Feishu had to be; with a late
+    /// exchange (`LATE_VERDICT_MS`) it is still being waited for.
     UpstreamTimedOut,
+    /// The decision was sent to the legacy system and its answer never came: it may have
+    /// taken effect. Not delivered again while its exchange may still be running.
+    Uncertain,
     /// A bug: the gateway panicked while handling the callback. A delivery already started
     /// runs on and settles its duplicate memory, so whether it took effect is what the
     /// approver is asked to check.
@@ -48,6 +52,8 @@ pub enum BadRequest {
     SlowBody,
     /// The body could not be read (the client went away mid-body).
     Unreadable,
+    /// The body came in more pieces than any client but an attacker sends.
+    Fragmented,
     /// Not proved to come from Feishu.
     Unauthorized(AuthFailure),
     /// From Feishu, but not a callback the legacy system could use.
@@ -78,6 +84,7 @@ impl Outcome {
                 BadRequest::TooLarge => "too_large",
                 BadRequest::SlowBody => "slow_body",
                 BadRequest::Unreadable => "unreadable",
+                BadRequest::Fragmented => "fragmented",
                 BadRequest::Unauthorized(_) => "unauthorized",
                 BadRequest::Invalid(_) => "invalid",
             },
@@ -90,7 +97,21 @@ impl Outcome {
             Self::UpstreamRefused(_) => "upstream_refused",
             Self::UpstreamUnreachable(_) => "upstream_unreachable",
             Self::UpstreamTimedOut => "upstream_timeout",
+            Self::Uncertain => "uncertain",
             Self::Internal => "internal",
+        }
+    }
+
+    /// What an exchange that ended with this outcome leaves of its decision, `sent` saying
+    /// whether any request of it may have reached the legacy system.
+    pub fn fate(&self, sent: bool) -> Fate {
+        match self {
+            Self::Delivered | Self::Duplicate => Fate::Delivered,
+            _ if !sent => Fate::Free,
+            // An answer, even a refusal, is a verdict: a retry may go through.
+            Self::UpstreamRefused(_) => Fate::Free,
+            Self::UpstreamUnreachable(UpstreamError::Connect) => Fate::Free,
+            _ => Fate::Uncertain,
         }
     }
 
@@ -112,6 +133,18 @@ impl Outcome {
             Self::UpstreamRefused(_) | Self::UpstreamUnreachable(_) | Self::UpstreamTimedOut
         )
     }
+}
+
+/// What the duplicate memory keeps of a decision once its exchange is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Accepted: copies are answered 200 for `DEDUP_TTL_SECS`.
+    Delivered,
+    /// Sent, never answered: copies are answered 504 until `LATE_VERDICT_MS` after the
+    /// decision arrived, and not delivered again.
+    Uncertain,
+    /// Never sent, or refused: the next copy is delivered.
+    Free,
 }
 
 /// Why a callback could not be authenticated. Logged, never shown to Feishu.

@@ -24,6 +24,9 @@ pub const UPSTREAM_TIMEOUT_MS: &str = "FEISHU_GATE_UPSTREAM_TIMEOUT_MS";
 /// The latest moment after a callback arrived by which its caller is
 /// answered: Feishu's page waits 10 s, Lark's 5 s.
 pub const ANSWER_WITHIN_MS: &str = "FEISHU_GATE_ANSWER_WITHIN_MS";
+/// How long after a callback arrived the gateway keeps waiting for the legacy system's
+/// answer once the caller was answered 504; `0` cuts the exchange at the upstream timeout.
+pub const LATE_VERDICT_MS: &str = "FEISHU_GATE_LATE_VERDICT_MS";
 /// Extra request headers for the legacy system, `name=value,name=value`
 /// (values percent-encoded). Secret: they usually carry credentials.
 pub const UPSTREAM_HEADERS: &str = "FEISHU_GATE_UPSTREAM_HEADERS";
@@ -35,6 +38,12 @@ pub const UPSTREAM_CLIENT_CERT: &str = "FEISHU_GATE_UPSTREAM_CLIENT_CERT";
 pub const UPSTREAM_CLIENT_KEY: &str = "FEISHU_GATE_UPSTREAM_CLIENT_KEY";
 /// Business-success rule for a 2xx answer, `POINTER==VALUE`.
 pub const UPSTREAM_OK: &str = "FEISHU_GATE_UPSTREAM_OK";
+/// Send a request answered `503` with a fitting `Retry-After` again: only safe when
+/// nothing in front of the legacy system answers 503 after passing the request on.
+pub const RETRY_503: &str = "FEISHU_GATE_RETRY_503";
+/// How long a refused connection to the legacy system is retried, and how long refusals
+/// last before callbacks are answered at once; `0` leaves both to the answer bound.
+pub const CONNECT_RETRY_MS: &str = "FEISHU_GATE_CONNECT_RETRY_MS";
 /// Feishu's `action_callback_token`; comma-separated during rotation.
 pub const TOKEN: &str = "FEISHU_GATE_TOKEN";
 /// Feishu's `action_callback_key`; comma-separated during rotation.
@@ -90,6 +99,14 @@ pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 pub const OTEL_SDK_DISABLED: &str = "OTEL_SDK_DISABLED";
 /// Shown by `check-config`; the exporter reads it.
 pub const OTEL_TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";
+/// The Feishu app's id, for the OpenAPI (card repair after a late verdict).
+pub const APP_ID: &str = "FEISHU_GATE_APP_ID";
+/// The Feishu app's secret. Secret.
+pub const APP_SECRET: &str = "FEISHU_GATE_APP_SECRET";
+/// Feishu's OpenAPI base URL; Lark's is `https://open.larksuite.com`.
+pub const OPENAPI_URL: &str = "FEISHU_GATE_OPENAPI_URL";
+/// PEM trust anchors added to the system's for the OpenAPI (a TLS-inspecting proxy).
+pub const OPENAPI_CA_FILE: &str = "FEISHU_GATE_OPENAPI_CA_FILE";
 /// `redis://` or `rediss://`: the duplicate memory shared by every replica
 /// naming it. Secret: the URL usually carries a password.
 pub const REDIS_URL: &str = "FEISHU_GATE_REDIS_URL";
@@ -110,11 +127,14 @@ pub const VARIABLES: &[&str] = &[
     UPSTREAM_URL,
     UPSTREAM_TIMEOUT_MS,
     ANSWER_WITHIN_MS,
+    LATE_VERDICT_MS,
     UPSTREAM_HEADERS,
     UPSTREAM_CA_FILE,
     UPSTREAM_CLIENT_CERT,
     UPSTREAM_CLIENT_KEY,
     UPSTREAM_OK,
+    RETRY_503,
+    CONNECT_RETRY_MS,
     TOKEN,
     KEY,
     ALLOW_PLAINTEXT,
@@ -136,10 +156,14 @@ pub const VARIABLES: &[&str] = &[
     REDIS_PREFIX,
     REDIS_CA_FILE,
     REDIS_FAILURE,
+    APP_ID,
+    APP_SECRET,
+    OPENAPI_URL,
+    OPENAPI_CA_FILE,
 ];
 
 /// The variables that may instead be read from the file named by `<NAME>_FILE`.
-pub const SECRET_VARIABLES: &[&str] = &[UPSTREAM_HEADERS, TOKEN, KEY, REDIS_URL];
+pub const SECRET_VARIABLES: &[&str] = &[UPSTREAM_HEADERS, TOKEN, KEY, REDIS_URL, APP_SECRET];
 
 /// OpenTelemetry's standard variables the gateway reads itself; the exporter reads the rest.
 pub const OTEL_VARIABLES: &[&str] = &[
@@ -208,12 +232,15 @@ mod tests {
         all.sort_unstable();
         all.dedup();
         assert_eq!(all.len(), VARIABLES.len() + OTEL_VARIABLES.len());
-        assert_eq!(VARIABLES.len(), 32);
+        assert_eq!(VARIABLES.len(), 39);
         assert!(VARIABLES.iter().all(|v| v.starts_with(PREFIX)));
         assert!(OTEL_VARIABLES.iter().all(|v| v.starts_with(OTEL_PREFIX)));
         let mut secrets = SECRET_VARIABLES.to_vec();
         secrets.sort_unstable();
-        assert_eq!(secrets, [KEY, REDIS_URL, TOKEN, UPSTREAM_HEADERS]);
+        assert_eq!(
+            secrets,
+            [APP_SECRET, KEY, REDIS_URL, TOKEN, UPSTREAM_HEADERS]
+        );
     }
 
     /// A name declared above but missing from the lists would be read by the parser yet

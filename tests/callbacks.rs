@@ -167,7 +167,7 @@ async fn wrong_missing_and_near_miss_tokens_are_refused_before_the_upstream() {
     messages.dedup();
     assert_eq!(
         messages,
-        vec!["The callback could not be verified.".to_owned()]
+        vec!["The callback could not be verified; contact the administrator to check the callback settings.".to_owned()]
     );
     assert_eq!(up.count(), 0);
 }
@@ -235,7 +235,11 @@ async fn encryption_failures_are_unauthorized_and_reach_nothing() {
     ];
     for (name, body) in cases {
         let m = gate.post(body).await.feishu_error(401);
-        assert_eq!(m, "The callback could not be verified.", "{name}");
+        assert_eq!(
+            m,
+            "The callback could not be verified; contact the administrator to check the callback settings.",
+            "{name}"
+        );
     }
     assert_eq!(up.count(), 0);
     // `encrypt` of the wrong type is a malformed body, named as such.
@@ -454,7 +458,7 @@ async fn upstream_refusals_are_translated() {
         (
             Reply::json(500, ""),
             500,
-            "The approval system refused this action (HTTP 500).",
+            "The approval system had an error (HTTP 500); refresh later to check whether the action took effect.",
         ),
         (
             Reply::json(404, r#"{"detail":"nope"}"#),
@@ -471,7 +475,7 @@ async fn upstream_refusals_are_translated() {
             Reply::json(502, "<html><body><h1>502 Bad Gateway</h1></body></html>")
                 .with_header("content-type", "text/html"),
             502,
-            "The approval system refused this action (HTTP 502).",
+            "The approval system had an error (HTTP 502); refresh later to check whether the action took effect.",
         ),
         (
             Reply::json(422, r#"{"message":"<b>Reason</b>\n\trequired"}"#),
@@ -547,16 +551,54 @@ async fn unreachable_and_dropping_upstreams_are_502() {
 }
 
 #[tokio::test]
-async fn slow_upstream_is_answered_504_before_it_finishes() {
-    let up = Upstream::start(Reply::ok().slow(Duration::from_secs(5))).await;
-    let gate = Gate::start(&up.url(), &[(config::UPSTREAM_TIMEOUT_MS, "300")]).await;
+async fn slow_upstream_is_answered_504_in_time_and_the_exchange_goes_on() {
+    let up = Upstream::start(Reply::ok().slow(Duration::from_secs(2))).await;
+    let gate = Gate::start(
+        &up.url(),
+        &[
+            (config::UPSTREAM_TIMEOUT_MS, "300"),
+            (config::DEDUP_TTL_SECS, "600"),
+        ],
+    )
+    .await;
     let started = Instant::now();
     let m = gate.post(callback(TOKEN)).await.feishu_error(504);
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(2),
         "answered only after the upstream"
     );
+    assert!(m.contains("still being submitted"), "{m}");
+    // Feishu's retry joins the exchange under way instead of delivering again.
+    let m = gate.post(callback(TOKEN)).await.feishu_error(504);
+    assert!(m.contains("still being submitted"), "{m}");
+    assert_eq!(up.count(), 1);
+    // The legacy system accepts after all: the next copy is told so.
+    tokio::time::sleep_until((started + Duration::from_millis(2300)).into()).await;
+    let copy = gate.post(callback(TOKEN)).await;
+    assert_eq!(copy.status, 200, "{}", copy.text);
+    assert_eq!(up.count(), 1);
+    let m = gate.metrics().await;
+    assert_eq!(
+        metric(&m, r#"feishu_gate_late_verdicts_total{verdict="accepted"}"#),
+        1.0,
+        "{m}"
+    );
+
+    // LATE_VERDICT_MS=0 cuts the exchange at the upstream timeout, as before: the
+    // approver is told to check, and a retry is delivered again.
+    let cut = Gate::start(
+        &up.url(),
+        &[
+            (config::UPSTREAM_TIMEOUT_MS, "300"),
+            (config::DEDUP_TTL_SECS, "600"),
+            (config::LATE_VERDICT_MS, "0"),
+        ],
+    )
+    .await;
+    let m = cut.post(callback(TOKEN)).await.feishu_error(504);
     assert!(m.contains("did not answer in time"), "{m}");
+    cut.post(callback(TOKEN)).await.feishu_error(504);
+    assert_eq!(up.count(), 3);
 }
 
 #[tokio::test]
@@ -565,11 +607,11 @@ async fn chinese_messages_by_default() {
     let gate = Gate::start(&up.url(), &[(config::LANG, "zh")]).await;
     assert_eq!(
         gate.post(callback(TOKEN)).await.feishu_error(500),
-        "审批系统拒绝了此操作（HTTP 500）"
+        "审批系统出错（HTTP 500），请稍后刷新确认审批结果"
     );
     assert_eq!(
         gate.post(callback("x")).await.feishu_error(401),
-        "回调请求校验失败"
+        "回调请求校验失败，请联系管理员检查回调配置"
     );
 }
 
@@ -636,7 +678,7 @@ async fn an_http2_connection_that_carried_a_refusal_is_sent_goaway() {
 }
 
 #[tokio::test]
-async fn header_names_reach_an_http1_upstream_in_title_case() {
+async fn header_names_reach_an_http1_upstream_as_written() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -671,7 +713,8 @@ async fn header_names_reach_an_http1_upstream_in_title_case() {
         "\r\nX-Request-Id: ",
         "\r\nIdempotency-Key: ",
         "\r\nUser-Agent: ",
-        "\r\nX-Tenant: acme",
+        // The operator's name as written, lower-case here.
+        "\r\nx-tenant: acme",
     ] {
         assert!(head.contains(name), "{name:?} not in {head:?}");
     }

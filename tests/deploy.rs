@@ -531,6 +531,23 @@ fn ports_probes_services_and_network_policy_match_the_listen_addresses() {
         .map(|p| resolve_port(gateway, &p["port"]))
         .collect();
     assert_eq!(allowed, BTreeSet::from([listen, admin]));
+    // The admin port only from the monitoring namespace, never from every namespace.
+    let admin_from: Vec<&serde_json::Value> = array(&policy, "/spec/ingress")
+        .iter()
+        .filter(|rule| {
+            array(rule, "/ports")
+                .iter()
+                .any(|p| resolve_port(gateway, &p["port"]) == admin)
+        })
+        .flat_map(|rule| array(rule, "/from"))
+        .collect();
+    assert_eq!(
+        admin_from,
+        [
+            &serde_json::json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}})
+        ],
+        "{policy}"
+    );
     assert_eq!(
         policy["spec"]["policyTypes"],
         serde_json::json!(["Ingress"])
@@ -834,6 +851,7 @@ fn outcome_labels() -> BTreeSet<&'static str> {
         Outcome::BadRequest(BadRequest::TooLarge),
         Outcome::BadRequest(BadRequest::SlowBody),
         Outcome::BadRequest(BadRequest::Unreadable),
+        Outcome::BadRequest(BadRequest::Fragmented),
         Outcome::TryLater(TryLater::RateLimited {
             retry_after_secs: 1,
         }),
@@ -847,6 +865,7 @@ fn outcome_labels() -> BTreeSet<&'static str> {
         Outcome::UpstreamUnreachable(UpstreamError::Connect),
         Outcome::UpstreamUnreachable(UpstreamError::Dropped),
         Outcome::UpstreamTimedOut,
+        Outcome::Uncertain,
     ];
     // A new way to end stops this from compiling: add it above, so that the dashboard and
     // the alerts are checked against its label.
@@ -857,6 +876,7 @@ fn outcome_labels() -> BTreeSet<&'static str> {
             | Outcome::UpstreamRefused(_)
             | Outcome::UpstreamUnreachable(_)
             | Outcome::UpstreamTimedOut
+            | Outcome::Uncertain
             | Outcome::Internal => {}
             Outcome::BadRequest(r) => match r {
                 BadRequest::NotFound
@@ -864,6 +884,7 @@ fn outcome_labels() -> BTreeSet<&'static str> {
                 | BadRequest::TooLarge
                 | BadRequest::SlowBody
                 | BadRequest::Unreadable
+                | BadRequest::Fragmented
                 | BadRequest::Unauthorized(_)
                 | BadRequest::Invalid(_) => {}
             },

@@ -5,8 +5,8 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::otlp::OtlpReceiver;
 
 use tokio::net::TcpListener;
 
@@ -89,6 +89,58 @@ fn field(line: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
 
 const INFO: (&str, &str) = ("RUST_LOG", "info");
 
+/// A legacy system down for good costs each tap at most `CONNECT_RETRY_MS` (3 s) of
+/// retries; once its refusals have outlasted that, taps are answered at once, one at a time
+/// probing it; the first that connects closes the breaker and is delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_legacy_system_is_answered_fast_and_its_return_noticed() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gate = Binary::start(&format!("http://{addr}/legacy/approve"), &[INFO]).await;
+    let mut times = Vec::new();
+    for i in 0..5 {
+        let (answer, took) = timed_sealed_post(gate.addr, &format!("dead-{i}")).await;
+        assert_eq!(answer.status, 502, "{}", answer.text);
+        assert_eq!(
+            answer.message(),
+            "The approval system is unavailable, please try again later."
+        );
+        assert!(took < Duration::from_secs(4), "tap {i}: {took:?}");
+        times.push(took);
+    }
+    // The first tap spent the budget: no retry starts that could not end within it, so
+    // the last ends up to a pause (600 ms at most) and 250 ms short of 3 s. By the third
+    // tap the breaker is open.
+    assert!(times[0] >= Duration::from_millis(2_000), "{times:?}");
+    for took in &times[2..] {
+        assert!(*took < Duration::from_secs(1), "{times:?}");
+    }
+    let scrape = gate.metrics().await;
+    assert_eq!(metric(&scrape, "feishu_gate_upstream_breaker_open"), 1.0);
+    assert_eq!(
+        metric(&scrape, "feishu_gate_upstream_breaker_openings_total"),
+        1.0
+    );
+    gate.line("the breaker's line", |l| {
+        l.contains("refused every connection for longer than CONNECT_RETRY_MS")
+    })
+    .await;
+
+    // Back: the next tap is the probe, and it is delivered.
+    let up = Upstream::on(TcpListener::bind(addr).await.unwrap(), Reply::ok());
+    let (answer, _) = timed_sealed_post(gate.addr, "back").await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(up.count(), 1);
+    let scrape = gate.metrics().await;
+    assert_eq!(metric(&scrape, "feishu_gate_upstream_breaker_open"), 0.0);
+    gate.line("the breaker's closing line", |l| {
+        l.contains("accepts connections again")
+    })
+    .await;
+}
+
 /// A legacy container restarting: connections are refused until it listens,
 /// 1.5 s after the callback arrived. The callback is delivered once, when it
 /// does, and Feishu gets 200; the log line and the metrics say it took retries.
@@ -156,10 +208,12 @@ async fn a_legacy_system_that_received_the_request_and_reset_is_not_retried() {
     );
 }
 
-/// A `503` whose `Retry-After` fits in the time left is tried again, with the
-/// same `Idempotency-Key`; one that does not fit is passed on at once.
+/// With `RETRY_503=true`, a `503` whose `Retry-After` fits in the time left is tried
+/// again, with the same `Idempotency-Key`; one that does not fit is passed on at once.
+/// By default a `503` is passed on as it came: a proxy in front of the legacy system may
+/// answer it after passing the request on, and sending it again would deliver it twice.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_503_with_a_retry_after_that_fits_is_tried_again() {
+async fn a_503_with_a_retry_after_is_tried_again_only_when_asked() {
     const UNAVAILABLE_1S: &str = "HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-type: application/json\r\ncontent-length: 22\r\n\r\n{\"message\":\"starting\"}";
     const UNAVAILABLE_60S: &str = "HTTP/1.1 503 Service Unavailable\r\nretry-after: 60\r\ncontent-type: application/json\r\ncontent-length: 22\r\n\r\n{\"message\":\"starting\"}";
     let fits = RawLegacy::start(|n| {
@@ -171,8 +225,16 @@ async fn a_503_with_a_retry_after_that_fits_is_tried_again() {
     })
     .await;
     let too_long = RawLegacy::answering(Act::answer(UNAVAILABLE_60S)).await;
-    let gate = Binary::start(&fits.url(), &[INFO]).await;
-    let other = Binary::start(&too_long.url(), &[]).await;
+    let once = RawLegacy::answering(Act::answer(UNAVAILABLE_1S)).await;
+    let opted_in = [(config::RETRY_503, "true")];
+    let gate = Binary::start(&fits.url(), &[INFO, opted_in[0]]).await;
+    let other = Binary::start(&too_long.url(), &opted_in).await;
+    let default = Binary::start(&once.url(), &[]).await;
+
+    let (answer, took) = timed_sealed_post(default.addr, "unavailable-by-default").await;
+    assert_eq!(answer.feishu_error(503), "starting");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert_eq!(once.count(), 1);
 
     let (answer, took) = timed_sealed_post(gate.addr, "unavailable-then-ok").await;
     assert_eq!(answer.status, 200, "{}", answer.text);
@@ -319,68 +381,6 @@ async fn without_a_traceparent_a_trace_is_started() {
     assert_eq!(traces.len(), 3, "each callback a trace of its own");
 }
 
-/// `tests/otlp_receiver.py`: a real OTLP/HTTP receiver, decoding with the
-/// `opentelemetry-proto` package. Python or the package missing fails the
-/// test: `.ci/run` installs the package.
-struct OtlpReceiver {
-    child: std::process::Child,
-    port: u16,
-    spans: Arc<Mutex<Vec<serde_json::Value>>>,
-}
-
-impl OtlpReceiver {
-    fn start() -> Self {
-        use std::io::BufRead;
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otlp_receiver.py");
-        let mut child = std::process::Command::new("python3")
-            .arg(script)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .expect("python3 runs (the OTLP receiver needs it)");
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let port = match lines.next() {
-            Some(Ok(line)) => line.trim().parse().unwrap(),
-            _ => panic!(
-                "the OTLP receiver did not start: {:?} (is opentelemetry-proto installed? \
-                 pip install -r tests/requirements.txt)",
-                child.wait()
-            ),
-        };
-        let spans = Arc::new(Mutex::new(Vec::new()));
-        let sink = spans.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                sink.lock()
-                    .unwrap()
-                    .push(serde_json::from_str(&line).unwrap());
-            }
-        });
-        OtlpReceiver { child, port, spans }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn spans_of(&self, service: &str) -> Vec<serde_json::Value> {
-        self.spans
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|s| s["service_name"] == service)
-            .cloned()
-            .collect()
-    }
-}
-
-impl Drop for OtlpReceiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 const SPAN_KIND_SERVER: u64 = 2;
 const SPAN_KIND_CLIENT: u64 = 3;
 const STATUS_ERROR: u64 = 2;
@@ -392,7 +392,7 @@ const STATUS_ERROR: u64 = 2;
 /// `OTEL_TRACES_SAMPLER` is respected.
 #[tokio::test(flavor = "multi_thread")]
 async fn spans_are_exported_to_a_real_otlp_receiver_and_flushed_at_shutdown() {
-    let receiver = OtlpReceiver::start();
+    let receiver = OtlpReceiver::start().await;
     let up = Upstream::start(Reply::ok()).await;
     let refusing = Upstream::start(Reply::json(409, r#"{"message":"already done"}"#)).await;
     let endpoint = receiver.endpoint();
@@ -443,6 +443,33 @@ async fn spans_are_exported_to_a_real_otlp_receiver_and_flushed_at_shutdown() {
     assert_eq!(answer.status, 200, "{}", answer.text);
     let started_sent = up.received().pop().unwrap().header("traceparent").unwrap();
     let started_line = callback_line(&gate, "span-started").await;
+    // Strangers get no span, and their trace context is not adopted: a wrong token and a
+    // wrong path, each carrying a traceparent of their own.
+    let stranger_trace = "0af7651916cd43dd8448eb211c80319c";
+    let stranger = format!("00-{stranger_trace}-b7ad6b7169203331-01");
+    let refused = post(
+        gate.addr,
+        "/",
+        seal(
+            KEY,
+            &callback_with("not-the-token", "task_id", "\"span-stranger\""),
+        ),
+        &[("traceparent", &stranger), ("x-request-id", "stranger-1")],
+    )
+    .await;
+    assert_eq!(refused.status, 401, "{}", refused.text);
+    let lost = post(
+        gate.addr,
+        "/nowhere",
+        body("span-lost"),
+        &[("traceparent", &stranger), ("x-request-id", "stranger-2")],
+    )
+    .await;
+    assert_eq!(lost.status, 404, "{}", lost.text);
+    for id in ["stranger-1", "stranger-2"] {
+        let line = gate.json_line(id, |l| l["request_id"] == id).await;
+        assert_ne!(line["trace_id"], stranger_trace, "{line}");
+    }
     let answer = post(refused_gate.addr, "/", body("span-refused"), &[]).await;
     answer.feishu_error(409);
     let answer = post(unsampled_gate.addr, "/", body("span-unsampled"), &[]).await;

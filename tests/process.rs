@@ -138,7 +138,7 @@ fn check_config_accepts_what_operators_paste_and_warns_about_what_misleads() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("FEISHU_GATE_UPSTREAM_HEADERS=authorization=<redacted>,x-tenant=<redacted>"),
+        out.contains("FEISHU_GATE_UPSTREAM_HEADERS=Authorization=<redacted>,X-Tenant=<redacted>"),
         "{out}"
     );
     assert!(out.contains("FEISHU_GATE_LANG=zh\n"), "{out}");
@@ -151,7 +151,7 @@ fn check_config_accepts_what_operators_paste_and_warns_about_what_misleads() {
         "FEISHU_GATE_ALLOW_PLAINTEXT has no effect without FEISHU_GATE_KEY",
         "FEISHU_GATE_UPSTREAM_OK is not set",
         "FEISHU_GATE_UPSTREAM_TIMEOUT_MS (9000 ms) is longer than FEISHU_GATE_SHUTDOWN_GRACE_MS (3000 ms)",
-        "neither FEISHU_GATE_TLS_CERT nor FEISHU_GATE_KEY is set",
+        "neither TLS (FEISHU_GATE_TLS_CERT and FEISHU_GATE_TLS_KEY) nor callback encryption (FEISHU_GATE_KEY) is set",
         "FEISHU_GATE_UPSTREAM_URL is http:// to a host other than this pod's loopback",
     ] {
         assert!(
@@ -191,7 +191,7 @@ fn check_config_prints_effective_settings_with_secrets_redacted() {
     assert!(out.contains("FEISHU_GATE_LISTEN=0.0.0.0:8443"));
     assert!(out.contains("FEISHU_GATE_TOKEN=<redacted: 2>"));
     assert!(out.contains("FEISHU_GATE_KEY=<redacted: 1>"));
-    assert!(out.contains("FEISHU_GATE_UPSTREAM_HEADERS=authorization=<redacted>"));
+    assert!(out.contains("FEISHU_GATE_UPSTREAM_HEADERS=Authorization=<redacted>"));
     for secret in ["tok-secret", "file-key-secret", "hdr-secret"] {
         assert!(
             !out.contains(secret) && !err.contains(secret),
@@ -273,7 +273,7 @@ fn debugging_commands_take_secrets_from_files_and_keep_them_off_the_screen() {
     assert_eq!(code, 64);
     assert_eq!(
         err.trim_end(),
-        "feishu-gate: cannot read the key from /no/such/key: entity not found"
+        "feishu-gate: cannot read the key from /no/such/key: No such file or directory (os error 2)"
     );
     let (code, _, err) = run_with_input(&["decrypt"], &[], &sealed);
     assert_eq!(code, 64, "{err}");
@@ -312,6 +312,68 @@ fn encrypt_refuses_what_is_not_a_callback_unless_asked() {
         .decrypt(sealed.trim_end())
         .unwrap();
     assert_eq!(opened, b"approve please");
+    // What `--any-input` sealed, `decrypt` opens only when told the result need not be JSON.
+    let (code, _, err) = run_with_input(&["decrypt"], &key, &sealed);
+    assert_eq!(code, 1);
+    assert!(err.contains("--any-output prints it"), "{err}");
+    let (code, out, err) = run_with_input(&["decrypt", "--any-output"], &key, &sealed);
+    assert_eq!((code, out.as_str()), (0, "approve please\n"), "{err}");
+}
+
+#[test]
+fn help_lists_the_variables_and_shows_no_empty_values() {
+    let (code, out, _) = run(&["serve", "--help"], &[]);
+    assert_eq!(code, 0);
+    assert!(out.contains("README.md, \"Configuration\""), "{out}");
+    for name in config::VARIABLES.iter().chain(config::OTEL_VARIABLES) {
+        assert!(
+            out.lines().any(|l| l.trim_start().starts_with(name)),
+            "{name}: {out}"
+        );
+    }
+    assert!(
+        out.contains("FEISHU_GATE_TOKEN  (secret; or a file named by FEISHU_GATE_TOKEN_FILE)"),
+        "{out}"
+    );
+    let (_, check, _) = run(&["check-config", "--help"], &[]);
+    let variables = |help: &str| {
+        help.split_once("Variables (")
+            .map(|(_, list)| list.to_owned())
+    };
+    assert_eq!(variables(&check), variables(&out));
+    let (_, send, _) = run(&["send", "--help"], &[]);
+    assert!(send.contains("[env: FEISHU_GATE_TOKEN_FILE]"), "{send}");
+    assert!(!send.contains("=]"), "{send}");
+}
+
+#[test]
+fn check_config_says_not_set_one_way_and_why_a_setting_is_unused() {
+    let (code, out, err) = run(
+        &["check-config"],
+        &[
+            ("FEISHU_GATE_UPSTREAM_URL", "http://127.0.0.1:8080/"),
+            ("FEISHU_GATE_TOKEN", "t"),
+            ("OTEL_SERVICE_NAME", "approvals"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        "FEISHU_GATE_KEY=not set",
+        "FEISHU_GATE_UPSTREAM_OK=not set",
+        "FEISHU_GATE_APP_ID=not set",
+        "FEISHU_GATE_USER_RATE_LIMIT_RPS=off",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=off",
+        "OTEL_SERVICE_NAME=unused: traces are off",
+        "FEISHU_GATE_REDIS_PREFIX=unused: FEISHU_GATE_REDIS_URL is not set",
+        "FEISHU_GATE_OPENAPI_URL=unused: FEISHU_GATE_APP_ID is not set",
+    ] {
+        assert!(out.lines().any(|l| l == line), "{line}: {out}");
+    }
+    assert!(
+        !out.lines()
+            .any(|l| l.ends_with("=none") || l.ends_with("=-")),
+        "{out}"
+    );
 }
 
 fn pipe(args: &[&str], input: &str) -> String {
@@ -347,8 +409,15 @@ async fn one_json_log_line_per_callback_without_secrets() {
         .filter(|l| l["target"] == "feishu_gate::callback")
         .collect();
     assert_eq!(callbacks.len(), 2, "{lines:#?}");
-    let ok = callbacks[0];
-    assert_eq!(ok["outcome"], "delivered");
+    // Each worker thread writes its own batch, and a warning (the 401) at once, so the two
+    // lines may come in either order (src/observe/logging).
+    let by_outcome = |outcome: &str| {
+        *callbacks
+            .iter()
+            .find(|l| l["outcome"] == outcome)
+            .unwrap_or_else(|| panic!("no {outcome} line in {callbacks:#?}"))
+    };
+    let ok = by_outcome("delivered");
     assert_eq!(ok["status"], 200);
     assert_eq!(ok["upstream_status"], 200);
     assert_eq!(ok["approval_code"], "CODE-1");
@@ -366,8 +435,7 @@ async fn one_json_log_line_per_callback_without_secrets() {
             "{field}: {ms}"
         );
     }
-    assert_eq!(callbacks[1]["outcome"], "unauthorized");
-    assert_eq!(callbacks[1]["status"], 401);
+    assert_eq!(by_outcome("unauthorized")["status"], 401);
     // Start-up logs the effective configuration, redacted, each setting a field named as
     // its variable.
     let start = lines
@@ -605,4 +673,214 @@ async fn text_logs_for_people_are_plain_lines_without_secrets() {
         "{line}"
     );
     assert!(!line.contains(TOKEN) && !line.contains(KEY), "{line}");
+}
+
+#[test]
+fn send_refuses_a_zero_timeout_as_a_usage_error_and_says_when_nothing_answered() {
+    let (code, out, err) = run(
+        &[
+            "send",
+            "--url",
+            "http://127.0.0.1:9/",
+            "--token",
+            "t",
+            "--timeout-ms",
+            "0",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("--timeout-ms") && err.contains("0"), "{err}");
+    assert!(!err.contains("0ns"), "{err}");
+    // Nothing answering is not a usage error: it has a status of its own.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", closed.local_addr().unwrap());
+    drop(closed);
+    let (code, out, err) = run(&["send", "--url", &url, "--token", "t"], &[]);
+    assert_eq!(code, 3, "{out}{err}");
+    let authority = url.trim_start_matches("http://").trim_end_matches('/');
+    assert!(
+        err.contains(&format!("POST {url}: request failed: "))
+            && err.contains("Connection refused"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "hint: nothing listens on {authority}: is the gateway running, and is that its FEISHU_GATE_LISTEN port?"
+        )),
+        "{err}"
+    );
+}
+
+/// https:// to a gateway serving plain HTTP says to use http://.
+#[tokio::test]
+async fn send_over_tls_to_a_plain_port_says_to_use_http() {
+    let up = Upstream::start(Reply::ok()).await;
+    let gate = Binary::start(&up.url(), &[]).await;
+    let url = format!("https://{}/", gate.addr);
+    let (code, out, err) = run(&["send", "--url", &url, "--token", TOKEN], &[]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains(&format!("POST {url}: ")), "{err}");
+    assert!(
+        err.contains(
+            "hint: the port does not speak TLS: if the gateway serves plain HTTP, use http://"
+        ),
+        "{err}"
+    );
+    assert_eq!(up.count(), 0);
+}
+
+#[test]
+fn a_misspelt_variable_is_named_beside_the_error_it_causes() {
+    let (code, out, err) = run(
+        &["check-config"],
+        &[
+            ("FEISHU_GATE_UPSTREM_URL", "http://127.0.0.1:8080/"),
+            ("FEISHU_GATE_TOKEN", "t"),
+        ],
+    );
+    assert_eq!(code, 64, "{out}{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "warning: FEISHU_GATE_UPSTREM_URL is not a feishu-gate setting and is ignored \
+             (did you mean FEISHU_GATE_UPSTREAM_URL?)",
+            "FEISHU_GATE_UPSTREAM_URL: is required (the legacy system's endpoint, http:// or https://)",
+        ],
+        "{err}"
+    );
+}
+
+#[test]
+fn an_empty_secret_counts_as_unset_and_an_empty_secret_file_is_named() {
+    let (code, _, err) = run(
+        &["send", "--url", "http://127.0.0.1:9/", "--token", ""],
+        &[],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("give the token with"), "{err}");
+    let (code, _, err) = run(&["encrypt", "--key", ""], &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("give the key with"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("token");
+    std::fs::write(&empty, "\n").unwrap();
+    let empty = empty.to_string_lossy().into_owned();
+    let (code, _, err) = run(
+        &["check-config"],
+        &[
+            ("FEISHU_GATE_UPSTREAM_URL", "http://127.0.0.1:8080/"),
+            ("FEISHU_GATE_TOKEN_FILE", empty.as_str()),
+        ],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains(&format!("FEISHU_GATE_TOKEN_FILE: {empty} is empty")),
+        "{err}"
+    );
+    let (code, _, err) = run(
+        &[
+            "send",
+            "--url",
+            "http://127.0.0.1:9/",
+            "--token-file",
+            empty.as_str(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("the file is empty"), "{err}");
+}
+
+#[test]
+fn the_demo_survives_a_closed_stdout_and_suggests_a_command_that_works_as_started() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let (port, admin) = (
+        free_addr().port().to_string(),
+        free_addr().port().to_string(),
+    );
+    // `feishu-gate demo --once | head -0`: nobody reads, the pipe is closed at once.
+    let mut closed = support::binary::command(
+        &["demo", "--once", "--port", &port, "--admin-port", &admin],
+        &[],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    drop(closed.stdout.take());
+    let status = closed.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "a closed stdout made the demo fail");
+
+    // Started as a plain binary, it suggests the binary, not cargo.
+    let (port, admin) = (
+        free_addr().port().to_string(),
+        free_addr().port().to_string(),
+    );
+    let mut serving =
+        support::binary::command(&["demo", "--port", &port, "--admin-port", &admin], &[])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+    let lines = BufReader::new(serving.stdout.take().unwrap()).lines();
+    let suggestion = lines
+        .map_while(Result::ok)
+        .find(|l| l.contains(" send --url "))
+        .expect("a send command is suggested");
+    let _ = serving.kill();
+    let _ = serving.wait();
+    assert!(!suggestion.contains("cargo run"), "{suggestion}");
+    assert!(
+        suggestion.trim_start().starts_with(support::binary::BIN),
+        "{suggestion}"
+    );
+}
+
+/// No URL the gateway shows carries a password or a query value: not `check-config`,
+/// not the start-up line, not the line saying where spans go.
+#[tokio::test]
+async fn urls_are_shown_without_their_credentials() {
+    let upstream_url = "http://127.0.0.1:9/approve?access_token=upstream-secret-1";
+    let endpoint = "http://collector:otlp-secret-2@127.0.0.1:9/v1/traces?api_key=otlp-secret-3";
+    let env = [
+        ("FEISHU_GATE_UPSTREAM_URL", upstream_url),
+        ("FEISHU_GATE_TOKEN", "t"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint),
+    ];
+    let (code, out, err) = run(&["check-config"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l
+                == "FEISHU_GATE_UPSTREAM_URL=http://127.0.0.1:9/approve?access_token=<redacted>"),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l
+            == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://<redacted>@127.0.0.1:9/v1/traces?api_key=<redacted>"),
+        "{out}"
+    );
+    let up = Upstream::start(Reply::ok()).await;
+    let url = format!("{}?access_token=upstream-secret-1", up.url());
+    let gate = Binary::start(
+        &url,
+        &[INFO, ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint)],
+    )
+    .await;
+    let exporting = gate
+        .line("the exporter's line", |l| l.contains("exporting spans"))
+        .await;
+    assert!(exporting.contains("<redacted>"), "{exporting}");
+    for line in gate.log_tail() {
+        assert!(!line.contains("secret-"), "{line}");
+    }
+    assert!(
+        out.lines()
+            .chain(err.lines())
+            .all(|l| !l.contains("secret-")),
+        "{out}{err}"
+    );
 }

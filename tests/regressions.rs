@@ -123,7 +123,7 @@ fn check_config_reports_bad_secret_files_on_one_line_each_and_promptly() {
         lines,
         vec![
             "FEISHU_GATE_TOKEN_FILE: cannot read /dev/zero: not a regular file",
-            "FEISHU_GATE_KEY_FILE: cannot read /no\\nsuch\\r/key: entity not found",
+            "FEISHU_GATE_KEY_FILE: cannot read /no\\nsuch\\r/key: No such file or directory (os error 2)",
         ],
         "{err}"
     );

@@ -10,9 +10,12 @@
 //!     cargo test --release --test soak -- --nocapture --test-threads 1
 //! ```
 //!
-//! A variant runs two gateway processes sharing one `redis-server`, callbacks
-//! alternating between them and the two copies of a decision sent to different
-//! ones: every decision answered 200 was still delivered once across both.
+//! A variant runs two gateway processes sharing one `redis-server`, in each
+//! `REDIS_FAILURE` mode, with Redis paused now and then: callbacks alternate between
+//! them, two copies of a decision go to different ones at once, a third 0.4 s later,
+//! and a copy of every decision 13 s after the start. Every decision the legacy system
+//! accepted was accepted once, counted by `Idempotency-Key`. `SOAK_LOG=1` prints the
+//! replicas' logs after it.
 
 mod support;
 
@@ -382,11 +385,12 @@ struct Run {
 /// Sends every job with `concurrency` workers; `on_progress` sees the number
 /// of callbacks finished so far, after each one. With several gateways (replicas
 /// sharing a duplicate memory), callbacks alternate between them and the two
-/// copies of a job go to different ones; memory is sampled on the first.
+/// copies of a job go to different ones; with `echo`, a third copy follows that long
+/// after them, to the first. Memory is sampled on the first gateway.
 async fn drive(
     gates: &[&Binary],
     jobs: Vec<Job>,
-    concurrency: usize,
+    (concurrency, echo): (usize, Option<Duration>),
     keep_alive: bool,
     on_progress: impl Fn(usize) + Send + Sync + 'static,
 ) -> Run {
@@ -456,6 +460,11 @@ async fn drive(
                         tokio::join!(once(job[0].clone(), first), once(job[1].clone(), second));
                     results.push(a);
                     results.push(b);
+                    if let Some(after) = echo {
+                        tokio::time::sleep(after).await;
+                        let again = Sent::sealed(job[0].task, echo_id(&job[0].id), Kind::Repeat);
+                        results.push(once(again, first).await);
+                    }
                 }
                 on_progress(done.fetch_add(job.len(), Ordering::SeqCst) + job.len());
             }
@@ -477,6 +486,86 @@ async fn drive(
         baseline_rss_kib,
         final_rss_kib,
     }
+}
+
+/// The id of a further copy of the callback `id`: numeric like every id, so the
+/// upstream decides its fate as for any other, and unused by the workload.
+fn echo_id(id: &str) -> String {
+    let n: u64 = id.trim_start_matches('c').parse().unwrap_or(0);
+    format!("c{}", 50_000_000 + n)
+}
+
+/// Sends, at `at`, a copy of every decision `run` carried, alternating between the
+/// replicas: Feishu's last retries, long after the first. `taken` ids are not reused.
+async fn resend_at(
+    gates: &[&Binary],
+    run: &Run,
+    at: Instant,
+    concurrency: usize,
+) -> Vec<(Sent, Seen)> {
+    let mut tasks: Vec<u64> = run
+        .results
+        .iter()
+        .filter(|(sent, _)| matches!(sent.kind, Kind::Valid | Kind::Repeat))
+        .map(|(sent, _)| sent.task)
+        .collect();
+    tasks.sort_unstable();
+    tasks.dedup();
+    let copies: Vec<Sent> = tasks
+        .iter()
+        .map(|&task| Sent::sealed(task, format!("c{}", 90_000_000 + task), Kind::Repeat))
+        .collect();
+    tokio::time::sleep_until(at.into()).await;
+    let addrs: Vec<SocketAddr> = gates.iter().map(|g| g.addr).collect();
+    let copies = Arc::new(copies);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (copies, next, addrs) = (copies.clone(), next.clone(), addrs.clone());
+        workers.spawn(async move {
+            let mut seen = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(sent) = copies.get(i) else { break };
+                let mut client = Client {
+                    addr: addrs[i % addrs.len()],
+                    keep_alive: false,
+                    conn: None,
+                };
+                seen.push((sent.clone(), client.send(&sent.body).await));
+            }
+            seen
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(r) = workers.join_next().await {
+        results.extend(r.unwrap());
+    }
+    results
+}
+
+/// Pauses `redis` (SIGSTOP) for 150-600 ms every 1-3 s until `stop` is set; returns
+/// how many pauses it made.
+fn pause_redis_now_and_then(
+    pid: u32,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut r = Rng(seed ^ 0x9a05e);
+        let mut pauses = 0;
+        while !stop.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(1_000 + r.below(2_000))).await;
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            support::signal(pid, "STOP");
+            tokio::time::sleep(Duration::from_millis(150 + r.below(450))).await;
+            support::signal(pid, "CONT");
+            pauses += 1;
+        }
+        pauses
+    })
 }
 
 /// Waits until the upstream has settled every delivery it started.
@@ -513,6 +602,10 @@ struct Verdict {
     shutting_down: usize,
     refused_at_connect: usize,
     closed_unanswered: usize,
+    /// Distinct decisions the upstream accepted.
+    decisions: usize,
+    /// Of those, accepted more than once.
+    accepted_twice: usize,
     violations: Vec<String>,
 }
 
@@ -520,16 +613,47 @@ struct Verdict {
 fn judge(results: &[(Sent, Seen)], ledger: &Ledger) -> Verdict {
     let by_id = ledger.by_id.lock().unwrap();
     let mut v = Verdict::default();
-    // Decisions delivered by a callback answered 200: what a copy answered
+    // Decisions the legacy system accepted, in time or late: what a copy answered
     // from memory may count on.
     let mut delivered_tasks = std::collections::HashSet::new();
-    for (sent, seen) in results {
+    for (sent, _) in results {
         let accepted = by_id
             .get(&sent.id)
             .and_then(|d| d.first())
             .is_some_and(|d| matches!(d.fate, Fate::Accepted { .. }));
-        if accepted && matches!(seen, Seen::Answered { status: 200, .. }) {
+        if accepted {
             delivered_tasks.insert(sent.task);
+        }
+    }
+    // Deliveries per Idempotency-Key, whichever callback carried them: a decision is
+    // recorded once however many copies, 504s and replicas it went through. Refused
+    // deliveries free the decision, so only acceptances count.
+    let mut accepted_per_key: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (id, deliveries) in by_id.iter() {
+        for delivery in deliveries {
+            if matches!(delivery.fate, Fate::Accepted { .. }) {
+                accepted_per_key
+                    .entry(delivery.key.as_str())
+                    .or_default()
+                    .push(id.as_str());
+            }
+        }
+    }
+    v.decisions = accepted_per_key.len();
+    for (key, ids) in &accepted_per_key {
+        if ids.len() > 1 {
+            v.accepted_twice += 1;
+            let answers: Vec<String> = ids
+                .iter()
+                .map(|id| {
+                    let seen = results.iter().find(|(sent, _)| sent.id == *id);
+                    format!("{id}: {:?}", seen.map(|(_, seen)| seen))
+                })
+                .collect();
+            v.violations.push(format!(
+                "decision {key} was accepted {} times: {answers:?}",
+                ids.len()
+            ));
         }
     }
     let mut answered_delivered: HashMap<&str, usize> = HashMap::new();
@@ -658,6 +782,7 @@ fn report(title: &str, callbacks: usize, concurrency: usize, run: &Run, v: &Verd
          ({} of them meant to be prompt)\n  \
          errors without forwarding: {} (of them refused as shutting down: {})\n  \
          refused at connect: {}; closed unanswered (never delivered): {}; violations: {}\n  \
+         decisions accepted: {}, of them delivered once: {}, more than once: {}\n  \
          gateway VmRSS: {} KiB at start, {} KiB peak, {} KiB at the end",
         run.elapsed.as_secs_f64(),
         v.by_status,
@@ -671,6 +796,9 @@ fn report(title: &str, callbacks: usize, concurrency: usize, run: &Run, v: &Verd
         v.refused_at_connect,
         v.closed_unanswered,
         v.violations.len(),
+        v.decisions,
+        v.decisions - v.accepted_twice,
+        v.accepted_twice,
         run.baseline_rss_kib,
         run.peak_rss_kib,
         run.final_rss_kib,
@@ -717,7 +845,7 @@ async fn every_callback_answered_200_was_delivered_once_and_nothing_else_was() {
     let (upstream, ledger) = start_upstream(seed).await;
     let gate = soak_gateway(upstream, &[]).await;
     let jobs = workload(seed, callbacks);
-    let run = drive(&[&gate], jobs, concurrency, true, |_| {}).await;
+    let run = drive(&[&gate], jobs, (concurrency, None), true, |_| {}).await;
     let title = format!("soak (seed {seed})");
     let v = conclude(&title, concurrency, &run, &ledger).await;
     assert_eq!(
@@ -741,28 +869,59 @@ async fn every_callback_answered_200_was_delivered_once_and_nothing_else_was() {
     assert_eq!(gate.readiness().await, Some(200));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn two_replicas_sharing_redis_deliver_every_decision_answered_200_once() {
+/// Two replicas over one Redis in `mode`, Redis paused now and then, copies of each
+/// decision at once on both replicas, 0.4 s later, and 13 s after the run began, and a
+/// share of the legacy system's answers slower than the gateway's deadline.
+async fn two_replicas_through_redis_pauses(mode: &str, seed: u64) {
     let callbacks = env_usize("SOAK_REPLICA_CALLBACKS", 2_000);
     let concurrency = env_usize("SOAK_CONCURRENCY", 32);
-    let seed = seed() + 2;
     let redis = Redis::start();
     let (upstream, ledger) = start_upstream(seed).await;
     let redis_url = redis.url();
-    // Closed: a Redis call past its budget on a loaded machine is then a 503, not a
-    // delivery decided by one replica's memory alone, which `open` allows by design.
     let shared_memory = [
         (config::REDIS_URL, redis_url.as_str()),
-        (config::REDIS_FAILURE, "closed"),
+        (config::REDIS_FAILURE, mode),
     ];
     let a = soak_gateway(upstream, &shared_memory).await;
     let b = soak_gateway(upstream, &shared_memory).await;
     let jobs = workload(seed, callbacks);
-    let run = drive(&[&a, &b], jobs, concurrency, true, |_| {}).await;
-    let title = format!("soak on two replicas sharing Redis (seed {seed})");
+    let stop = Arc::new(AtomicBool::new(false));
+    let pauser = pause_redis_now_and_then(redis.pid(), seed, stop.clone());
+    let started = Instant::now();
+    let echo = Some(Duration::from_millis(400));
+    let mut run = drive(&[&a, &b], jobs, (concurrency, echo), true, |_| {}).await;
+    let later = resend_at(
+        &[&a, &b],
+        &run,
+        started + Duration::from_secs(13),
+        concurrency,
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let pauses = pauser.await.unwrap();
+    run.results.extend(later);
+    run.elapsed = started.elapsed();
+    let title =
+        format!("soak on two replicas, REDIS_FAILURE={mode}, {pauses} Redis pauses (seed {seed})");
+    for (name, gate) in [("a", &a), ("b", &b)] {
+        let m = gate.metrics().await;
+        let unanswered: Vec<&str> = m
+            .lines()
+            .filter(|l| l.starts_with("feishu_gate_redis_operations_total") && !l.ends_with(" 0"))
+            .filter(|l| !l.contains(r#"result="ok""#))
+            .collect();
+        println!("  replica {name}, Redis calls not answered: {unanswered:?}");
+        if std::env::var("SOAK_LOG").is_ok() {
+            for line in gate.log_tail() {
+                println!("    {line}");
+            }
+        }
+    }
     let v = conclude(&title, concurrency, &run, &ledger).await;
+    assert!(pauses > 0, "Redis was never paused");
     assert_eq!(v.refused_at_connect + v.closed_unanswered, 0);
-    assert!(v.delivered > 0 && v.answered_from_memory > 0);
+    assert!(v.delivered > 0 && v.answered_from_memory > 0 && v.ambiguous > 0);
+    assert_eq!(v.accepted_twice, 0);
     // Copies were recognised through Redis, not only by each replica's own memory.
     let shared: f64 = [a.metrics().await, b.metrics().await]
         .iter()
@@ -771,8 +930,18 @@ async fn two_replicas_sharing_redis_deliver_every_decision_answered_200_once() {
     assert!(shared > 0.0, "no copy was found in the shared memory");
     for gate in [&a, &b] {
         let m = gate.metrics().await;
-        assert_eq!(metric(&m, "feishu_gate_redis_fallback"), 0.0);
+        assert_eq!(metric(&m, "feishu_gate_redis_records_pending"), 0.0, "{m}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_open_through_redis_pauses_deliver_each_decision_once() {
+    two_replicas_through_redis_pauses("open", seed() + 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_closed_through_redis_pauses_deliver_each_decision_once() {
+    two_replicas_through_redis_pauses("closed", seed() + 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -788,7 +957,7 @@ async fn sigterm_under_load_answers_or_refuses_every_callback_and_loses_none() {
     let at = callbacks * 2 / 5;
     let mark = signalled.clone();
     // A callback per connection, as a client that does not keep connections.
-    let run = drive(&[&gate], jobs, concurrency, false, move |done| {
+    let run = drive(&[&gate], jobs, (concurrency, None), false, move |done| {
         let mut mark = mark.lock().unwrap();
         if done >= at && mark.is_none() {
             support::signal(pid, "TERM");

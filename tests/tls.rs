@@ -739,7 +739,9 @@ async fn the_binary_serves_tls_and_follows_the_secret() {
 #[tokio::test]
 async fn demo_tls_serves_https_and_prints_a_send_command_that_works() {
     let mut demo = Process::spawn(&["demo", "--tls", "--port", "0", "--admin-port", "0"], &[]);
-    let command = demo.line("send command", |l| l.contains(" -- send ")).await;
+    let command = demo
+        .line("send command", |l| l.contains(" send --url "))
+        .await;
     let printed = demo.stdout_lines();
     let printed = printed
         .iter()
@@ -747,7 +749,10 @@ async fn demo_tls_serves_https_and_prints_a_send_command_that_works() {
         .cloned()
         .collect::<Vec<_>>()
         .join("\n");
-    let command = format!("send {}", command.split_once(" -- send ").unwrap().1);
+    // Started as a plain binary, the demo names the binary it was started as.
+    let (program, rest) = command.trim_start().split_once(" send ").unwrap();
+    assert_eq!(program, support::binary::BIN, "{command}");
+    let command = format!("send {rest}");
     assert!(printed.contains("https://127.0.0.1:"), "{printed}");
     assert!(printed.contains("④ feishu-gate → Feishu: 200"), "{printed}");
     assert!(command.contains("--ca-file "), "{command}");
@@ -767,6 +772,39 @@ async fn demo_tls_serves_https_and_prints_a_send_command_that_works() {
     let args: Vec<&str> = approve.split_whitespace().collect();
     let (code, _, problem) = run(&args, &[]);
     assert_eq!(code, 0, "{problem}");
+
+    // What a user gets wrong first, each answered with the URL tried and what to do.
+    let url = args
+        .iter()
+        .skip_while(|a| **a != "--url")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let ca_at = args.iter().position(|a| *a == "--ca-file").unwrap();
+    let without_ca: Vec<&str> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != ca_at && *i != ca_at + 1)
+        .map(|(_, a)| *a)
+        .collect();
+    let (code, _, problem) = run(&without_ca, &[]);
+    assert_eq!(code, 3, "{problem}");
+    assert!(
+        problem.contains(&format!("POST {url}: request failed: "))
+            && problem.contains("UnknownIssuer")
+            && problem.contains("hint: the gateway's certificate is not signed by a CA this machine trusts: give that CA with --ca-file PATH"),
+        "{problem}"
+    );
+    let plain_url = url.replacen("https://", "http://", 1);
+    let to_tls_port = approve.replace(&url, &plain_url);
+    let to_tls_port: Vec<&str> = to_tls_port.split_whitespace().collect();
+    let (code, _, problem) = run(&to_tls_port, &[]);
+    assert_eq!(code, 3, "{problem}");
+    assert!(
+        problem.contains(&format!("POST {plain_url}: "))
+            && problem.contains("hint: the port answered with something other than HTTP: if the gateway serves TLS (FEISHU_GATE_TLS_CERT), use https://"),
+        "{problem}"
+    );
 
     // SIGTERM to the demo this test started: it drains and removes its certificate.
     demo.signal("TERM");
@@ -797,5 +835,35 @@ async fn an_idle_http2_connection_over_tls_ends_with_goaway() {
         idle_from.elapsed() >= server::HEADER_READ_TIMEOUT - Duration::from_millis(500),
         "closed after only {:?}",
         idle_from.elapsed()
+    );
+}
+
+/// The server's order decides the cipher suite: a client listing AES-256-GCM first, as
+/// OpenSSL's and rustls's do, gets AES-128-GCM over SHA-256, the cheaper handshake.
+#[tokio::test]
+async fn the_cheaper_suite_is_chosen_whatever_the_clients_order() {
+    let root = Ca::root("test root");
+    let leaf = root.server_leaf("gateway");
+    let (_volume, _upstream, gate) = watched_gate(&leaf).await;
+    let client = tls_client(root.roots(), &[b"http/1.1"]);
+    let offered: Vec<_> = client
+        .crypto_provider()
+        .cipher_suites
+        .iter()
+        .map(|s| s.suite())
+        .collect();
+    assert_eq!(
+        offered.first(),
+        Some(&rustls::CipherSuite::TLS13_AES_256_GCM_SHA384),
+        "the client prefers AES-256"
+    );
+    let stream = tls_connect(gate.addr, client).await.unwrap();
+    assert_eq!(
+        stream
+            .get_ref()
+            .1
+            .negotiated_cipher_suite()
+            .map(|s| s.suite()),
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
     );
 }

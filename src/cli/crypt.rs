@@ -89,7 +89,10 @@ pub(super) fn decrypt(args: &DecryptArgs) -> ExitCode {
     let mut last_error = None;
     for key in keys.split(',').map(str::trim).filter(|k| !k.is_empty()) {
         match CallbackKey::new(key).decrypt(&encrypt) {
-            Ok(plain) if serde_json::from_slice::<serde_json::Value>(&plain).is_ok() => {
+            Ok(plain)
+                if args.any_output
+                    || serde_json::from_slice::<serde_json::Value>(&plain).is_ok() =>
+            {
                 let shown = if args.show_token {
                     plain
                 } else {
@@ -101,7 +104,10 @@ pub(super) fn decrypt(args: &DecryptArgs) -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             Ok(_) => {
-                last_error = Some("decrypts to something that is not JSON (wrong key?)".to_owned())
+                last_error = Some(
+                    "decrypts to something that is not JSON (wrong key? --any-output prints it)"
+                        .to_owned(),
+                )
             }
             Err(e) => last_error = Some(e.to_string()),
         }

@@ -24,7 +24,20 @@ use crate::cli::send::{self, CallbackFields};
 use crate::config::{self, Config};
 use crate::observe::logging::LogFormat;
 use crate::observe::logging::{self, Sink};
-use crate::server::Listeners;
+use crate::server::{self, Listeners};
+
+/// `println!` that carries on when stdout is gone (`feishu-gate demo | head -2`): the demo
+/// keeps serving whoever reads it or not, and a closed pipe is no reason to panic.
+macro_rules! say {
+    () => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout());
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 
 /// The demo's shared secret, as it would be set in Feishu's approval definition.
 pub const DEMO_TOKEN: &str = "demo-token-Zk3v9Qp2";
@@ -94,11 +107,9 @@ impl Drop for DemoCert {
     }
 }
 
-async fn bind_loopback(port: u16) -> std::io::Result<TcpListener> {
-    match TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await {
-        Ok(l) => Ok(l),
-        Err(_) => TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await,
-    }
+fn bind_loopback(port: u16) -> std::io::Result<TcpListener> {
+    server::listen(SocketAddr::from(([127, 0, 0, 1], port)))
+        .or_else(|_| server::listen(SocketAddr::from(([127, 0, 0, 1], 0))))
 }
 
 pub async fn run(args: DemoArgs) -> ExitCode {
@@ -117,8 +128,8 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     let legacy_url = format!("http://{}/approvals", legacy.local_addr()?);
     tokio::spawn(serve_legacy(legacy));
 
-    let callback = bind_loopback(args.port).await?;
-    let admin = bind_loopback(args.admin_port).await?;
+    let callback = bind_loopback(args.port)?;
+    let admin = bind_loopback(args.admin_port)?;
     let callback_addr = callback.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let demo_cert = if args.tls {
@@ -155,17 +166,17 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     let ca_file = demo_cert.as_ref().map(|c| c.cert.as_path());
     // How `send` trusts the self-signed certificate, for the commands printed below.
     let ca_flag = ca_file.map_or_else(String::new, |path| format!(" --ca-file {}", path.display()));
-    println!("feishu-gate demo");
-    println!("  gateway        {url}  (token {DEMO_TOKEN:?}, key {DEMO_KEY:?})");
+    say!("feishu-gate demo");
+    say!("  gateway        {url}  (token {DEMO_TOKEN:?}, key {DEMO_KEY:?})");
     if let Some(path) = ca_file {
-        println!(
+        say!(
             "  certificate    {}  (self-signed, made for this run)",
             path.display()
         );
     }
-    println!("  legacy system  {legacy_url}");
-    println!("  admin          http://{admin_addr}/metrics");
-    println!();
+    say!("  legacy system  {legacy_url}");
+    say!("  admin          http://{admin_addr}/metrics");
+    say!();
 
     let fields = CallbackFields {
         action_type: "APPROVE".into(),
@@ -179,21 +190,21 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     let plaintext = fields.to_json(DEMO_TOKEN);
     let body = send::seal(DEMO_KEY, &plaintext)?;
-    println!("① Feishu → feishu-gate: POST {url}");
-    println!("   {body}");
-    println!("   (sealed with the key; inside: {plaintext})");
-    println!();
+    say!("① Feishu → feishu-gate: POST {url}");
+    say!("   {body}");
+    say!("   (sealed with the key; inside: {plaintext})");
+    say!();
     let send::Answer {
         status,
         body: answer,
         ..
     } = send::post(&url, body, None, ca_file, Duration::from_secs(10)).await?;
-    println!(
+    say!(
         "④ feishu-gate → Feishu: {} {}",
         status.as_u16(),
         String::from_utf8_lossy(&answer)
     );
-    println!();
+    say!();
 
     if args.once {
         let _ = stop.send(());
@@ -204,11 +215,12 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
             Err("the sample callback was not answered 200".into())
         };
     }
-    println!("Serving until Ctrl-C. Try a refusal the legacy system explains itself:");
-    println!(
-        "  cargo run --release -- send --url {url}{ca_flag} --token {DEMO_TOKEN} --key {DEMO_KEY} --action REJECT --task-id step2"
+    say!("Serving until Ctrl-C. Try a refusal the legacy system explains itself:");
+    say!(
+        "  {} send --url {url}{ca_flag} --token {DEMO_TOKEN} --key {DEMO_KEY} --action REJECT --task-id step2",
+        invoked_as()
     );
-    println!();
+    say!();
     server.await?;
     drop(stop);
     Ok(())
@@ -253,11 +265,11 @@ async fn legacy_answer(request: Request<Incoming>) -> Response<Full<Bytes>> {
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    println!("② feishu-gate → legacy system: POST {path}");
-    println!("   X-Request-Id: {request_id}");
-    println!("   Idempotency-Key: {key}");
-    println!("   User-Agent: {agent}");
-    println!("   {}", String::from_utf8_lossy(&body));
+    say!("② feishu-gate → legacy system: POST {path}");
+    say!("   X-Request-Id: {request_id}");
+    say!("   Idempotency-Key: {key}");
+    say!("   User-Agent: {agent}");
+    say!("   {}", String::from_utf8_lossy(&body));
     let decision: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let (status, answer) = if decision["action_type"] == "REJECT"
         && decision["reason"].as_str().unwrap_or("").is_empty()
@@ -269,7 +281,7 @@ async fn legacy_answer(request: Request<Incoming>) -> Response<Full<Bytes>> {
     } else {
         (StatusCode::OK, r#"{"code":0,"msg":"recorded"}"#)
     };
-    println!(
+    say!(
         "③ legacy system → feishu-gate: {} {answer}",
         status.as_u16()
     );
@@ -280,4 +292,17 @@ async fn legacy_answer(request: Request<Incoming>) -> Response<Full<Bytes>> {
         http::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// The command that runs this binary the way it was started: through cargo, or as the
+/// path it was called by.
+fn invoked_as() -> String {
+    if std::env::var_os("CARGO_MANIFEST_DIR").is_some() {
+        return "cargo run --release --".to_owned();
+    }
+    std::env::args_os()
+        .next()
+        .map(|arg0| arg0.to_string_lossy().into_owned())
+        .filter(|arg0| !arg0.is_empty())
+        .unwrap_or_else(|| "feishu-gate".to_owned())
 }

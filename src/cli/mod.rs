@@ -9,7 +9,7 @@ mod serve;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use http::Uri;
 
 use crate::app::{EXIT_CONFIG, EXIT_FORCED};
@@ -37,6 +37,10 @@ pub enum Command {
     Serve,
     /// Validate the environment and print the effective settings, secrets redacted.
     CheckConfig,
+    /// Fetch a tenant_access_token with FEISHU_GATE_APP_ID and FEISHU_GATE_APP_SECRET and
+    /// say whether they work (the token is not shown). Exit 0 when they do, 1 when Feishu
+    /// refuses or cannot be reached, 64 for a configuration error.
+    OpenapiCheck,
     /// Start the gateway and an example legacy system on loopback, send a sample
     /// encrypted callback through both, then keep serving until Ctrl-C.
     Demo(demo::DemoArgs),
@@ -52,7 +56,8 @@ pub enum Command {
 /// need not appear in the process list or the shell's history.
 #[derive(Debug, Args)]
 pub struct KeyArgs {
-    /// Feishu's action_callback_key (a comma-separated list: tried in order).
+    /// Feishu's action_callback_key. A comma-separated list: decrypt tries each in order;
+    /// encrypt and send seal with the first.
     #[arg(
         long,
         env = "FEISHU_GATE_KEY",
@@ -61,7 +66,12 @@ pub struct KeyArgs {
     )]
     pub key: Option<String>,
     /// A file holding the key, as a mounted Secret does.
-    #[arg(long, env = "FEISHU_GATE_KEY_FILE", value_name = "PATH")]
+    #[arg(
+        long,
+        env = "FEISHU_GATE_KEY_FILE",
+        hide_env_values = true,
+        value_name = "PATH"
+    )]
     pub key_file: Option<PathBuf>,
 }
 
@@ -72,7 +82,8 @@ pub struct EncryptArgs {
     /// Print only the base64 value, not the JSON body.
     #[arg(long)]
     pub raw: bool,
-    /// Seal stdin even when it is empty or not a JSON object (a callback is one).
+    /// Seal stdin even when it is empty or not a JSON object (a callback is one);
+    /// `decrypt --any-output` opens what this seals.
     #[arg(long)]
     pub any_input: bool,
 }
@@ -84,6 +95,10 @@ pub struct DecryptArgs {
     /// Print the callback's token instead of `<redacted>`.
     #[arg(long)]
     pub show_token: bool,
+    /// Print what the envelope holds even when it is not JSON (as `encrypt --any-input`
+    /// may seal), as is; without it, such a result counts as a wrong key.
+    #[arg(long)]
+    pub any_output: bool,
 }
 
 #[derive(Debug, Args)]
@@ -100,7 +115,12 @@ pub struct SendArgs {
     )]
     pub token: Option<String>,
     /// A file holding the token, as a mounted Secret does.
-    #[arg(long, env = "FEISHU_GATE_TOKEN_FILE", value_name = "PATH")]
+    #[arg(
+        long,
+        env = "FEISHU_GATE_TOKEN_FILE",
+        hide_env_values = true,
+        value_name = "PATH"
+    )]
     pub token_file: Option<PathBuf>,
     /// Feishu's action_callback_key; when given, the callback is encrypted.
     #[command(flatten)]
@@ -108,18 +128,25 @@ pub struct SendArgs {
     /// APPROVE, REJECT, or a custom action key.
     #[arg(long, default_value = "APPROVE")]
     pub action: String,
+    /// The approver's `user_id`.
     #[arg(long, default_value = "feishu-gate-smoke-test")]
     pub user_id: String,
+    /// The approval definition's `approval_code`.
     #[arg(long, default_value = "FEISHU-GATE-SMOKE-TEST")]
     pub approval_code: String,
+    /// The approval instance's `instance_id` (left out when not given).
     #[arg(long)]
     pub instance_id: Option<String>,
+    /// The task's `task_id` (left out when not given).
     #[arg(long)]
     pub task_id: Option<String>,
+    /// The card's `message_id`, sent as a JSON number as Feishu does.
     #[arg(long)]
     pub message_id: Option<u64>,
+    /// The approver's comment, `reason`.
     #[arg(long)]
     pub reason: Option<String>,
+    /// `action_context`, as a custom action carries it.
     #[arg(long)]
     pub action_context: Option<String>,
     /// Sent as `X-Request-Id`, to find this callback in the gateway's and the legacy
@@ -129,8 +156,8 @@ pub struct SendArgs {
     /// PEM file of a CA to trust for an https:// URL (besides the system's roots).
     #[arg(long)]
     pub ca_file: Option<PathBuf>,
-    /// Give up after this long (Feishu waits 10 s).
-    #[arg(long, default_value_t = 10_000)]
+    /// Give up after this long, in ms (Feishu waits 10 s).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_ms: u64,
 }
 
@@ -156,7 +183,8 @@ fn secret(
     file: Option<&Path>,
     what: &str,
 ) -> Result<Option<String>, ExitCode> {
-    if let Some(value) = direct {
+    // An empty value counts as unset, as for the gateway's own variables.
+    if let Some(value) = direct.filter(|v| !v.trim().is_empty()) {
         return Ok(Some(value.to_owned()));
     }
     let Some(path) = file else {
@@ -170,18 +198,50 @@ fn secret(
         ExitCode::from(EXIT_CONFIG)
     };
     match config::read_secret_file(&path.to_string_lossy()) {
+        Ok(text) if text.trim().is_empty() => Err(fail("the file is empty".to_owned())),
         Ok(text) => Ok(Some(text)),
         Err(config::SecretFileError::Unreadable(problem)) => Err(fail(problem)),
         Err(config::SecretFileError::NotUtf8) => Err(fail("not valid UTF-8".to_owned())),
     }
 }
 
+/// What `serve --help` and `check-config --help` add: every variable read, by name.
+fn variables_help() -> String {
+    let mut text = String::from(
+        "Variables (README.md, \"Configuration\", says what each does and its default; \
+         an empty one counts as unset):\n",
+    );
+    for name in config::VARIABLES {
+        text.push_str("  ");
+        text.push_str(name);
+        if config::SECRET_VARIABLES.contains(name) {
+            text.push_str("  (secret; or a file named by ");
+            text.push_str(name);
+            text.push_str("_FILE)");
+        }
+        text.push('\n');
+    }
+    text.push_str("OpenTelemetry's own, for traces:\n");
+    for name in config::OTEL_VARIABLES {
+        text.push_str("  ");
+        text.push_str(name);
+        text.push('\n');
+    }
+    text
+}
+
 /// Runs the command line and returns the process's exit status.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let variables = variables_help();
+    let matches = Cli::command()
+        .mut_subcommand("serve", |c| c.after_help(variables.clone()))
+        .mut_subcommand("check-config", |c| c.after_help(variables))
+        .get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let code = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve::serve(),
         Command::CheckConfig => serve::check_config(),
+        Command::OpenapiCheck => serve::openapi_check(),
         Command::Demo(args) => run_async(demo::run(args)),
         Command::Send(args) => run_async(send::send_command(*args)),
         Command::Encrypt(args) => crypt::encrypt(&args),

@@ -14,6 +14,9 @@ use serde_json::{Map, Value};
 
 use super::crypt::first_key;
 use super::{EXIT_CONFIG, SendArgs, secret};
+
+/// `send`'s status when nothing answered: the gateway is down, unreachable, or too slow.
+pub const EXIT_UNANSWERED: u8 = 3;
 use crate::callback::envelope::CallbackKey;
 use crate::util::https::{self, Versions};
 
@@ -202,9 +205,45 @@ pub(super) async fn send_command(args: SendArgs) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        // 2 is a usage error (clap's): nothing answering gets a status of its own.
         Err(e) => {
-            eprintln!("feishu-gate: {e}");
-            ExitCode::from(2)
+            eprintln!("feishu-gate: POST {}: {e}", args.url);
+            if let Some(hint) = hint(&e, &args.url) {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::from(EXIT_UNANSWERED)
         }
     }
+}
+
+/// What to try next after a failure the message alone does not explain.
+fn hint(error: &SendError, url: &Uri) -> Option<String> {
+    let SendError::Transport(text) = error else {
+        return None;
+    };
+    let https = url.scheme() == Some(&http::uri::Scheme::HTTPS);
+    let authority = url.authority().map_or("", |a| a.as_str());
+    let hint = if text.contains("UnknownIssuer") {
+        "the gateway's certificate is not signed by a CA this machine trusts: \
+         give that CA with --ca-file PATH"
+            .to_owned()
+    } else if text.contains("NotValidForName") {
+        format!("the gateway's certificate does not name {authority}: use a name it does")
+    } else if text.contains("Expired") {
+        "the gateway's certificate has expired, or this machine's clock is wrong".to_owned()
+    } else if !https && text.contains("invalid HTTP version") {
+        "the port answered with something other than HTTP: if the gateway serves TLS \
+         (FEISHU_GATE_TLS_CERT), use https://"
+            .to_owned()
+    } else if https && (text.contains("InvalidContentType") || text.contains("corrupt message")) {
+        "the port does not speak TLS: if the gateway serves plain HTTP, use http://".to_owned()
+    } else if text.contains("Connection refused") {
+        format!(
+            "nothing listens on {authority}: is the gateway running, and is that its \
+             FEISHU_GATE_LISTEN port?"
+        )
+    } else {
+        return None;
+    };
+    Some(hint)
 }

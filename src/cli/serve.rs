@@ -3,13 +3,11 @@
 
 use std::process::ExitCode;
 
-use tokio::net::TcpListener;
-
 use crate::app::{App, StartError};
 use crate::config::{self, Config, Loaded};
 use crate::observe::logging::{self, Sink};
 use crate::observe::otlp::Telemetry;
-use crate::server::Listeners;
+use crate::server::{self, Listeners};
 
 /// The configuration plus every check that needs the files it names, so that
 /// `check-config` and `serve` refuse exactly the same things.
@@ -22,8 +20,15 @@ fn load() -> Result<(Loaded, App), StartError> {
 /// Reports a failure to start on stderr (and in the log, once logging is up) and gives
 /// its exit status.
 fn failed(error: &StartError) -> ExitCode {
-    if let StartError::Io(message) = error {
-        tracing::error!("{message}");
+    match error {
+        StartError::Io(message) => tracing::error!("{message}"),
+        // A misspelt name is often why a required setting is missing: its warning comes
+        // first, not hidden by the error it causes.
+        StartError::Config(_) => {
+            for warning in Config::warnings_from_env() {
+                eprintln!("warning: {warning}");
+            }
+        }
     }
     eprintln!("{error}");
     error.exit_code()
@@ -42,6 +47,54 @@ pub(super) fn check_config() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// Fetches a `tenant_access_token` with the configured app credentials and says whether
+/// it worked, without showing the token: the operator's smoke test for card repair.
+pub(super) fn openapi_check() -> ExitCode {
+    let loaded = match load() {
+        Err(error) => return failed(&error),
+        Ok((loaded, _)) => loaded,
+    };
+    let Some(settings) = loaded.config.openapi else {
+        eprintln!(
+            "feishu-gate: {} and {} are not set: card repair is off, there is nothing to check",
+            config::APP_ID,
+            config::APP_SECRET
+        );
+        return ExitCode::from(crate::app::EXIT_CONFIG);
+    };
+    super::run_async(async move {
+        let api = match crate::openapi::OpenApi::new(&settings) {
+            Ok(api) => api,
+            Err(errors) => return failed(&StartError::Config(errors)),
+        };
+        match api.fetch_token().await {
+            Ok((_, lives)) => {
+                println!(
+                    "ok: {} gave app {} a tenant_access_token, valid for {} s; card repair can \
+                     update approval cards if the app may use the approval API",
+                    api.base(),
+                    settings.app_id,
+                    lives.as_secs()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                let what = if e.is_answer() {
+                    "refused app"
+                } else {
+                    "could not be asked for a token for app"
+                };
+                eprintln!(
+                    "feishu-gate: {} {what} {}: {e}",
+                    api.base(),
+                    settings.app_id
+                );
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 pub(super) fn serve() -> ExitCode {
@@ -76,14 +129,14 @@ async fn run_gateway() -> Result<(), StartError> {
         tracing::warn!("{warning}");
     }
     log_start(&config.describe());
-    let listeners = bind(&config).await?;
+    let listeners = bind(&config)?;
     let app = match &config.traces {
         None => app,
         Some(traces) => {
             let telemetry =
                 Telemetry::start(traces, &config.upstream.url).map_err(StartError::Io)?;
             tracing::info!(
-                endpoint = %traces.endpoint,
+                endpoint = %crate::util::text::shown_url(&traces.endpoint),
                 service = %traces.service_name,
                 "exporting spans over OTLP/HTTP"
             );
@@ -114,11 +167,14 @@ fn log_start(settings: &[(&'static str, String)]) {
         upstream_url = value(UPSTREAM_URL),
         upstream_timeout_ms = value(UPSTREAM_TIMEOUT_MS),
         answer_within_ms = value(ANSWER_WITHIN_MS),
+        late_verdict_ms = value(LATE_VERDICT_MS),
         upstream_headers = value(UPSTREAM_HEADERS),
         upstream_ca_file = value(UPSTREAM_CA_FILE),
         upstream_client_cert = value(UPSTREAM_CLIENT_CERT),
         upstream_client_key = value(UPSTREAM_CLIENT_KEY),
         upstream_ok = value(UPSTREAM_OK),
+        retry_503 = value(RETRY_503),
+        connect_retry_ms = value(CONNECT_RETRY_MS),
         token = value(TOKEN),
         key = value(KEY),
         allow_plaintext = value(ALLOW_PLAINTEXT),
@@ -141,19 +197,23 @@ fn log_start(settings: &[(&'static str, String)]) {
         redis_prefix = value(REDIS_PREFIX),
         redis_ca_file = value(REDIS_CA_FILE),
         redis_failure = value(REDIS_FAILURE),
+        app_id = value(APP_ID),
+        app_secret = value(APP_SECRET),
+        openapi_url = value(OPENAPI_URL),
+        openapi_ca_file = value(OPENAPI_CA_FILE),
         "starting"
     );
 }
 
-async fn bind(config: &Config) -> Result<Listeners, StartError> {
+fn bind(config: &Config) -> Result<Listeners, StartError> {
     let (listen, admin_listen) = (config.server.listen, config.server.admin_listen);
-    let callback = TcpListener::bind(listen).await.map_err(|e| {
+    let callback = server::listen(listen).map_err(|e| {
         StartError::Io(format!(
             "{}: cannot listen on {listen}: {e}",
             config::LISTEN
         ))
     })?;
-    let admin = TcpListener::bind(admin_listen).await.map_err(|e| {
+    let admin = server::listen(admin_listen).map_err(|e| {
         StartError::Io(format!(
             "{}: cannot listen on {admin_listen}: {e}",
             config::ADMIN_LISTEN

@@ -3,14 +3,13 @@
 
 use std::path::PathBuf;
 
-use http::Uri;
-
 use super::Config;
 use crate::dedup::shared::RedisSettings;
 use crate::observe::logging::LogFormat;
 use crate::pipeline::limit::RateLimit;
 use crate::respond::Lang;
 use crate::upstream::UpstreamHeaders;
+use crate::util::text::shown_url;
 use crate::vars::*;
 
 /// Every shown setting, in `check-config`'s order. Variables that only steer another
@@ -18,14 +17,18 @@ use crate::vars::*;
 pub(super) fn describe(c: &Config) -> Vec<(&'static str, String)> {
     let (server, pipeline, upstream) = (&c.server, &c.pipeline, &c.upstream);
     let redis = c.dedup.redis.as_ref();
-    let traced =
-        |f: fn(&crate::observe::otlp::Traces) -> String| c.traces.as_ref().map_or_else(off, f);
-    let redis_shown = |f: fn(&RedisSettings) -> String| redis.map_or_else(unused, f);
+    let openapi = c.openapi.as_ref();
+    let traced = |f: fn(&crate::observe::otlp::Traces) -> String| {
+        c.traces
+            .as_ref()
+            .map_or_else(|| "unused: traces are off".to_owned(), f)
+    };
+    let redis_shown = |f: fn(&RedisSettings) -> String| redis.map_or_else(|| unused(REDIS_URL), f);
     vec![
         (LISTEN, server.listen.to_string()),
         (ADMIN_LISTEN, server.admin_listen.to_string()),
         (CALLBACK_PATH, pipeline.path.clone()),
-        (UPSTREAM_URL, upstream.url.to_string()),
+        (UPSTREAM_URL, shown_url(&upstream.url)),
         (
             UPSTREAM_TIMEOUT_MS,
             upstream.timeout.as_millis().to_string(),
@@ -33,6 +36,10 @@ pub(super) fn describe(c: &Config) -> Vec<(&'static str, String)> {
         (
             ANSWER_WITHIN_MS,
             pipeline.answer_within.as_millis().to_string(),
+        ),
+        (
+            LATE_VERDICT_MS,
+            pipeline.late_verdict.as_millis().to_string(),
         ),
         (UPSTREAM_HEADERS, shown_headers(&upstream.headers)),
         (UPSTREAM_CA_FILE, shown_path(upstream.ca_file.as_ref())),
@@ -50,6 +57,11 @@ pub(super) fn describe(c: &Config) -> Vec<(&'static str, String)> {
                 .ok_rule
                 .as_ref()
                 .map_or_else(none, ToString::to_string),
+        ),
+        (RETRY_503, upstream.retry_503.to_string()),
+        (
+            CONNECT_RETRY_MS,
+            upstream.connect_retry.as_millis().to_string(),
         ),
         (TOKEN, format!("<redacted: {}>", c.callback.tokens.len())),
         (
@@ -100,7 +112,9 @@ pub(super) fn describe(c: &Config) -> Vec<(&'static str, String)> {
         ),
         (
             OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
-            traced(|t| shown_endpoint(&t.endpoint)),
+            c.traces
+                .as_ref()
+                .map_or_else(off, |t| shown_url(&t.endpoint)),
         ),
         (OTEL_SERVICE_NAME, traced(|t| t.service_name.clone())),
         (OTEL_TRACES_SAMPLER, traced(|t| t.sampler.clone())),
@@ -116,24 +130,47 @@ pub(super) fn describe(c: &Config) -> Vec<(&'static str, String)> {
                     .ca_file
                     .as_ref()
                     .map_or_else(|| "system roots".to_owned(), |p| p.display().to_string()),
-                _ => unused(),
+                Some(_) => "unused: the Redis URL is not rediss://".to_owned(),
+                None => unused(REDIS_URL),
             },
         ),
         (REDIS_FAILURE, redis_shown(|r| r.failure.label().to_owned())),
+        (APP_ID, openapi.map_or_else(none, |o| o.app_id.clone())),
+        (
+            APP_SECRET,
+            openapi.map_or_else(none, |_| "<redacted>".to_owned()),
+        ),
+        (
+            OPENAPI_URL,
+            openapi.map_or_else(|| unused(APP_ID), |o| shown_url(&o.base)),
+        ),
+        (
+            OPENAPI_CA_FILE,
+            openapi.map_or_else(
+                || unused(APP_ID),
+                |o| {
+                    o.ca_file
+                        .as_ref()
+                        .map_or_else(|| "system roots".to_owned(), |p| p.display().to_string())
+                },
+            ),
+        ),
     ]
 }
 
+/// A setting given no value and having no default.
 fn none() -> String {
-    "none".to_owned()
+    "not set".to_owned()
 }
 
+/// A feature turned off, by its variable or by leaving it unset.
 fn off() -> String {
     "off".to_owned()
 }
 
-/// A Redis setting while no Redis is configured.
-fn unused() -> String {
-    "-".to_owned()
+/// A setting that only matters once `needed` is set.
+fn unused(needed: &str) -> String {
+    format!("unused: {needed} is not set")
 }
 
 fn shown_path(path: Option<&PathBuf>) -> String {
@@ -149,22 +186,11 @@ fn shown_headers(headers: &UpstreamHeaders) -> String {
     if headers.0.is_empty() {
         return none();
     }
+    // As they go out: spelled as written.
     let names: Vec<String> = headers
-        .0
+        .1
         .iter()
-        .map(|(n, _)| format!("{n}=<redacted>"))
+        .map(|n| format!("{n}=<redacted>"))
         .collect();
     names.join(",")
-}
-
-/// An endpoint as shown: whatever precedes `@` in its authority is a credential.
-fn shown_endpoint(endpoint: &Uri) -> String {
-    let text = endpoint.to_string();
-    match endpoint.authority() {
-        Some(a) if a.as_str().contains('@') => {
-            let host = a.as_str().rsplit('@').next().unwrap_or_default();
-            text.replacen(a.as_str(), &format!("<redacted>@{host}"), 1)
-        }
-        _ => text,
-    }
 }

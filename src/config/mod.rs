@@ -48,6 +48,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `None`: no exporter, and tracing costs a callback only its `traceparent`.
     pub traces: Option<Traces>,
+    /// `None`: no OpenAPI call is ever made.
+    pub openapi: Option<crate::openapi::Settings>,
 }
 
 /// A parsed configuration and the warnings worth logging about it.
@@ -61,6 +63,19 @@ impl Config {
     /// Parses the process environment.
     pub fn from_env() -> Result<Loaded, ConfigErrors> {
         Self::load(source::Source::from_env())
+    }
+
+    /// The warnings about the environment that need no valid configuration (names not
+    /// ours, with the likely one meant, and what the parser noticed), for showing beside
+    /// configuration errors, which would otherwise hide them.
+    pub fn warnings_from_env() -> Vec<String> {
+        let source = source::Source::from_env();
+        let mut parser = parse::Parser::new(&source);
+        let _ = parser.config();
+        let (_, parse_warnings) = parser.finish();
+        let mut warnings = source.unknown_variables();
+        warnings.extend(parse_warnings);
+        warnings
     }
 
     /// Parses variables from any source (tests pass a map).

@@ -77,6 +77,10 @@ impl<'a> Parser<'a> {
             }
             (Some(v), None) => Some(v),
             (None, Some(path)) => match read_secret_file(&path) {
+                Ok(text) if text.trim().is_empty() => {
+                    self.fail(&file_var, format!("{} is empty", shown(&path)));
+                    None
+                }
                 Ok(text) => Some(text),
                 Err(SecretFileError::NotUtf8) => {
                     self.fail(&file_var, format!("{} is not valid UTF-8", shown(&path)));
@@ -136,7 +140,10 @@ impl<'a> Parser<'a> {
                 "true" | "1" | "yes" | "on" => true,
                 "false" | "0" | "no" | "off" => false,
                 _ => {
-                    self.fail(name, format!("{v:?} is not true or false"));
+                    self.fail(
+                        name,
+                        format!("{v:?} is not true or false (yes/no, on/off and 1/0 also do)"),
+                    );
                     false
                 }
             },
@@ -157,7 +164,7 @@ impl<'a> Parser<'a> {
             Err(e) => {
                 self.fail(
                     name,
-                    format!("cannot read {}: {}", shown(&p.to_string_lossy()), e.kind()),
+                    format!("cannot read {}: {}", shown(&p.to_string_lossy()), e),
                 );
                 None
             }
@@ -199,9 +206,17 @@ impl<'a> Parser<'a> {
             default_addr(9901),
             "an address like 0.0.0.0:9901",
         );
-        // Port 0 asks the system for a free port, so two of them never collide.
-        if listen == admin_listen && listen.port() != 0 {
-            self.fail(ADMIN_LISTEN, format!("must differ from {LISTEN}"));
+        // Port 0 asks the system for a free port, so two of them never collide. An
+        // unspecified address (0.0.0.0, ::) takes the port on every address, so it
+        // collides with any address on the same port.
+        let overlapping = listen.ip() == admin_listen.ip()
+            || listen.ip().is_unspecified()
+            || admin_listen.ip().is_unspecified();
+        if overlapping && listen.port() == admin_listen.port() && listen.port() != 0 {
+            self.fail(
+                ADMIN_LISTEN,
+                format!("must not share a port with {LISTEN} ({listen})"),
+            );
         }
         let callback_path = self.raw(CALLBACK_PATH).unwrap_or_else(|| "/".to_owned());
         if !callback_path.starts_with('/')
@@ -227,6 +242,17 @@ impl<'a> Parser<'a> {
                 format!(
                     "{upstream_timeout_ms} is above {ANSWER_WITHIN_MS} ({answer_within_ms}): \
                      the caller would be answered before the legacy system's time is up"
+                ),
+            );
+        }
+        let late_verdict_ms = self.number(LATE_VERDICT_MS, LATE_MS, 60_000);
+        if late_verdict_ms != 0 && late_verdict_ms < answer_within_ms {
+            self.fail(
+                LATE_VERDICT_MS,
+                format!(
+                    "{late_verdict_ms} is below {ANSWER_WITHIN_MS} ({answer_within_ms}): \
+                     it counts from the callback's arrival too; use 0 to cut the exchange \
+                     at the upstream timeout"
                 ),
             );
         }
@@ -256,6 +282,8 @@ impl<'a> Parser<'a> {
         let user_rate_limit = self.rate(USER_RATE_LIMIT_RPS, USER_RATE_LIMIT_BURST, 0);
         let dedup_secs = self.number(DEDUP_TTL_SECS, DEDUP_SECS, 600);
         let message_id_as_string = self.boolean(MESSAGE_ID_AS_STRING);
+        let retry_503 = self.boolean(RETRY_503);
+        let connect_retry_ms = self.number(CONNECT_RETRY_MS, 0..=9_000, 3_000);
         let lang = self.raw(LANG).map_or(Lang::Zh, |v| {
             // `zh_CN.UTF-8`, `zh-Hans`, `EN_us`: what a locale variable holds is accepted too.
             let language = v.split(['_', '-', '.', '@']).next().unwrap_or_default();
@@ -293,6 +321,7 @@ impl<'a> Parser<'a> {
             .then(|| self.number(WORKERS, WORKER_THREADS, 1));
         let traces = self.traces();
         let redis = self.redis(dedup_secs > 0);
+        let openapi = self.openapi();
 
         Some(Config {
             server: ServerSettings {
@@ -307,6 +336,7 @@ impl<'a> Parser<'a> {
                 path: callback_path,
                 max_body: usize::try_from(max_body_bytes).ok()?,
                 answer_within,
+                late_verdict: Duration::from_millis(late_verdict_ms),
                 rate_limit,
                 user_rate_limit,
             },
@@ -325,6 +355,8 @@ impl<'a> Parser<'a> {
                 ca_file: upstream_ca_file,
                 client: upstream_client,
                 ok_rule: upstream_ok,
+                retry_503,
+                connect_retry: Duration::from_millis(connect_retry_ms),
             },
             dedup: DedupSettings {
                 ttl: (dedup_secs > 0).then(|| Duration::from_secs(dedup_secs)),
@@ -333,7 +365,65 @@ impl<'a> Parser<'a> {
             lang,
             log_format,
             traces,
+            openapi,
         })
+    }
+
+    /// The Feishu app's credentials for card repair: both or neither.
+    fn openapi(&mut self) -> Option<crate::openapi::Settings> {
+        let app_id = self.raw(APP_ID);
+        let app_secret = self.secret(APP_SECRET);
+        let url = self.raw(OPENAPI_URL);
+        let ca_file = self.path(OPENAPI_CA_FILE);
+        let base = match url.as_deref() {
+            None => Some(Uri::from_static("https://open.feishu.cn")),
+            Some(text) => match text.parse::<Uri>() {
+                // Plain http would carry the secret and the token in the clear: only to
+                // this pod's loopback (a local relay, a test).
+                Ok(uri)
+                    if (uri.scheme_str() == Some("https")
+                        || uri.scheme_str() == Some("http")
+                            && uri.host().is_some_and(super::rules::is_loopback))
+                        && uri.host().is_some()
+                        && uri.query().is_none() =>
+                {
+                    Some(uri)
+                }
+                _ => {
+                    self.fail(
+                        OPENAPI_URL,
+                        "is not an https:// base URL like https://open.feishu.cn (Lark: https://open.larksuite.com)",
+                    );
+                    None
+                }
+            },
+        };
+        match (app_id, app_secret) {
+            (Some(app_id), Some(app_secret)) => Some(crate::openapi::Settings {
+                base: base?,
+                app_id,
+                app_secret,
+                ca_file,
+            }),
+            (Some(_), None) => {
+                self.fail(APP_SECRET, format!("is required with {APP_ID}"));
+                None
+            }
+            (None, Some(_)) => {
+                self.fail(APP_ID, format!("is required with {APP_SECRET}"));
+                None
+            }
+            (None, None) => {
+                for name in [OPENAPI_URL, OPENAPI_CA_FILE] {
+                    if self.raw(name).is_some() {
+                        self.warnings.push(format!(
+                            "{name} has no effect without {APP_ID} and {APP_SECRET}"
+                        ));
+                    }
+                }
+                None
+            }
+        }
     }
 
     /// Span export: on when an OTLP endpoint is set (and the SDK not disabled).
@@ -487,6 +577,7 @@ impl<'a> Parser<'a> {
             return UpstreamHeaders::default();
         };
         let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::new();
+        let mut spellings = Vec::new();
         let items = text.split(',').map(str::trim).filter(|s| !s.is_empty());
         for (position, item) in (1..).zip(items) {
             // Problems name the header, never its value: values are credentials. An
@@ -542,6 +633,7 @@ impl<'a> Parser<'a> {
                 Ok(mut v) => {
                     v.set_sensitive(true);
                     headers.push((header, v));
+                    spellings.push(name.to_owned());
                 }
                 Err(_) => self.fail(
                     UPSTREAM_HEADERS,
@@ -552,7 +644,7 @@ impl<'a> Parser<'a> {
                 ),
             }
         }
-        UpstreamHeaders(headers)
+        UpstreamHeaders(headers, spellings)
     }
 }
 

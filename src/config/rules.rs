@@ -36,6 +36,8 @@ pub const RATES: RangeInclusive<u64> = 0..=1_000_000;
 pub const BURSTS: RangeInclusive<u64> = 1..=10_000_000;
 /// How long a delivered decision may be remembered: a week at most.
 pub const DEDUP_SECS: RangeInclusive<u64> = 0..=7 * 24 * 3600;
+/// Ten minutes: a legacy system slower than that is down, not late.
+pub const LATE_MS: RangeInclusive<u64> = 0..=600_000;
 pub const GRACE_MS: RangeInclusive<u64> = 0..=3_600_000;
 pub const CONNECTIONS: RangeInclusive<u64> = 1..=1_000_000;
 /// More worker threads than 1,024 is a typo, not a machine.
@@ -66,8 +68,9 @@ pub(super) fn advice(config: &Config) -> Vec<String> {
     }
     if config.server.tls.is_none() && callback.keys.is_empty() {
         advice.push(format!(
-            "neither {TLS_CERT} nor {KEY} is set: the token and the decision cross the network \
-             in the clear unless TLS ends in front of the gateway"
+            "neither TLS ({TLS_CERT} and {TLS_KEY}) nor callback encryption ({KEY}) is set: \
+             the token and the decision cross the network in the clear unless TLS ends in \
+             front of the gateway"
         ));
     }
     if upstream.url.scheme_str() == Some("http") && !upstream.url.host().is_some_and(is_loopback) {
@@ -76,10 +79,21 @@ pub(super) fn advice(config: &Config) -> Vec<String> {
              decisions and {UPSTREAM_HEADERS} travel unencrypted; use https:// across machines"
         ));
     }
+    if let Some(redis) = &config.dedup.redis
+        && redis.url.has_password()
+        && !redis.url.is_tls()
+        && !is_loopback(redis.url.host())
+    {
+        advice.push(format!(
+            "{REDIS_URL} is redis:// with a password to a host other than this pod's \
+             loopback: the password and the decisions' keys travel unencrypted; use rediss:// \
+             across machines"
+        ));
+    }
     advice
 }
 
-fn is_loopback(host: &str) -> bool {
+pub(super) fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
         || host

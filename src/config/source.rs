@@ -68,11 +68,41 @@ impl Source {
                         .is_some_and(|name| SECRET_VARIABLES.contains(&name));
                 !known && !is_service_link(k)
             })
-            .map(|k| format!("{k} is not a feishu-gate setting and is ignored"))
+            .map(|k| match k.strip_suffix("_FILE").filter(|v| VARIABLES.contains(v)) {
+                Some(name) => format!(
+                    "{k} is not a feishu-gate setting and is ignored ({name} is not a secret, \
+                     so it is not read from a file)"
+                ),
+                None => match closest(k) {
+                Some(known) => {
+                    format!(
+                        "{k} is not a feishu-gate setting and is ignored (did you mean {known}?)"
+                    )
+                }
+                    None => format!("{k} is not a feishu-gate setting and is ignored"),
+                },
+            })
             .collect();
         unknown.sort();
         unknown
     }
+}
+
+/// The variable of ours `name` most likely misspells, if one is within two edits
+/// (after the common prefix, which would make every name look alike).
+fn closest(name: &str) -> Option<String> {
+    let tail = name.strip_prefix(PREFIX)?;
+    let secret_files = SECRET_VARIABLES.iter().map(|v| format!("{v}_FILE"));
+    VARIABLES
+        .iter()
+        .map(|v| (*v).to_owned())
+        .chain(secret_files)
+        .filter_map(|known| {
+            let distance = strsim::damerau_levenshtein(tail, known.strip_prefix(PREFIX)?);
+            (distance <= 2).then_some((distance, known))
+        })
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, known)| known)
 }
 
 fn is_service_link(name: &str) -> bool {
@@ -99,7 +129,7 @@ pub enum SecretFileError {
 /// written with `echo` or an editor end in a newline that is no part of them.
 pub fn read_secret_file(path: &str) -> Result<String, SecretFileError> {
     use std::io::Read as _;
-    let unreadable = |e: std::io::Error| SecretFileError::Unreadable(e.kind().to_string());
+    let unreadable = |e: std::io::Error| SecretFileError::Unreadable(e.to_string());
     let file = std::fs::File::open(path).map_err(unreadable)?;
     let meta = file.metadata().map_err(unreadable)?;
     if !meta.is_file() {

@@ -70,11 +70,34 @@ label_values!(
 );
 label_values!(
     /// Operations on the shared duplicate memory.
-    RedisOp { Claim = "claim", Wait = "wait", Remember = "remember", Release = "release" }
+    RedisOp {
+        Claim = "claim",
+        Wait = "wait",
+        Send = "send",
+        Renew = "renew",
+        Remember = "remember",
+        Release = "release",
+    }
 );
 label_values!(
     /// How an operation on the shared memory ended.
-    RedisResult { Ok = "ok", Error = "error", Timeout = "timeout" }
+    RedisResult { Ok = "ok", Error = "error", Timeout = "timeout", Skipped = "skipped" }
+);
+
+label_values!(
+    /// How an exchange that outlived its callback's answer ended.
+    Verdict { Accepted = "accepted", Refused = "refused", Unanswered = "unanswered" }
+);
+
+label_values!(
+    /// What became of a card to repair after a late verdict.
+    CardRepair {
+        Repaired = "repaired",
+        Failed = "failed",
+        SkippedNoMessageId = "skipped_no_message_id",
+        SkippedAction = "skipped_action",
+        SkippedNotAccepted = "skipped_not_accepted",
+    }
 );
 
 /// The values of one label, in the order of their discriminants.
@@ -166,6 +189,12 @@ pub struct Metrics {
     pub ready: Gauge,
     pub redis_duration: Histogram,
     pub redis_fallback: Gauge,
+    /// Outcomes waiting to be written to the shared memory after their callback was
+    /// answered, because Redis did not take them in time.
+    pub redis_records_pending: Gauge,
+    /// 1 while the legacy system's connections are refused past `CONNECT_RETRY_MS`.
+    pub upstream_breaker_open: Gauge,
+    pub upstream_breaker_openings: Counter,
     /// `callbacks` and `retried_deliveries`, by outcome.
     resolved: [Resolved; 2],
     duplicates_by: [[Counter; Store::COUNT]; How::COUNT],
@@ -173,6 +202,9 @@ pub struct Metrics {
     upstream_errors_by: [Counter; UpstreamErrorKind::COUNT],
     upstream_retries_by: [Counter; RetryReason::COUNT],
     redis_by: [[Counter; RedisResult::COUNT]; RedisOp::COUNT],
+    late_verdicts_by: [Counter; Verdict::COUNT],
+    card_repairs_by: [Counter; CardRepair::COUNT],
+    redis_records_deferred: Counter,
 }
 
 /// Names as exported, for documentation and the dashboard check.
@@ -192,6 +224,12 @@ pub const NAMES: &[&str] = &[
     "feishu_gate_redis_operations_total",
     "feishu_gate_redis_operation_duration_seconds",
     "feishu_gate_redis_fallback",
+    "feishu_gate_late_verdicts_total",
+    "feishu_gate_redis_records_pending",
+    "feishu_gate_redis_records_deferred_total",
+    "feishu_gate_card_repairs_total",
+    "feishu_gate_upstream_breaker_open",
+    "feishu_gate_upstream_breaker_openings_total",
 ];
 
 impl Default for Metrics {
@@ -287,8 +325,9 @@ impl Metrics {
             &mut registry,
             (
                 "redis_operations",
-                "Operations on the shared duplicate memory, by op (claim, wait, remember, \
-                 release) and result (ok, error, timeout)",
+                "Operations on the shared duplicate memory, by op (claim, wait, send, renew, \
+                 remember, release) and result (ok, error, timeout; skipped: a new decision \
+                 answered by REDIS_FAILURE during an outage without asking)",
             ),
             ("op", "result"),
         );
@@ -305,8 +344,59 @@ impl Metrics {
             "1 while the shared duplicate memory is unreachable and REDIS_FAILURE applies",
             redis_fallback.clone(),
         );
+        let late_verdicts_by = by_label::<Verdict, _>(
+            &mut registry,
+            (
+                "late_verdicts",
+                "Exchanges with the legacy system that outlived the callback's 504 \
+                 (LATE_VERDICT_MS), by how they ended (accepted, refused, unanswered)",
+            ),
+            "verdict",
+        );
+        let card_repairs_by = by_label::<CardRepair, _>(
+            &mut registry,
+            (
+                "card_repairs",
+                "Approvers' cards after a late verdict (with APP_ID), by result: repaired, \
+                 failed, skipped_no_message_id, skipped_action (not APPROVE or REJECT), \
+                 skipped_not_accepted (a late refusal leaves the card)",
+            ),
+            "result",
+        );
+        let redis_records_pending = Gauge::default();
+        registry.register(
+            "redis_records_pending",
+            "Outcomes still to be written to the shared memory, retried until Redis takes them",
+            redis_records_pending.clone(),
+        );
+        let redis_records_deferred = Counter::default();
+        registry.register(
+            "redis_records_deferred",
+            "Outcomes Redis did not take before their callback was answered, retried in the \
+             background",
+            redis_records_deferred.clone(),
+        );
+        let upstream_breaker_open = Gauge::default();
+        registry.register(
+            "upstream_breaker_open",
+            "1 while the legacy system has refused every connection for longer than \
+             CONNECT_RETRY_MS and callbacks are answered at once",
+            upstream_breaker_open.clone(),
+        );
+        let upstream_breaker_openings = Counter::default();
+        registry.register(
+            "upstream_breaker_openings",
+            "Times the legacy system's refusals outlasted CONNECT_RETRY_MS",
+            upstream_breaker_openings.clone(),
+        );
         Self {
             registry,
+            upstream_breaker_open,
+            upstream_breaker_openings,
+            redis_records_pending,
+            late_verdicts_by,
+            card_repairs_by,
+            redis_records_deferred,
             callbacks,
             callback_duration,
             upstream_duration,
@@ -339,6 +429,21 @@ impl Metrics {
     pub fn count_redis(&self, op: RedisOp, result: RedisResult, seconds: f64) {
         self.redis_by[op as usize][result as usize].inc();
         self.redis_duration.observe(seconds);
+    }
+
+    /// Counts an exchange that ended after its callback was answered.
+    pub fn count_late_verdict(&self, verdict: Verdict) {
+        self.late_verdicts_by[verdict as usize].inc();
+    }
+
+    /// Counts a card repair by what became of it.
+    pub fn count_card_repair(&self, result: CardRepair) {
+        self.card_repairs_by[result as usize].inc();
+    }
+
+    /// Counts an outcome whose record goes on after its callback was answered.
+    pub fn count_deferred_record(&self) {
+        self.redis_records_deferred.inc();
     }
 
     /// Counts a rate-limited callback by the limit's scope.
@@ -426,6 +531,14 @@ mod tests {
             let series = format!("upstream_retries_total{{reason=\"{}\"}}", reason.label());
             count(series, &|| m.count_retries(reason, 1));
         }
+        for &result in CardRepair::ALL {
+            let series = format!("card_repairs_total{{result=\"{}\"}}", result.label());
+            count(series, &|| m.count_card_repair(result));
+        }
+        for &verdict in Verdict::ALL {
+            let series = format!("late_verdicts_total{{verdict=\"{}\"}}", verdict.label());
+            count(series, &|| m.count_late_verdict(verdict));
+        }
         for (&how, &store) in How::ALL
             .iter()
             .flat_map(|h| Store::ALL.iter().map(move |s| (h, s)))
@@ -444,7 +557,11 @@ mod tests {
         }
         let text = m.render();
         let pairs = How::COUNT * Store::COUNT + RedisOp::COUNT * RedisResult::COUNT;
-        let singles = UpstreamErrorKind::COUNT + Scope::COUNT + RetryReason::COUNT;
+        let singles = UpstreamErrorKind::COUNT
+            + Scope::COUNT
+            + RetryReason::COUNT
+            + Verdict::COUNT
+            + CardRepair::COUNT;
         assert_eq!(expected.len(), singles + pairs);
         for series in expected {
             assert!(

@@ -8,7 +8,7 @@
 //! Without an exporter none of this runs: the gateway holds no provider and
 //! a callback builds no span.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Uri};
@@ -92,10 +92,10 @@ impl Telemetry {
         }
     }
 
-    /// The span of one callback, the caller's span its parent if it sent
-    /// one. The trace's ids and sampling become the span's, so the log line
+    /// The span of one verified callback since it `arrived`, the caller's span its parent
+    /// if it sent one. The trace's ids and sampling become the span's, so the log line
     /// and the legacy system see the trace that is exported.
-    pub fn callback(&self, trace: &mut Trace) -> CallbackSpan {
+    pub fn callback(&self, trace: &mut Trace, arrived: SystemTime) -> CallbackSpan {
         let parent = match trace.parent {
             Some(parent) => Context::new().with_remote_span_context(SpanContext::new(
                 TraceId::from_bytes(trace.trace_id),
@@ -119,6 +119,7 @@ impl Telemetry {
             .tracer
             .span_builder("callback")
             .with_kind(SpanKind::Server)
+            .with_start_time(arrived)
             .start_with_context(&self.tracer, &parent);
         let context = span.span_context().clone();
         trace.trace_id = context.trace_id().to_bytes();

@@ -115,12 +115,14 @@ fn parse_traceparent(text: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
 }
 
 /// The caller's `tracestate`, its header lines joined as the specification
-/// allows; dropped when too long or not text.
+/// allows; dropped when too long or not the specification's list (the legacy system
+/// and the collector get nothing a stranger wrote in any other form).
 fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
     let mut lines = headers.get_all(TRACESTATE).iter();
     let first = lines.next()?;
     let Some(second) = lines.next() else {
-        return (first.len() <= MAX_TRACESTATE && first.to_str().is_ok()).then(|| first.clone());
+        return (first.len() <= MAX_TRACESTATE && is_tracestate(first.as_bytes()))
+            .then(|| first.clone());
     };
     let mut joined = Vec::with_capacity(first.len() + second.len() + 1);
     for line in [first, second].into_iter().chain(lines) {
@@ -129,8 +131,64 @@ fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
         }
         joined.extend_from_slice(line.as_bytes());
     }
-    let value = HeaderValue::from_bytes(&joined).ok()?;
-    (value.len() <= MAX_TRACESTATE && value.to_str().is_ok()).then_some(value)
+    if joined.len() > MAX_TRACESTATE || !is_tracestate(&joined) {
+        return None;
+    }
+    HeaderValue::from_bytes(&joined).ok()
+}
+
+/// Members a `tracestate` may hold (W3C Trace Context, section 3.3.1).
+const MAX_TRACESTATE_MEMBERS: usize = 32;
+
+/// Whether `list` is a `tracestate` as W3C Trace Context writes its grammar: at most 32
+/// `key=value` members separated by commas and optional spaces or tabs, empty ones
+/// allowed; a key is a simple key or `tenant@system`, a value printable ASCII without `,`
+/// or `=` that does not end in a space.
+fn is_tracestate(list: &[u8]) -> bool {
+    let mut members = 0;
+    for member in list.split(|&b| b == b',') {
+        let member = member.trim_ascii();
+        if member.is_empty() {
+            continue;
+        }
+        members += 1;
+        let Some(eq) = member.iter().position(|&b| b == b'=') else {
+            return false;
+        };
+        let (key, value) = (&member[..eq], &member[eq + 1..]);
+        if members > MAX_TRACESTATE_MEMBERS || !is_tracestate_key(key) {
+            return false;
+        }
+        let value_char = |c: &u8| matches!(c, 0x20..=0x2b | 0x2d..=0x3c | 0x3e..=0x7e);
+        if value.is_empty()
+            || value.len() > 256
+            || !value.iter().all(value_char)
+            || value.ends_with(b" ")
+        {
+            return false;
+        }
+    }
+    true
+}
+
+fn is_tracestate_key(key: &[u8]) -> bool {
+    let rest = |c: &u8| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'*' | b'/');
+    match key.iter().position(|&b| b == b'@') {
+        None => {
+            (1..=256).contains(&key.len())
+                && key[0].is_ascii_lowercase()
+                && key[1..].iter().all(rest)
+        }
+        Some(at) => {
+            let (tenant, system) = (&key[..at], &key[at + 1..]);
+            (1..=241).contains(&tenant.len())
+                && (tenant[0].is_ascii_lowercase() || tenant[0].is_ascii_digit())
+                && tenant[1..].iter().all(rest)
+                && (1..=14).contains(&system.len())
+                && system[0].is_ascii_lowercase()
+                && system[1..].iter().all(rest)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -226,6 +284,41 @@ mod tests {
             with(&[(TRACEPARENT, CALLER), (TRACESTATE, &long)]).tracestate,
             None
         );
+    }
+
+    #[test]
+    fn only_a_tracestate_of_the_specifications_grammar_is_kept() {
+        for good in [
+            "congo=t61rcWkgMzE",
+            "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE",
+            "a=1 , ,b=2",
+            "tenant1@vendor=x y",
+            "k=<>{}",
+        ] {
+            let t = with(&[(TRACEPARENT, CALLER), (TRACESTATE, good)]);
+            assert_eq!(
+                t.tracestate.as_ref().map(|v| v.to_str().unwrap()),
+                Some(good)
+            );
+        }
+        let many = (0..33)
+            .map(|i| format!("k{i}=v"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for bad in [
+            "not a valid list member;;;<script>,x",
+            "Upper=1",
+            "a=",
+            "a=b,=c",
+            "a=b=c",
+            "a=café",
+            "1a=b",
+            "t@Vendor=x",
+            many.as_str(),
+        ] {
+            let t = with(&[(TRACEPARENT, CALLER), (TRACESTATE, bad)]);
+            assert_eq!(t.tracestate, None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -5,33 +5,43 @@ mod guard;
 mod ids;
 pub mod limit;
 mod record;
+pub mod running;
+mod shown;
+
+pub use shown::Shown;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method, Request, Response, Version, header};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Version, header};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
+use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout_at};
 use tokio_util::task::TaskTracker;
 
 use guard::{CatchPanic, InFlight};
-use ids::RequestIds;
+use ids::{RequestIds, Seed};
 use record::{Record, log};
+use running::{Fences, Running, Stage};
 
 use crate::callback::verify::Verifier;
-use crate::callback::{Callback, Decision};
+use crate::callback::{Callback, Decision, idempotency_key};
 use crate::dedup::local::{Admission, Dedup, Ticket};
-use crate::dedup::shared::{self, SharedMemory};
-use crate::observe::metrics::{How, Metrics, RetryReason, Scope, Store, UpstreamErrorKind as Kind};
+use crate::dedup::shared::{self, FailureMode, Hold, SharedMemory};
+use crate::observe::metrics::{
+    CardRepair, How, LabelValue as _, Metrics, RetryReason, Scope, Store,
+    UpstreamErrorKind as Kind, Verdict,
+};
 use crate::observe::otlp::{CallbackSpan, Telemetry};
-use crate::observe::trace::Trace;
-use crate::outcome::{BadRequest, Outcome, TryLater, UpstreamError};
+use crate::observe::trace::{TRACEPARENT, TRACESTATE, Trace};
+use crate::openapi::{Card, CardStatus, OpenApi};
+use crate::outcome::{BadRequest, Fate, Outcome, TryLater, UpstreamError};
 use crate::pipeline::limit::{Limits, RateLimit};
 use crate::respond::Translator;
-use crate::upstream::{Exchange, REQUEST_ID, Upstream};
+use crate::upstream::{Delivery, Exchange, REQUEST_ID, Upstream, Withheld};
 
 /// Bytes of request bodies held at once, every connection together. Each request reserves
 /// its declared length (or `MAX_BODY_BYTES` when it declares none) before its body is
@@ -42,6 +52,11 @@ pub const BODY_BUDGET_BYTES: usize = 32 * 1024 * 1024;
 /// A callback body is a few KiB; a client slower than this is not Feishu.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Pieces (HTTP/1 chunks, HTTP/2 DATA frames) one body may come in. Feishu sends a
+/// callback in one or a few; each piece costs a parse, so a body of one-byte pieces is
+/// refused long before it could cost much.
+pub const MAX_BODY_PIECES: usize = 1_024;
+
 /// The callback path and its bounds (`CALLBACK_PATH`, `MAX_BODY_BYTES`,
 /// `ANSWER_WITHIN_MS`, `RATE_LIMIT_*`, `USER_RATE_LIMIT_*`).
 #[derive(Debug, Clone)]
@@ -50,6 +65,9 @@ pub struct Settings {
     pub max_body: usize,
     /// By when after its arrival every callback is answered.
     pub answer_within: Duration,
+    /// By when after its arrival the legacy system's answer is still waited for, once
+    /// the caller was answered 504; zero: not past the upstream timeout.
+    pub late_verdict: Duration,
     pub rate_limit: Option<RateLimit>,
     pub user_rate_limit: Option<RateLimit>,
 }
@@ -61,6 +79,8 @@ pub struct Parts {
     pub translator: Translator,
     pub dedup: Option<Dedup>,
     pub shared: Option<SharedMemory>,
+    /// Set with `APP_ID`: late acceptances repair the approver's card.
+    pub openapi: Option<Arc<OpenApi>>,
 }
 
 /// Marks an answer after which its connection is closed (HTTP/1) or sent GOAWAY
@@ -102,6 +122,8 @@ pub struct Gateway {
     /// `ANSWER_WITHIN_MS`: the upstream's answer must come by then for
     /// Feishu's (or Lark's) to be in time.
     answer_within: Duration,
+    /// `LATE_VERDICT_MS`: zero, or how long after arrival an answer is still waited for.
+    late_verdict: Duration,
     verifier: Verifier,
     /// Each worker thread delivers through its own copy (see [`Upstream::for_worker`]).
     upstream: Upstream,
@@ -119,12 +141,29 @@ pub struct Gateway {
     /// Deliveries run as their own tasks so a client hanging up cannot cancel
     /// one half-way; shutdown waits for them here.
     pub deliveries: TaskTracker,
+    /// The same deliveries by decision, for the drain to name what it abandons.
+    running: Arc<Running>,
+    fences: Fences,
+    openapi: Option<Arc<OpenApi>>,
     /// The span exporter, when OpenTelemetry's variables configure one.
     telemetry: Option<Arc<Telemetry>>,
 }
 
 /// Who a callback is: its request id, its trace, and its span when spans are exported.
 type Ids<'a> = (&'a HeaderValue, &'a Trace, Option<&'a CallbackSpan>);
+
+/// A request's trace: one of its own until its callback verified; then the caller's, if it
+/// sent one, and the callback's span. A stranger's trace id reaches no span, no log line
+/// and no legacy system, and costs no export.
+struct Traced {
+    trace: Trace,
+    span: Option<CallbackSpan>,
+    /// The caller's `traceparent` and `tracestate`, set aside.
+    caller: Option<HeaderMap>,
+    seed: Seed,
+    /// When the request arrived, for the span's start; read only when spans are exported.
+    arrived: Option<SystemTime>,
+}
 
 /// What a verified callback sends to the legacy system, and when.
 struct Outbound {
@@ -134,17 +173,30 @@ struct Outbound {
     verified_at: Instant,
     /// When the upstream's answer must have come, for Feishu's to be in time.
     deadline: Instant,
+    /// Until when an answer is still waited for (`LATE_VERDICT_MS`), at least `deadline`.
+    give_up: Instant,
+    /// Until when a decision sent and never answered is not delivered again.
+    uncertain_until: Instant,
+    /// The approver's card, to repair after a late acceptance (with `APP_ID`), or why
+    /// it cannot be.
+    card: Option<Result<Card, CardRepair>>,
 }
 
 impl Gateway {
     /// The pipeline over its parts, which the composition root builds from the
     /// configuration.
     pub fn new(settings: &Settings, parts: Parts) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        parts.upstream.breaker().report_to(
+            metrics.upstream_breaker_open.clone(),
+            metrics.upstream_breaker_openings.clone(),
+        );
         Self {
             path: settings.path.clone(),
             max_body: settings.max_body,
             upstream_timeout: parts.upstream.timeout(),
             answer_within: settings.answer_within,
+            late_verdict: settings.late_verdict,
             verifier: parts.verifier,
             upstream: parts.upstream,
             translator: parts.translator,
@@ -154,8 +206,11 @@ impl Gateway {
             request_ids: RequestIds::default(),
             body_budget: Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET_BYTES / 1024)),
             health: Arc::default(),
-            metrics: Arc::default(),
+            metrics,
             deliveries: TaskTracker::new(),
+            running: Arc::default(),
+            fences: Fences::default(),
+            openapi: parts.openapi,
             telemetry: None,
         }
     }
@@ -195,10 +250,14 @@ impl Gateway {
 
     /// Answers one request on the callback port, delivering through `upstream`
     /// (the calling worker's, from [`Self::upstream_for_worker`]).
+    ///
+    /// `shown` is marked verified once the callback's token matched: the connection it
+    /// came on has shown it is Feishu's, and keeps its slot.
     pub async fn handle<B>(
         &self,
         upstream: &Arc<Upstream>,
         request: Request<B>,
+        shown: &Shown,
     ) -> Response<Full<Bytes>>
     where
         B: Body<Data = Bytes> + Send + 'static,
@@ -206,8 +265,14 @@ impl Gateway {
     {
         let started = Instant::now();
         let _in_flight = InFlight::new(&self.metrics);
-        let (request_id, mut trace) = self.request_ids.for_request(request.headers());
-        let span = self.telemetry.as_ref().map(|t| t.callback(&mut trace));
+        let (request_id, trace, seed) = self.request_ids.for_request(request.headers());
+        let mut traced = Traced {
+            trace,
+            span: None,
+            caller: caller_trace(request.headers()),
+            seed,
+            arrived: self.telemetry.as_ref().map(|_| SystemTime::now()),
+        };
         let keeps_alive_by_header = request.version() <= Version::HTTP_11;
         let mut record = Record {
             body_read: request.body().is_end_stream(),
@@ -218,7 +283,8 @@ impl Gateway {
                 upstream,
                 request,
                 started,
-                (&request_id, &trace, span.as_ref()),
+                &request_id,
+                (&mut traced, shown),
                 &mut record,
             ));
             CatchPanic(processing).await
@@ -249,7 +315,8 @@ impl Gateway {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         let elapsed = started.elapsed();
-        self.observe(&outcome, elapsed);
+        self.observe(&outcome, &record, elapsed);
+        let Traced { trace, span, .. } = traced;
         if let Some(span) = span {
             span.finish(
                 &outcome,
@@ -275,7 +342,8 @@ impl Gateway {
         upstream: &Arc<Upstream>,
         request: Request<B>,
         started: Instant,
-        ids: Ids<'_>,
+        request_id: &HeaderValue,
+        (traced, shown): (&mut Traced, &Shown),
         record: &mut Record,
     ) -> Outcome
     where
@@ -305,6 +373,20 @@ impl Gateway {
                 return Outcome::BadRequest(why);
             }
         };
+        if !shown.verify() {
+            // Its connection was given up to make room a moment before: nothing is
+            // delivered on a connection that will not carry the answer; Feishu retries.
+            record.detail = Some("its connection was closed to make room for a newcomer".into());
+            return Outcome::TryLater(TryLater::ShuttingDown);
+        }
+        if let Some(caller) = &traced.caller
+            && let Some(trace) = self.request_ids.adopt(traced.seed, caller)
+        {
+            traced.trace = trace;
+        }
+        if let (Some(telemetry), Some(arrived)) = (&self.telemetry, traced.arrived) {
+            traced.span = Some(telemetry.callback(&mut traced.trace, arrived));
+        }
         let Callback {
             summary,
             upstream_body,
@@ -323,12 +405,20 @@ impl Gateway {
             return Outcome::TryLater(TryLater::RateLimited { retry_after_secs });
         }
         let now = Instant::now();
+        let deadline = (now + self.upstream_timeout).min(started + self.answer_within);
+        // Zero keeps the exchange to the deadline, and holds nothing past it.
+        let late_end = (started + self.late_verdict).max(deadline);
+        let card = self.openapi.as_ref().map(|_| card(summary, &decision));
         let outbound = Outbound {
             body: upstream_body,
             decision,
             verified_at: now,
-            deadline: (now + self.upstream_timeout).min(started + self.answer_within),
+            deadline,
+            give_up: late_end,
+            uncertain_until: late_end,
+            card,
         };
+        let ids = (request_id, &traced.trace, traced.span.as_ref());
         self.forward(upstream, outbound, ids, record).await
     }
 
@@ -360,17 +450,12 @@ impl Gateway {
                 .acquire_many_owned(reserve)
                 .await
                 .map_err(|_| Outcome::TryLater(TryLater::ShuttingDown))?;
-            let limited = Limited::new(request.into_body(), self.max_body);
-            Ok::<_, Outcome>((limited.collect().await, reserved))
+            let body = collect(request.into_body(), declared, self.max_body).await?;
+            Ok::<_, Outcome>((body, reserved))
         };
         match timeout_at(started + BODY_READ_TIMEOUT, read).await {
             Err(_) => Err(Outcome::BadRequest(BadRequest::SlowBody)),
-            Ok(Err(outcome)) => Err(outcome),
-            Ok(Ok((Ok(collected), reserved))) => Ok((collected.to_bytes(), reserved)),
-            Ok(Ok((Err(e), _))) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                Err(Outcome::BadRequest(BadRequest::TooLarge))
-            }
-            Ok(Ok((Err(_), _))) => Err(Outcome::BadRequest(BadRequest::Unreadable)),
+            Ok(result) => result,
         }
     }
 
@@ -381,22 +466,23 @@ impl Gateway {
         (request_id, trace, span): Ids<'_>,
         record: &mut Record,
     ) -> Outcome {
-        let Outbound {
-            body: upstream_body,
-            decision,
-            verified_at,
-            deadline,
-        } = outbound;
+        let deadline = outbound.deadline;
         let ticket = match &self.dedup {
             None => None,
-            Some(dedup) => match dedup.admit(&decision) {
+            Some(dedup) => match dedup.admit(&outbound.decision, request_id) {
                 Admission::Deliver(ticket) => Some(ticket),
                 Admission::AlreadyDelivered => {
                     self.metrics.count_duplicate(How::Remembered, Store::Local);
                     return Outcome::Duplicate;
                 }
-                Admission::Wait(mut first) => {
+                Admission::Uncertain => {
+                    self.metrics.count_duplicate(How::Remembered, Store::Local);
+                    record.detail = Some(UNCERTAIN_BEFORE.to_owned());
+                    return Outcome::Uncertain;
+                }
+                Admission::Wait(mut first, first_id) => {
                     self.metrics.count_duplicate(How::InFlight, Store::Local);
+                    record.delivered_by = Some(first_id.to_str().unwrap_or("-").to_owned());
                     let settled = async {
                         first
                             .wait_for(Option::is_some)
@@ -405,70 +491,82 @@ impl Gateway {
                             .and_then(|o| o.clone())
                     };
                     return match timeout_at(deadline, settled).await {
-                        Err(_) => Outcome::UpstreamTimedOut,
+                        Err(_) => {
+                            record.detail = Some(JOINED.to_owned());
+                            Outcome::UpstreamTimedOut
+                        }
                         Ok(Some(Outcome::Delivered)) => Outcome::Duplicate,
                         Ok(Some(other)) => other,
-                        // The first copy's delivery panicked: its fate is unknown.
-                        Ok(None) => Outcome::Internal,
+                        // The first copy's delivery panicked: its fate is unknown, and
+                        // this copy's outcome is the bug, not a duplicate.
+                        Ok(None) => {
+                            record.delivered_by = None;
+                            Outcome::Internal
+                        }
                     };
                 }
             },
         };
-        let upstream = Arc::clone(upstream);
-        let request_id = request_id.clone();
-        let mut trace = trace.clone();
-        let exchange_parent = self.telemetry.clone().zip(span.map(CallbackSpan::context));
-        let shared = self.shared.clone();
-        let metrics = Arc::clone(&self.metrics);
-        // A task of its own, so a client hanging up cannot cancel a delivery half-way:
-        // once started, it completes and settles its duplicate memory, local and shared,
-        // and shutdown waits for it on the tracker.
-        let delivery = self.deliveries.spawn(async move {
-            let (claim, ticket) = match &shared {
-                None => (None, ticket),
-                Some(shared) => ask_shared(shared, &decision, deadline, &metrics, ticket).await?,
-            };
-            // Only a request actually sent has a span of its own.
-            let exchange_span = exchange_parent.map(|(t, parent)| t.exchange(&parent, &mut trace));
-            let exchange = upstream
-                .deliver(
-                    upstream_body,
-                    &request_id,
-                    &trace,
-                    &decision,
-                    verified_at,
-                    deadline,
-                )
-                .await;
-            if let Some(span) = exchange_span {
-                span.finish(&exchange.outcome, exchange.status, exchange.attempts());
-            }
-            if let Some(ticket) = ticket {
-                ticket.finish(&exchange.outcome);
-            }
-            if let (Some(shared), Some(claim)) = (&shared, claim) {
-                shared
-                    .settle(claim, &exchange.outcome, deadline, &metrics)
-                    .await;
-            }
-            Ok(exchange)
-        });
-        let exchange: Exchange = match delivery.await {
-            Ok(Ok(exchange)) => exchange,
+        let (tx, mut answer) = oneshot::channel();
+        let delivery = Delivering {
+            upstream: Arc::clone(upstream),
+            request_id: request_id.clone(),
+            trace: trace.clone(),
+            exchange_parent: self.telemetry.clone().zip(span.map(CallbackSpan::context)),
+            shared: self.shared.clone(),
+            metrics: Arc::clone(&self.metrics),
+            running: self.running.enter(outbound.decision),
+            fence: self.fences.next(),
+            ticket,
+            late_exchange: !self.late_verdict.is_zero(),
+            openapi: self.openapi.clone(),
+        };
+        // A task of its own, so a client hanging up cannot cancel a delivery half-way,
+        // and the exchange can outlive the answer: once started, it completes and
+        // records its outcome, local and shared, and shutdown waits for it on the tracker.
+        self.deliveries.spawn(delivery.run(outbound, tx));
+        // What the legacy system answers by the deadline is the caller's answer; the
+        // shared memory's record may take a little longer, so that a 200 is given once
+        // every replica would know it, unless Redis cannot take it in that time.
+        let grace = if self.shared.is_some() {
+            shared::SETTLE_GRACE
+        } else {
+            VERDICT_SLACK
+        };
+        let exchange = match timeout_at(deadline + grace, &mut answer).await {
+            Ok(Ok(Ok(exchange))) => exchange,
             // Answered from the shared memory, without a delivery of its own.
-            Ok(Err((outcome, why))) => {
+            Ok(Ok(Err((outcome, why)))) => {
                 record.detail = Some(why.to_owned());
+                record.joined_elsewhere(&outcome);
                 return outcome;
             }
             // Deliveries are never aborted: a panic, or a runtime going away under it.
             // Either way the decision's fate is unknown.
-            Err(e) => {
-                record.detail = Some(if e.is_panic() {
-                    "the delivery panicked (a bug)".to_owned()
-                } else {
-                    "the delivery was cancelled".to_owned()
-                });
+            Ok(Err(_)) => {
+                record.detail = Some("the delivery ended without an outcome (a bug)".to_owned());
                 return Outcome::Internal;
+            }
+            Err(_) => {
+                // Closed first, so that an outcome sent from now on is the delivery's
+                // to log as a late verdict, and one sent just before is not lost.
+                answer.close();
+                match answer.try_recv() {
+                    Ok(Ok(exchange)) => exchange,
+                    Ok(Err((outcome, why))) => {
+                        record.detail = Some(why.to_owned());
+                        record.joined_elsewhere(&outcome);
+                        return outcome;
+                    }
+                    Err(_) if self.late_verdict.is_zero() => {
+                        record.detail = Some("no answer before the deadline".to_owned());
+                        return Outcome::UpstreamTimedOut;
+                    }
+                    Err(_) => {
+                        record.detail = Some(GOING_ON.to_owned());
+                        return Outcome::UpstreamTimedOut;
+                    }
+                }
             }
         };
         record.upstream_status = exchange.status;
@@ -490,10 +588,20 @@ impl Gateway {
         exchange.outcome
     }
 
-    fn observe(&self, outcome: &Outcome, elapsed: Duration) {
+    /// The idempotency key and stage of every delivery still under way: what the drain
+    /// abandons when its grace ends.
+    pub fn under_way(&self) -> Vec<(String, Stage)> {
+        self.running.under_way()
+    }
+
+    fn observe(&self, outcome: &Outcome, record: &Record, elapsed: Duration) {
         let m = &self.metrics;
-        m.count_callback(outcome.label());
+        m.count_callback(record.label(outcome));
         m.callback_duration.observe(elapsed.as_secs_f64());
+        if record.delivered_by.is_some() {
+            // The exchange it joined is counted once, by the request that made it.
+            return;
+        }
         let kind = match outcome {
             Outcome::UpstreamUnreachable(UpstreamError::Connect) => Some(Kind::Connect),
             Outcome::UpstreamUnreachable(UpstreamError::Dropped) => Some(Kind::Dropped),
@@ -508,6 +616,361 @@ impl Gateway {
     }
 }
 
+/// How long past its deadline a callback waits for its delivery to report: an exchange
+/// cut at the deadline (a refusal whose body was still coming) reports a moment later.
+const VERDICT_SLACK: Duration = Duration::from_millis(20);
+
+/// What the log says of a copy answered 504 while its first's exchange went on.
+const JOINED: &str = "joined the exchange already under way, still unanswered at the deadline";
+/// What the log says of a callback answered 504 whose exchange goes on.
+const GOING_ON: &str = "no answer by the deadline; the exchange goes on (LATE_VERDICT_MS)";
+/// What the log says of a copy of a decision sent before and never answered.
+const UNCERTAIN_BEFORE: &str =
+    "sent before and never answered: not delivered again within LATE_VERDICT_MS";
+
+/// What the caller is answered without a delivery of its own, and why.
+type Answered = (Outcome, &'static str);
+
+/// One delivery, with what it needs to outlive its callback.
+struct Delivering {
+    upstream: Arc<Upstream>,
+    request_id: HeaderValue,
+    trace: Trace,
+    exchange_parent: Option<(Arc<Telemetry>, opentelemetry::trace::SpanContext)>,
+    shared: Option<Arc<SharedMemory>>,
+    metrics: Arc<Metrics>,
+    running: running::Entry,
+    /// The fencing token when the shared memory gives none.
+    fence: u64,
+    ticket: Option<Ticket>,
+    late_exchange: bool,
+    openapi: Option<Arc<OpenApi>>,
+}
+
+impl Delivering {
+    /// Asks the shared memory, delivers, records the outcome, and sends it to the
+    /// callback; when the callback was answered already, logs it as a late verdict.
+    async fn run(self, outbound: Outbound, tx: oneshot::Sender<Result<Exchange, Answered>>) {
+        let Self {
+            upstream,
+            request_id,
+            mut trace,
+            exchange_parent,
+            shared,
+            metrics,
+            running,
+            fence,
+            ticket,
+            late_exchange,
+            openapi,
+        } = self;
+        let Outbound {
+            body,
+            decision,
+            verified_at,
+            deadline,
+            give_up,
+            uncertain_until,
+            card,
+        } = outbound;
+        let (claim, ticket) = match &shared {
+            None => (None, ticket),
+            Some(shared) => {
+                match ask_shared(
+                    shared,
+                    &decision,
+                    deadline,
+                    &metrics,
+                    ticket,
+                    uncertain_until,
+                )
+                .await
+                {
+                    Ok(held) => held,
+                    Err(answered) => {
+                        let _ = tx.send(Err(answered));
+                        return;
+                    }
+                }
+            }
+        };
+        let mut renewal = match (&shared, &claim) {
+            (Some(shared), Some(claim)) => Some(shared.keep(claim, give_up, &metrics)),
+            _ => None,
+        };
+        // Only a request actually sent has a span of its own.
+        let exchange_span = exchange_parent.map(|(t, parent)| t.exchange(&parent, &mut trace));
+        let (memory, held, counted) = (shared.as_deref(), claim.as_deref(), &*metrics);
+        let may_send = move || async move {
+            // A replica that was frozen past its callback's deadline does not send:
+            // Feishu has given up on that callback, and may have retried elsewhere.
+            if Instant::now() > deadline {
+                return Err(Withheld {
+                    outcome: Outcome::UpstreamTimedOut,
+                    why: "the callback's deadline passed before its request could be sent",
+                });
+            }
+            let (Some(memory), Some(claim)) = (memory, held) else {
+                return Ok(());
+            };
+            match memory.check_before_sending(claim, give_up, counted).await {
+                // The check may have taken its whole budget.
+                Hold::Held if Instant::now() > deadline => Err(Withheld {
+                    outcome: Outcome::UpstreamTimedOut,
+                    why: "the callback's deadline passed before its request could be sent",
+                }),
+                Hold::Held => Ok(()),
+                Hold::Lost => Err(Withheld {
+                    outcome: Outcome::UpstreamTimedOut,
+                    why: "another replica took the decision over before it was sent",
+                }),
+                Hold::Unknown => match memory.failure() {
+                    // The claim was this replica's a moment ago and is renewed, from now
+                    // on as sent: the request may go out.
+                    FailureMode::Open => {
+                        claim.assume_sent();
+                        Ok(())
+                    }
+                    FailureMode::Closed => Err(Withheld {
+                        outcome: Outcome::TryLater(TryLater::MemoryUnavailable),
+                        why: "the shared duplicate memory did not answer the check before sending",
+                    }),
+                },
+            }
+        };
+        let exchange = upstream
+            .deliver(
+                Delivery {
+                    body,
+                    request_id: &request_id,
+                    trace: &trace,
+                    decision: &decision,
+                    fence: Some(claim.as_ref().map_or(fence, |c| c.fence())),
+                    started: verified_at,
+                    answer_by: deadline,
+                    give_up,
+                },
+                may_send,
+            )
+            .await;
+        if let Some(span) = exchange_span {
+            span.finish(&exchange.outcome, exchange.status, exchange.attempts());
+        }
+        let fate = exchange.outcome.fate(exchange.sent);
+        if let Some(claim) = &claim {
+            claim.finish();
+        }
+        if let Some(ticket) = ticket {
+            ticket.finish(&exchange.outcome, fate, uncertain_until);
+        }
+        let mut recorded = true;
+        if let Some(shared) = &shared {
+            // Stopped first: a renewal after the record would find the key no longer
+            // this replica's. Taken up again below if the record does not land.
+            renewal = None;
+            let by = deadline.max(Instant::now()) + shared::SETTLE_GRACE;
+            recorded = shared
+                .record(
+                    &decision,
+                    claim.as_deref(),
+                    fate,
+                    uncertain_until,
+                    by,
+                    &metrics,
+                )
+                .await
+                .is_ok();
+        }
+        let late = Late {
+            sent: exchange.sent,
+            request_id: request_id.clone(),
+            outcome: exchange.outcome.clone(),
+            status: exchange.status,
+            elapsed: exchange.elapsed,
+            fate,
+        };
+        if tx.send(Ok(exchange)).is_err() {
+            let (fate, sent) = (late.fate, late.sent);
+            late.log(&decision, &metrics, late_exchange);
+            if let (Some(openapi), Some(card), true) = (&openapi, card, late_exchange && sent) {
+                repair_card(openapi, card, fate, &metrics);
+            }
+        }
+        if let (Some(shared), false) = (&shared, recorded) {
+            running.reached(Stage::Record);
+            // An acceptance is still this replica's to hold while its record is pending.
+            // Anything else is not renewed: a renewal racing the release would put back
+            // the key the release deletes.
+            if fate == Fate::Delivered {
+                renewal = claim
+                    .as_ref()
+                    .map(|claim| shared.keep(claim, give_up, &metrics));
+            }
+            record_in_background(
+                shared,
+                &decision,
+                claim.as_deref(),
+                fate,
+                uncertain_until,
+                &metrics,
+            )
+            .await;
+        }
+        drop((renewal, running));
+    }
+}
+
+/// An exchange that ended after its callback was answered.
+struct Late {
+    /// Whether a request went out: one withheld has no verdict to speak of.
+    sent: bool,
+    request_id: HeaderValue,
+    outcome: Outcome,
+    status: Option<http::StatusCode>,
+    elapsed: Duration,
+    fate: Fate,
+}
+
+impl Late {
+    fn log(self, decision: &Decision, metrics: &Metrics, late_exchange: bool) {
+        let key = idempotency_key(decision);
+        let key = std::str::from_utf8(&key).unwrap_or("-");
+        let request_id = self.request_id.to_str().unwrap_or("-");
+        let status = self.status.map(|s| s.as_u16());
+        let elapsed_ms = u64::try_from(self.elapsed.as_millis()).unwrap_or(u64::MAX);
+        let outcome = self.outcome.label();
+        if !self.sent {
+            tracing::debug!(
+                request_id,
+                idempotency_key = key,
+                outcome,
+                "after the answer: nothing was sent"
+            );
+            return;
+        }
+        match self.fate {
+            Fate::Delivered => {
+                metrics.count_late_verdict(Verdict::Accepted);
+                tracing::info!(
+                    request_id,
+                    idempotency_key = key,
+                    outcome,
+                    upstream_status = status,
+                    upstream_ms = elapsed_ms,
+                    "late verdict: accepted after the caller was answered 504; \
+                     recorded as delivered, its copies are answered 200"
+                );
+            }
+            Fate::Free => {
+                metrics.count_late_verdict(Verdict::Refused);
+                tracing::warn!(
+                    request_id,
+                    idempotency_key = key,
+                    outcome,
+                    upstream_status = status,
+                    upstream_ms = elapsed_ms,
+                    "late verdict: not accepted after the caller was answered 504; \
+                     the next copy is delivered again"
+                );
+            }
+            // With the exchange cut at the deadline, the caller saw this outcome itself.
+            Fate::Uncertain if !late_exchange => {}
+            Fate::Uncertain => {
+                metrics.count_late_verdict(Verdict::Unanswered);
+                tracing::warn!(
+                    request_id,
+                    idempotency_key = key,
+                    outcome,
+                    upstream_ms = elapsed_ms,
+                    "late verdict: none, the legacy system never answered; \
+                     copies are answered 504 until LATE_VERDICT_MS after arrival"
+                );
+            }
+        }
+    }
+}
+
+/// The card a callback's decision shows on: its `message_id` and the status its action
+/// sets, or why there is none to repair.
+fn card(summary: &crate::callback::Summary, decision: &Decision) -> Result<Card, CardRepair> {
+    let message_id = summary
+        .message_id
+        .clone()
+        .ok_or(CardRepair::SkippedNoMessageId)?;
+    let status = CardStatus::for_action(&summary.action_type).ok_or(CardRepair::SkippedAction)?;
+    let key = idempotency_key(decision);
+    Ok(Card {
+        message_id,
+        status,
+        key: String::from_utf8_lossy(&key).into_owned(),
+    })
+}
+
+/// After a late verdict: an acceptance repairs the card in the background; anything
+/// else leaves it, counted.
+fn repair_card(
+    openapi: &Arc<OpenApi>,
+    card: Result<Card, CardRepair>,
+    fate: Fate,
+    metrics: &Arc<Metrics>,
+) {
+    match (fate, card) {
+        (Fate::Delivered, Ok(card)) => openapi.repair(card, metrics),
+        (Fate::Delivered, Err(skipped)) => {
+            metrics.count_card_repair(skipped);
+            tracing::info!(why = skipped.label(), "late acceptance: no card to repair");
+        }
+        (Fate::Free | Fate::Uncertain, card) => {
+            metrics.count_card_repair(CardRepair::SkippedNotAccepted);
+            tracing::info!(
+                message_id = card.as_ref().ok().map(|c| c.message_id.as_str()),
+                "late verdict not an acceptance: the card is left as it is"
+            );
+        }
+    }
+}
+
+/// Writes an outcome the shared memory did not take in the callback's time, until it does.
+async fn record_in_background(
+    shared: &SharedMemory,
+    decision: &Decision,
+    claim: Option<&shared::Claim>,
+    fate: Fate,
+    uncertain_until: Instant,
+    metrics: &Metrics,
+) {
+    let key = idempotency_key(decision);
+    let key = std::str::from_utf8(&key).unwrap_or("-");
+    metrics.count_deferred_record();
+    metrics.redis_records_pending.inc();
+    tracing::warn!(
+        idempotency_key = key,
+        fate = ?fate,
+        "outcome not yet in the shared duplicate memory: retrying until Redis takes it"
+    );
+    let recorded = shared
+        .record_until_done(decision, claim, fate, uncertain_until, metrics)
+        .await;
+    metrics.redis_records_pending.dec();
+    match recorded {
+        shared::Recorded::Landed => {
+            tracing::info!(idempotency_key = key, fate = ?fate, "outcome recorded after all");
+        }
+        shared::Recorded::Lapsed => tracing::warn!(
+            idempotency_key = key,
+            fate = ?fate,
+            "outcome never recorded; its late window is over and its key lapses by itself"
+        ),
+        shared::Recorded::TooMany => tracing::error!(
+            idempotency_key = key,
+            fate = ?fate,
+            pending = shared::MAX_PENDING_RECORDS,
+            "outcome not recorded: too many others are waiting for Redis; a copy reaching \
+             another replica may be delivered again"
+        ),
+    }
+}
+
 /// Asks the memory shared with the other replicas whether this replica may
 /// deliver `decision`: `Ok` with its claim (none when Redis could not be asked and
 /// `REDIS_FAILURE=open`), or the answer to give without delivering, with the
@@ -518,7 +981,8 @@ async fn ask_shared(
     deadline: Instant,
     metrics: &Metrics,
     ticket: Option<Ticket>,
-) -> Result<(Option<shared::Claim>, Option<Ticket>), (Outcome, &'static str)> {
+    uncertain_until: Instant,
+) -> Result<(Option<Arc<shared::Claim>>, Option<Ticket>), Answered> {
     let (outcome, why) = match shared.admit(decision, deadline, metrics).await {
         shared::Admission::Deliver(claim) => return Ok((claim, ticket)),
         shared::Admission::Delivered { waited } => {
@@ -531,19 +995,27 @@ async fn ask_shared(
             Outcome::UpstreamTimedOut,
             "another replica was still delivering it at the deadline",
         ),
+        shared::Admission::Uncertain => {
+            metrics.count_duplicate(How::Remembered, Store::Shared);
+            (
+                Outcome::Uncertain,
+                "sent by another replica and never answered, within LATE_VERDICT_MS",
+            )
+        }
         shared::Admission::Unavailable => (
             Outcome::TryLater(TryLater::MemoryUnavailable),
             "the shared duplicate memory is unreachable",
         ),
     };
     if let Some(ticket) = ticket {
-        // Delivered elsewhere is remembered by this replica's own memory too, so
-        // its next copy needs no round trip.
-        let local = match outcome {
-            Outcome::Duplicate => Outcome::Delivered,
-            ref other => other.clone(),
-        };
-        ticket.finish(&local);
+        // Delivered elsewhere is remembered by this replica's own memory too, so its
+        // next copy needs no round trip; anything else is the shared memory's to say.
+        match outcome {
+            Outcome::Duplicate => {
+                ticket.finish(&Outcome::Delivered, Fate::Delivered, uncertain_until)
+            }
+            ref other => ticket.finish(other, Fate::Free, uncertain_until),
+        }
     }
     Err((outcome, why))
 }
@@ -554,6 +1026,52 @@ fn detail(why: &BadRequest) -> String {
         BadRequest::Invalid(why) => why.to_string(),
         other => format!("{other:?}"),
     }
+}
+
+/// The caller's trace context, copied aside while the request is read and verified;
+/// `None` without a `traceparent`, as Feishu sends.
+fn caller_trace(headers: &HeaderMap) -> Option<HeaderMap> {
+    let traceparent = headers.get(TRACEPARENT)?;
+    let mut caller = HeaderMap::new();
+    caller.insert(TRACEPARENT, traceparent.clone());
+    for state in headers.get_all(TRACESTATE) {
+        caller.append(TRACESTATE, state.clone());
+    }
+    Some(caller)
+}
+
+/// A body copied into one buffer as it arrives: memory in proportion to its bytes,
+/// whatever its framing. Pieces kept as they come would each hold a buffer of their own
+/// (or a slice pinning hyper's read buffer), tens of bytes per byte of a body sent in
+/// one-byte chunks.
+async fn collect<B>(body: B, declared: Option<u64>, max_body: usize) -> Result<Bytes, Outcome>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // The declared length is at most `max_body`, checked before.
+    let expected = declared.map_or(max_body.min(16 * 1024), |n| n as usize);
+    let mut buffer = BytesMut::with_capacity(expected);
+    let mut pieces = 0usize;
+    let mut body = std::pin::pin!(body);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| Outcome::BadRequest(BadRequest::Unreadable))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        pieces += 1;
+        if buffer.len() + data.len() > max_body {
+            return Err(Outcome::BadRequest(BadRequest::TooLarge));
+        }
+        if pieces > MAX_BODY_PIECES {
+            return Err(Outcome::BadRequest(BadRequest::Fragmented));
+        }
+        buffer.extend_from_slice(&data);
+    }
+    Ok(buffer.freeze())
 }
 
 #[cfg(test)]
@@ -594,7 +1112,7 @@ mod tests {
         let request = Request::post(loaded.config.pipeline.path.as_str())
             .body(Panics)
             .unwrap();
-        let response = gateway.handle(&upstream, request).await;
+        let response = gateway.handle(&upstream, request, &Shown::default()).await;
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(response.headers().contains_key(REQUEST_ID));
         let body = response.into_body().collect().await.unwrap().to_bytes();

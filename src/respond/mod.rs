@@ -29,7 +29,7 @@ impl Outcome {
                 BadRequest::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
                 BadRequest::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
                 BadRequest::SlowBody => StatusCode::REQUEST_TIMEOUT,
-                BadRequest::Unreadable => StatusCode::BAD_REQUEST,
+                BadRequest::Unreadable | BadRequest::Fragmented => StatusCode::BAD_REQUEST,
                 BadRequest::Unauthorized(_) => StatusCode::UNAUTHORIZED,
                 BadRequest::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             },
@@ -43,7 +43,7 @@ impl Outcome {
                 r.upstream_status
             }
             Self::UpstreamRefused(_) | Self::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
-            Self::UpstreamTimedOut => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamTimedOut | Self::Uncertain => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -55,6 +55,11 @@ const SUCCESS_BODY: &[u8] = br#"{"code":0,"msg":"success"}"#;
 #[derive(Clone)]
 pub struct Translator {
     lang: Lang,
+    /// Whether an exchange outlives a 504 (`LATE_VERDICT_MS`): the approver is then told
+    /// the action is still being submitted, not that its fate is unknown.
+    late_exchange: bool,
+    /// Whether a late acceptance repairs the approver's card (`APP_ID`).
+    card_repair: bool,
     /// Tokens, keys and `UPSTREAM_HEADERS` values: a message that contains one is not
     /// passed on.
     secrets: Vec<String>,
@@ -81,9 +86,23 @@ impl Translator {
             .collect();
         Self {
             lang,
+            late_exchange: false,
+            card_repair: false,
             secrets,
             fragments: std::sync::Arc::new(fragments),
         }
+    }
+
+    /// The same, telling approvers answered 504 that the exchange goes on.
+    pub fn with_late_exchange(mut self, late_exchange: bool) -> Self {
+        self.late_exchange = late_exchange;
+        self
+    }
+
+    /// The same, telling approvers answered 504 that their card will update by itself.
+    pub fn with_card_repair(mut self, card_repair: bool) -> Self {
+        self.card_repair = card_repair;
+        self
     }
 
     /// The message Feishu shows for an outcome, `None` on success.
@@ -92,16 +111,18 @@ impl Translator {
         let text = match outcome {
             Outcome::Delivered | Outcome::Duplicate => return None,
             Outcome::BadRequest(r) => match r {
-                BadRequest::NotFound => {
-                    pick(zh, "回调地址不存在", "No callback is served at this path.")
-                }
+                BadRequest::NotFound => pick(
+                    zh,
+                    "回调地址配置有误，请联系管理员",
+                    "No callback is served at this path; contact the administrator.",
+                ),
                 BadRequest::MethodNotAllowed => {
                     pick(zh, "回调只接受 POST 请求", "Callbacks must use POST.")
                 }
                 BadRequest::Unauthorized(_) => pick(
                     zh,
-                    "回调请求校验失败",
-                    "The callback could not be verified.",
+                    "回调请求校验失败，请联系管理员检查回调配置",
+                    "The callback could not be verified; contact the administrator to check the callback settings.",
                 ),
                 BadRequest::Invalid(e) => {
                     let text = if zh {
@@ -122,18 +143,25 @@ impl Translator {
                             }),
                     );
                 }
-                BadRequest::TooLarge => {
-                    pick(zh, "回调请求体过大", "The callback body is too large.")
-                }
+                BadRequest::TooLarge => pick(
+                    zh,
+                    "回调请求体过大，请联系管理员",
+                    "The callback body is too large; contact the administrator.",
+                ),
                 BadRequest::SlowBody => pick(
                     zh,
-                    "回调请求读取超时",
-                    "The callback body arrived too slowly.",
+                    "回调请求读取超时，请稍后重试",
+                    "The callback body arrived too slowly, please try again.",
                 ),
                 BadRequest::Unreadable => pick(
                     zh,
-                    "回调请求体读取失败",
-                    "The callback body could not be read.",
+                    "回调请求体读取失败，请稍后重试",
+                    "The callback body could not be read, please try again.",
+                ),
+                BadRequest::Fragmented => pick(
+                    zh,
+                    "回调请求体分片过多",
+                    "The callback body came in too many pieces.",
                 ),
             },
             Outcome::TryLater(t) => match t {
@@ -159,16 +187,37 @@ impl Translator {
                 "The approval gateway failed on this action; refresh to check whether it took effect.",
             ),
             Outcome::UpstreamRefused(r) => {
-                if let Some(own) = r.message.as_deref().filter(|m| !self.leaks_secret(m)) {
+                let code = r.upstream_status.as_u16();
+                // A redirect's body ("Found. Redirecting to /login…") speaks to a browser,
+                // not to the approver: the gateway is pointed at the wrong place.
+                let redirected = r.upstream_status.is_redirection();
+                if let Some(own) = r
+                    .message
+                    .as_deref()
+                    .filter(|m| !redirected && !self.leaks_secret(m))
+                {
                     return Some(clip(own));
                 }
-                let code = r.upstream_status.as_u16();
                 return Some(match (zh, r.business_rule) {
                     (true, true) => "审批系统未确认此操作，请稍后重试".to_owned(),
                     (false, true) => {
                         "The approval system did not confirm this action, please try again later."
                             .to_owned()
                     }
+                    (true, false) if redirected => format!(
+                        "审批网关配置有误：审批系统将请求重定向（HTTP {code}），请联系管理员"
+                    ),
+                    (false, false) if redirected => format!(
+                        "The approval gateway is misconfigured: the approval system redirected \
+                         the request (HTTP {code}); contact the administrator."
+                    ),
+                    (true, false) if code >= 500 => {
+                        format!("审批系统出错（HTTP {code}），请稍后刷新确认审批结果")
+                    }
+                    (false, false) if code >= 500 => format!(
+                        "The approval system had an error (HTTP {code}); refresh later to check \
+                         whether the action took effect."
+                    ),
                     (true, false) => format!("审批系统拒绝了此操作（HTTP {code}）"),
                     (false, false) => {
                         format!("The approval system refused this action (HTTP {code}).")
@@ -186,10 +235,26 @@ impl Translator {
                 "与审批系统的连接中断，请稍后刷新确认审批结果",
                 "The connection to the approval system broke off; refresh to check whether the action took effect.",
             ),
+            Outcome::UpstreamTimedOut if self.late_exchange && self.card_repair => pick(
+                zh,
+                "审批操作仍在提交中，审批系统确认后卡片会自动更新",
+                "The action is still being submitted to the approval system; the card will update by itself once it answers.",
+            ),
+            // The exchange goes on (`LATE_VERDICT_MS`): a tap meanwhile joins it.
+            Outcome::UpstreamTimedOut if self.late_exchange => pick(
+                zh,
+                "审批操作仍在提交中，请稍后刷新查看审批结果",
+                "The action is still being submitted to the approval system; refresh shortly to see the result.",
+            ),
             Outcome::UpstreamTimedOut => pick(
                 zh,
                 "审批系统响应超时，请稍后刷新确认审批结果",
                 "The approval system did not answer in time; refresh to check whether the action took effect.",
+            ),
+            Outcome::Uncertain => pick(
+                zh,
+                "此操作已提交但审批系统未确认，请刷新确认是否已生效，再决定是否重试",
+                "This action was submitted but the approval system never confirmed it; refresh to check whether it took effect before trying again.",
             ),
         };
         Some(text.to_owned())
@@ -355,6 +420,7 @@ mod tests {
             502
         );
         assert_eq!(Outcome::UpstreamTimedOut.status(), 504);
+        assert_eq!(Outcome::Uncertain.status(), 504);
         assert_eq!(
             Outcome::BadRequest(BadRequest::Invalid(BodyError::Json(JsonError::NotJson))).status(),
             422
@@ -376,6 +442,7 @@ mod tests {
             Outcome::Internal,
             Outcome::UpstreamUnreachable(UpstreamError::Dropped),
             Outcome::UpstreamTimedOut,
+            Outcome::Uncertain,
         ];
         for lang in [Lang::Zh, Lang::En] {
             for o in &outcomes {

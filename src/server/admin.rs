@@ -11,51 +11,59 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use crate::pipeline::Gateway;
 use crate::server::idle::{Activity, IdleIo};
+use crate::server::slots::{HeardIo, Policy, Slots};
 use crate::server::{ADMIN_MAX_CONNECTIONS, HEADER_READ_TIMEOUT, MAX_HEAD_BYTES};
 
-/// Serves until `stop` turns true, at most [`ADMIN_MAX_CONNECTIONS`] connections at once
-/// (further ones wait in the listen backlog), each closed once it has carried no request
-/// for [`HEADER_READ_TIMEOUT`], with heads bounded as on the callback port.
+/// Serves until `stop` turns true, at most [`ADMIN_MAX_CONNECTIONS`] connections at once,
+/// each closed once it has carried no request for [`HEADER_READ_TIMEOUT`], with heads
+/// bounded as on the callback port. A newcomer at the cap takes the slot of the connection
+/// that has shown least, the longest held first (see `slots`): the kubelet's probe, on a
+/// new connection each time, is answered however many clients flood the port or keep
+/// connections busy with `/metrics`.
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
-    let permits = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
+    let slots = Slots::new(ADMIN_MAX_CONNECTIONS, Policy::ADMIN);
     loop {
         let accepted = tokio::select! {
             _ = async { stop.wait_for(|s| *s).await.is_ok() } => return,
-            accepted = async {
-                let permit = permits.clone().acquire_owned().await;
-                (permit, listener.accept().await)
-            } => accepted,
+            accepted = listener.accept() => accepted,
         };
-        let (permit, stream) = match accepted {
-            (Ok(permit), Ok((stream, _))) => (permit, stream),
-            (Err(_), _) => return,
-            (_, Err(e)) => {
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
+        let Some(slot) = slots.admit().await else {
+            return;
+        };
         let gateway = gateway.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let activity = Activity::default();
+            let seen = slot.seen.clone();
+            let stream = HeardIo::new(stream, seen.clone());
             let io = IdleIo::new(stream, activity.clone(), HEADER_READ_TIMEOUT);
             let service = service_fn(move |request| {
                 let gateway = gateway.clone();
                 let busy = activity.begin();
+                seen.begun();
                 async move {
                     let _busy = busy;
                     Ok::<_, Infallible>(route(&gateway, &request))
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let serving = hyper::server::conn::http1::Builder::new()
                 .max_buf_size(MAX_HEAD_BYTES)
-                .serve_connection(TokioIo::new(io), service)
-                .await;
+                .serve_connection(TokioIo::new(io), service);
+            tokio::select! {
+                _ = serving => {}
+                () = slot.evicted() => {}
+            }
         });
     }
 }

@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,8 +16,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
@@ -24,9 +25,55 @@ use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 use crate::pipeline::{CloseConnection, Gateway};
 use crate::upstream::Upstream;
 
+/// `AsyncWrite` for a transport wrapper that only watches what is read: every call goes
+/// to its `io` as it is.
+macro_rules! write_through {
+    ($wrapper:ident) => {
+        impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $wrapper<I> {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+            }
+
+            fn poll_write_vectored(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                self.io.is_write_vectored()
+            }
+
+            fn poll_flush(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.io).poll_flush(cx)
+            }
+
+            fn poll_shutdown(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+            }
+        }
+    };
+}
+use write_through;
+
 pub mod admin;
 pub(crate) mod idle;
+mod slots;
 pub mod tls;
+
+use slots::{Policy, Slot, Slots};
 
 /// The listeners and how they serve (`LISTEN`, `ADMIN_LISTEN`, `TLS_*`,
 /// `MAX_CONNECTIONS`, `WORKERS`, `SHUTDOWN_GRACE_MS`).
@@ -49,8 +96,15 @@ pub struct Settings {
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a client has to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections served at once unless `FEISHU_GATE_MAX_CONNECTIONS` says
-/// otherwise; further clients wait in the listen backlog.
+/// Time a connection has from its accept to its first verified callback, handshake, head
+/// and body together: Feishu's takes well under a second. A connection that has shown no
+/// token by then is closed, whatever it is still sending. Later than the idle limit and
+/// its GOAWAY grace, which close a connection carrying no request gracefully: this one
+/// ends those still trickling a request, which the idle limit does not see as idle.
+pub const FIRST_CALLBACK_WITHIN: Duration = Duration::from_secs(7);
+/// Connections served at once unless `FEISHU_GATE_MAX_CONNECTIONS` says otherwise. At
+/// the cap a newcomer takes the slot of a connection that has shown least (see `slots`);
+/// only when every slot carries a verified callback does it wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 1_024;
 /// The most an HTTP/1 request's head may take, on either listener: hyper's read buffer,
 /// at its smallest but for a factor of two. A longer head is answered 431. Feishu's are
@@ -68,6 +122,24 @@ const CONNECTION_WINDOW: u32 = 32 * 1024;
 const SEND_BUFFER: usize = 16 * 1024;
 /// Connections the admin listener serves at once: probes and scrapes need a handful.
 pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+/// Connections the kernel completes and queues for each listener before the
+/// gateway accepts them; the kernel lowers it to `net.core.somaxconn`. A
+/// burst of connects beyond the queue is dropped, and a dropped client that
+/// has nothing to send yet is only let in by the handshake's retransmissions,
+/// seconds later; std's default of 128 is far below a burst of a few hundred.
+pub const LISTEN_BACKLOG: u32 = 4_096;
+
+/// Listens on `addr` with [`LISTEN_BACKLOG`], reusing the address as std does.
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 /// How often idle per-approver state is forgotten.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(10);
 
@@ -126,7 +198,7 @@ pub async fn serve(
             return;
         }
     };
-    let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let slots = Slots::new(settings.max_connections, Policy::CALLBACKS);
     gateway.set_ready();
     tracing::info!(
         listen = %listeners.callback.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -137,13 +209,6 @@ pub async fn serve(
 
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            () = &mut shutdown => break,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listeners.callback.accept() => match accepted {
@@ -156,11 +221,18 @@ pub async fn serve(
                 }
             },
         };
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = slots.admit() => match slot {
+                Some(slot) => slot,
+                None => break,
+            },
+        };
         // Callbacks are small request/response pairs; Nagle only adds latency.
         let _ = stream.set_nodelay(true);
         // Leaves this runtime's event loop for the worker's.
         match stream.into_std() {
-            Ok(stream) => workers.dispatch(stream, peer, (permit, connections.token())),
+            Ok(stream) => workers.dispatch(stream, peer, (slot, connections.token())),
             Err(e) => tracing::debug!(%peer, error = %e, "accepted connection unusable"),
         }
     }
@@ -182,7 +254,22 @@ pub async fn serve(
     .await;
     match drained {
         Ok(()) => tracing::info!("drained"),
-        Err(_) => tracing::warn!("grace period over with callbacks still in flight"),
+        Err(_) => {
+            let abandoned = gateway.under_way();
+            tracing::warn!(
+                deliveries = abandoned.len(),
+                "grace period over with callbacks or deliveries still under way"
+            );
+            // Each by its key, so the operator can look the decisions up in the
+            // legacy system: an exchange abandoned may still have been accepted.
+            for (key, stage) in abandoned {
+                tracing::warn!(
+                    idempotency_key = key,
+                    stage = stage.label(),
+                    "abandoned at shutdown: whether the legacy system took it is not known here"
+                );
+            }
+        }
     }
     // Whatever is still running after the grace ends with its worker.
     stop.cancel();
@@ -202,7 +289,7 @@ pub async fn serve(
 struct Accepted {
     stream: std::net::TcpStream,
     peer: SocketAddr,
-    held: (OwnedSemaphorePermit, TaskTrackerToken, OpenConnection),
+    held: (Slot, TaskTrackerToken, OpenConnection),
 }
 
 /// The worker threads: each one's queue of connections, and how many it serves.
@@ -267,7 +354,7 @@ impl Workers {
         &self,
         stream: std::net::TcpStream,
         peer: SocketAddr,
-        (permit, tracked): (OwnedSemaphorePermit, TaskTrackerToken),
+        (slot, tracked): (Slot, TaskTrackerToken),
     ) {
         let Some((queue, open)) = self
             .queues
@@ -281,7 +368,7 @@ impl Workers {
         let _ = queue.send(Accepted {
             stream,
             peer,
-            held: (permit, tracked, OpenConnection(open.clone())),
+            held: (slot, tracked, OpenConnection(open.clone())),
         });
     }
 
@@ -352,7 +439,8 @@ async fn serve_connection(
     tls: Option<TlsAcceptor>,
 ) {
     let Accepted { stream, peer, held } = accepted;
-    let _held = held;
+    let (slot, _tracked, _open) = held;
+    let unverified_by = tokio::time::Instant::now() + FIRST_CALLBACK_WITHIN;
     let stream = match TcpStream::from_std(stream) {
         Ok(stream) => stream,
         Err(e) => {
@@ -360,17 +448,36 @@ async fn serve_connection(
             return;
         }
     };
-    match tls {
-        None => serve_io(stream, &builder, gateway, upstream, closing).await,
-        Some(acceptor) => {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => {
-                    serve_io(tls_stream, &builder, gateway, upstream, closing).await
+    let seen = slot.seen.clone();
+    let stream = slots::HeardIo::new(stream, seen.clone());
+    let serving = async {
+        match tls {
+            None => serve_io(stream, &builder, gateway, upstream, closing, seen).await,
+            Some(acceptor) => {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => {
+                        serve_io(tls_stream, &builder, gateway, upstream, closing, seen).await
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         }
+    };
+    tokio::select! {
+        () = serving => {}
+        () = slot.evicted() => tracing::debug!(%peer, "closed to make room for a newcomer"),
+        () = unverified_past(&slot, unverified_by) => {
+            tracing::debug!(%peer, "closed: no verified callback in time");
+        }
+    }
+}
+
+/// Completes at `deadline` unless the connection carried a verified callback by then.
+async fn unverified_past(slot: &Slot, deadline: tokio::time::Instant) {
+    tokio::time::sleep_until(deadline).await;
+    if slot.seen.is_verified() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -402,6 +509,7 @@ async fn serve_io<I>(
     gateway: Arc<Gateway>,
     upstream: Arc<Upstream>,
     closing: CancellationToken,
+    seen: Arc<slots::Seen>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -413,9 +521,11 @@ async fn serve_io<I>(
         let upstream = upstream.clone();
         let activity = activity.clone();
         let busy = activity.begin();
+        let seen = seen.clone();
+        seen.begun();
         async move {
             let _busy = busy;
-            let response = gateway.handle(&upstream, request).await;
+            let response = gateway.handle(&upstream, request, &seen).await;
             // HTTP/1 says so in `Connection: close`; HTTP/2 has no such header, and a
             // client refusing requests on it must not keep it either: GOAWAY.
             if response.extensions().get::<CloseConnection>().is_some() {

@@ -4,6 +4,7 @@
 //! body says so; anything else is a refusal, whose own message is found here, or, when
 //! the body broke off or came too late, a decision whose fate is unknown.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use bytes::Bytes;
@@ -84,7 +85,14 @@ fn judge_body(
     };
     if !status.is_success() {
         return match body {
-            Ok(body) => (refused(message(content_type, &body), false), None),
+            Ok(body) => {
+                let found = message(content_type, &body);
+                // Without a message of its own (an HTML error page), the start of what came
+                // back is the operator's clue; a redirect's is its `Location`.
+                let detail = (found.is_none() && !body.is_empty() && !status.is_redirection())
+                    .then(|| format!("answer: {}", excerpt(&decoded(content_type, &body))));
+                (refused(found, false), detail)
+            }
             Err(unread) => (refused(None, false), Some(unread.detail())),
         };
     }
@@ -103,13 +111,23 @@ fn judge_body(
         // its body does not matter; with one, an answer too long to judge is no confirmation.
         (Err(Unread::TooLong), None) => (Outcome::Delivered, Some(Unread::TooLong.detail())),
         (Err(Unread::TooLong), Some(_)) => (refused(None, true), Some(Unread::TooLong.detail())),
-        (Ok(body), Some(rule)) => match rule.check(&body) {
-            Ok(()) => (Outcome::Delivered, None),
-            Err(found) => (
-                refused(message(content_type, &body), true),
-                Some(format!("{UPSTREAM_OK} {rule} does not hold: {found}")),
-            ),
-        },
+        (Ok(body), Some(rule)) => {
+            let text = decoded(content_type, &body);
+            let (doc, before) = json_in(&text);
+            let noted = (before > 0).then(|| {
+                format!(
+                    "{before} bytes before the answer's JSON, ignored: {}",
+                    excerpt(&text[..before])
+                )
+            });
+            match rule.check_doc(doc.as_ref(), &text) {
+                Ok(()) => (Outcome::Delivered, noted),
+                Err(found) => (
+                    refused(message(content_type, &body), true),
+                    Some(format!("{UPSTREAM_OK} {rule} does not hold: {found}")),
+                ),
+            }
+        }
     }
 }
 
@@ -144,9 +162,17 @@ impl OkRule {
     /// operator's log. Numbers compare by value, so `0`, `0.0` and `-0` are all zero, and a
     /// numeric rule also holds for a string that is that number written out (`"0"`), as
     /// PHP and Java systems often answer.
-    pub fn check(&self, body: &[u8]) -> Result<(), String> {
-        let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) else {
-            return Err("the answer is not JSON".to_owned());
+    #[cfg(test)]
+    fn check(&self, body: &[u8]) -> Result<(), String> {
+        let text = decoded(None, body);
+        let (doc, _) = json_in(&text);
+        self.check_doc(doc.as_ref(), &text)
+    }
+
+    /// [`Self::check`] on the answer's JSON, `doc`, found in its decoded `text`.
+    fn check_doc(&self, doc: Option<&serde_json::Value>, text: &str) -> Result<(), String> {
+        let Some(doc) = doc else {
+            return Err(format!("the answer is not JSON: {}", excerpt(text)));
         };
         let Some(found) = doc.pointer(&self.pointer) else {
             return Err(format!("{} is absent", self.pointer_shown()));
@@ -205,10 +231,10 @@ impl fmt::Display for OkRule {
 /// is the message itself. The text is decoded from the charset the `Content-Type` names
 /// (GBK, GB18030, Big5, ...; UTF-8 when it names none), and a byte-order mark wins.
 pub fn message(content_type: Option<&HeaderValue>, body: &[u8]) -> Option<String> {
-    let (plain_text, encoding) = media_type(content_type);
-    let (text, _, _) = encoding.decode(body);
-    match serde_json::from_str::<serde_json::Value>(&text) {
-        Ok(serde_json::Value::Object(obj)) => {
+    let (plain_text, _) = media_type(content_type);
+    let text = decoded(content_type, body);
+    match json_in(&text).0 {
+        Some(serde_json::Value::Object(obj)) => {
             let candidates = [
                 obj.get("message"),
                 obj.get("msg"),
@@ -225,6 +251,60 @@ pub fn message(content_type: Option<&HeaderValue>, body: &[u8]) -> Option<String
         _ if plain_text => text::fold(&text),
         _ => None,
     }
+}
+
+/// The answer as text: decoded from the charset its `Content-Type` names, a byte-order
+/// mark winning; an answer labelled UTF-8 (or unlabelled) that is not UTF-8 but reads as
+/// GB18030 (GBK's and GB2312's superset) is read so, since PHP labels everything UTF-8.
+fn decoded<'a>(content_type: Option<&HeaderValue>, body: &'a [u8]) -> Cow<'a, str> {
+    let (_, encoding) = media_type(content_type);
+    if encoding == encoding_rs::UTF_8
+        && std::str::from_utf8(body).is_err()
+        && encoding_rs::Encoding::for_bom(body).is_none()
+        && let Some(text) =
+            encoding_rs::GB18030.decode_without_bom_handling_and_without_replacement(body)
+    {
+        return text;
+    }
+    encoding.decode(body).0
+}
+
+/// How many places a JSON document is looked for after something printed before it.
+const JSON_STARTS_TRIED: usize = 8;
+
+/// The JSON document `text` holds, and how many bytes came before it: a PHP warning or
+/// notice printed ahead of the real answer (`<br />\n<b>Warning</b>: …\n{"code":0}`) is
+/// passed over when the JSON starts a line of its own. Bounded: a few starts tried, from
+/// the last.
+fn json_in(text: &str) -> (Option<serde_json::Value>, usize) {
+    if let Ok(doc) = serde_json::from_str(text) {
+        return (Some(doc), 0);
+    }
+    let starts = text
+        .match_indices("\n{")
+        .map(|(i, _)| i + 1)
+        .collect::<Vec<_>>();
+    for &start in starts.iter().rev().take(JSON_STARTS_TRIED) {
+        if let Ok(doc @ serde_json::Value::Object(_)) = serde_json::from_str(&text[start..]) {
+            return (Some(doc), start);
+        }
+    }
+    (None, 0)
+}
+
+/// The start of what came back, for the operator's log: folded to one line, bounded.
+fn excerpt(text: &str) -> String {
+    let folded: String = text
+        .chars()
+        .take(80)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let more = if text.chars().nth(80).is_some() {
+        "…"
+    } else {
+        ""
+    };
+    format!("{:?}{more}", folded.trim())
 }
 
 /// Whether a `Content-Type` is `text/plain`, and the encoding its `charset` names.
@@ -389,7 +469,10 @@ mod tests {
             r.check(br#"{"ok":true}"#),
             Err("/code is absent".to_owned())
         );
-        assert_eq!(r.check(b"<html>"), Err("the answer is not JSON".to_owned()));
+        assert_eq!(
+            r.check(b"<html>"),
+            Err(r#"the answer is not JSON: "<html>""#.to_owned())
+        );
         assert_eq!(
             r.check(format!(r#"{{"code":"{}"}}"#, "x".repeat(100)).as_bytes()),
             Err(format!("/code is the string {:?}…", "x".repeat(64)))
@@ -494,6 +577,66 @@ mod tests {
         assert_eq!(
             message(None, br#"{"message":"amount > 1000"}"#).as_deref(),
             Some("amount 1000")
+        );
+    }
+
+    /// `judge` of a 200 whose body is `body`, under `/code==0`.
+    fn judged_ok(content_type: &str, body: Vec<u8>) -> (Outcome, Option<String>) {
+        let mut map = HeaderMap::new();
+        map.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(content_type).unwrap(),
+        );
+        let rule = OkRule::parse("/code==0").unwrap();
+        judge(StatusCode::OK, &map, Ok(Bytes::from(body)), Some(&rule))
+    }
+
+    #[test]
+    fn a_success_in_a_legacy_charset_or_behind_a_bom_is_a_success() {
+        let success = r#"{"code":0,"msg":"审批成功"}"#;
+        let (gbk, _, _) = encoding_rs::GBK.encode(success);
+        for content_type in [
+            "application/json; charset=GBK",
+            "application/json;charset=gb2312",
+            // PHP's default label, over GBK bytes.
+            "text/html; charset=UTF-8",
+            "application/json",
+        ] {
+            let (outcome, detail) = judged_ok(content_type, gbk.to_vec());
+            assert_eq!(outcome, Outcome::Delivered, "{content_type}: {detail:?}");
+        }
+        let bom = [&b"\xEF\xBB\xBF"[..], success.as_bytes()].concat();
+        assert_eq!(judged_ok("application/json", bom).0, Outcome::Delivered);
+        // A refusal in GBK under a UTF-8 label is read in GBK, not as mojibake.
+        let (refusal, _, _) = encoding_rs::GBK.encode(r#"{"code":7,"msg":"该单据已被撤回"}"#);
+        let (outcome, _) = judged_ok("text/html; charset=UTF-8", refusal.to_vec());
+        let Outcome::UpstreamRefused(Refusal { message, .. }) = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert_eq!(message.as_deref(), Some("该单据已被撤回"));
+    }
+
+    #[test]
+    fn a_php_warning_before_the_json_is_passed_over_and_logged() {
+        let body = "<br />\n<b>Warning</b>:  Undefined variable $x in <b>/app/approve.php</b> on line <b>12</b><br />\n{\"code\":0}";
+        let (outcome, detail) = judged_ok("text/html; charset=UTF-8", body.as_bytes().to_vec());
+        assert_eq!(outcome, Outcome::Delivered);
+        let detail = detail.unwrap();
+        assert!(
+            detail.contains("bytes before the answer's JSON, ignored"),
+            "{detail}"
+        );
+        assert!(detail.contains("Warning"), "{detail}");
+        // Not JSON at all: refused, with an excerpt of what came back.
+        let (outcome, detail) = judged_ok("text/html", b"<html><body>Login</body></html>".to_vec());
+        assert!(
+            matches!(outcome, Outcome::UpstreamRefused(_)),
+            "{outcome:?}"
+        );
+        let detail = detail.unwrap();
+        assert!(
+            detail.contains(r#"not JSON: "<html><body>Login</body></html>""#),
+            "{detail}"
         );
     }
 }

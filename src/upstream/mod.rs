@@ -7,6 +7,7 @@
 //! next, which keeps few connections busy and lets the rest time out.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,20 +24,28 @@ use crate::util::https::{self, Connector, TrustFile, Versions};
 use crate::vars::{self, ConfigError, ConfigErrors};
 
 pub mod answer;
+pub mod breaker;
 mod pool;
 mod retry;
+mod spelling;
 
 use answer::{MAX_ANSWER_BYTES, OkRule, Unread};
+use breaker::{Breaker, Pass};
 use pool::{Pool, STALE_TRIES, Sender};
 use retry::{
     FIRST_BACKOFF, MAX_BACKOFF, MIN_ATTEMPT, Retry, jittered, never_sent, refused_by_tls,
     retry_after,
 };
+use spelling::{Spelled, Spellings};
 
 /// Header carrying the key that names the approval decision.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Header carrying the request id, end to end.
 pub const REQUEST_ID: &str = "x-request-id";
+/// Header carrying the lease's fencing token: a number that grows with every lease
+/// taken, so a legacy system can refuse a request older than one it already took for
+/// the same `Idempotency-Key`.
+pub const FENCING_TOKEN: &str = "fencing-token";
 
 /// `feishu-gate/<version>`, sent as `User-Agent`.
 pub const USER_AGENT: &str = concat!("feishu-gate/", env!("CARGO_PKG_VERSION"));
@@ -61,12 +70,16 @@ struct Route {
     /// The `Host` header the client would otherwise format for every request.
     host: Option<HeaderValue>,
     ok_rule: Option<OkRule>,
+    retry_503: bool,
+    /// Shared by every worker: the legacy system's reachability is one fact.
+    breaker: Arc<Breaker>,
+    spellings: Spellings,
 }
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
-            .field("url", &self.route.url)
+            .field("url", &crate::util::text::shown_url(&self.route.url))
             .field("headers", &self.route.headers)
             .field("ok_rule", &self.route.ok_rule)
             .finish_non_exhaustive()
@@ -84,6 +97,33 @@ pub struct Exchange {
     pub detail: Option<String>,
     /// The attempts made after the first, by why.
     pub retries: Retries,
+    /// Whether a request may have reached the legacy system: a failure after that leaves
+    /// the decision uncertain, not free for another delivery.
+    pub sent: bool,
+}
+
+/// One decision to deliver, and its time.
+pub struct Delivery<'a> {
+    pub body: Vec<u8>,
+    pub request_id: &'a HeaderValue,
+    pub trace: &'a Trace,
+    pub decision: &'a Decision,
+    /// The lease's fencing token, sent as [`FENCING_TOKEN`].
+    pub fence: Option<u64>,
+    /// The caller's reading of the clock just before the call, which the exchange's
+    /// duration counts from.
+    pub started: Instant,
+    /// No attempt starts after this: the caller is answered then.
+    pub answer_by: Instant,
+    /// An attempt under way is waited for until this (`LATE_VERDICT_MS`).
+    pub give_up: Instant,
+}
+
+/// Why a request was not sent after all: what the caller is answered, and why, for the log.
+#[derive(Debug)]
+pub struct Withheld {
+    pub outcome: Outcome,
+    pub why: &'static str,
 }
 
 impl Exchange {
@@ -142,8 +182,17 @@ impl Upstream {
                 headers: settings.headers.clone(),
                 host: host_header(&settings.url),
                 ok_rule: settings.ok_rule.clone(),
+                retry_503: settings.retry_503,
+                breaker: Arc::new(Breaker::new(settings.connect_retry)),
+                spellings: spellings(&settings.headers),
             },
         })
+    }
+
+    /// Whether the legacy system counts as down (`CONNECT_RETRY_MS`), shared by every
+    /// worker's upstream.
+    pub fn breaker(&self) -> &Breaker {
+        &self.route.breaker
     }
 
     /// The same upstream with a connection pool of its own, for one worker
@@ -190,6 +239,8 @@ impl Upstream {
             }
         }
         let mut sender = self.connect().await?;
+        // A connection made is the news the breaker waits for, whatever comes of the request.
+        self.route.breaker.connected();
         match sender.try_send_request(request).await {
             Ok(response) => Ok((sender, response)),
             Err(mut e) => {
@@ -211,10 +262,8 @@ impl Upstream {
             .call(self.route.url.clone())
             .await
             .map_err(SendError::Connect)?;
-        // Some legacy servers match header names case-sensitively; hyper would
-        // otherwise send them all lower-case.
+        let io = Spelled::new(io, self.route.spellings.clone());
         let (sender, connection) = http1::Builder::new()
-            .title_case_headers(true)
             .handshake(io)
             .await
             .map_err(|e| SendError::Connect(Box::new(e)))?;
@@ -227,40 +276,95 @@ impl Upstream {
         Ok(sender)
     }
 
-    /// POSTs `body` and classifies the answer, finishing by `deadline` whatever
-    /// the upstream does. Redirects are answers, not instructions: never followed.
+    /// POSTs the body and classifies the answer. Redirects are answers, not
+    /// instructions: never followed.
     ///
-    /// A request that provably never reached the legacy system is tried again
-    /// after a short jittered pause, as is one answered `503` with a
-    /// `Retry-After` that fits, for as long as the deadline leaves time for
-    /// another attempt; a request that may have been received never is.
-    ///
-    /// `started` is the caller's reading of the clock just before the call,
-    /// which the exchange's duration counts from.
-    pub async fn deliver(
-        &self,
-        body: Vec<u8>,
-        request_id: &HeaderValue,
-        trace: &Trace,
-        decision: &Decision,
-        started: Instant,
-        deadline: Instant,
-    ) -> Exchange {
-        let body = Bytes::from(body);
+    /// `may_send` is asked right before every attempt; when it withholds the request,
+    /// nothing more is sent. A request that provably never reached the legacy system is
+    /// tried again after a short jittered pause, as is one answered `503` with a
+    /// `Retry-After` that fits, for as long as `answer_by` leaves time for another
+    /// attempt; a request that may have been received never is.
+    pub async fn deliver<G, F>(&self, delivery: Delivery<'_>, mut may_send: G) -> Exchange
+    where
+        G: FnMut() -> F,
+        F: std::future::Future<Output = Result<(), Withheld>>,
+    {
+        let body = Bytes::from(delivery.body);
         let mut retries = Retries::default();
         let mut backoff = FIRST_BACKOFF;
+        let breaker = &self.route.breaker;
+        // Refused connections are retried this long, within the answer bound.
+        let connect_retry_by = match breaker.budget() {
+            budget if budget.is_zero() => delivery.answer_by,
+            budget => (delivery.started + budget).min(delivery.answer_by),
+        };
         loop {
+            let probe = match breaker.pass() {
+                Pass::Normal => None,
+                Pass::Probe(guard) => Some(guard),
+                Pass::Refused(since) => {
+                    return Exchange {
+                        outcome: Outcome::UpstreamUnreachable(UpstreamError::Connect),
+                        status: None,
+                        elapsed: delivery.started.elapsed(),
+                        detail: Some(format!(
+                            "not sent: the legacy system has refused every connection for {} s \
+                             (CONNECT_RETRY_MS), and another callback is probing it",
+                            since.as_secs()
+                        )),
+                        retries,
+                        sent: false,
+                    };
+                }
+            };
+            if let Err(withheld) = may_send().await {
+                return Exchange {
+                    outcome: withheld.outcome,
+                    status: None,
+                    elapsed: delivery.started.elapsed(),
+                    detail: Some(withheld.why.to_owned()),
+                    retries,
+                    sent: false,
+                };
+            }
+            let request = Outgoing {
+                body: body.clone(),
+                request_id: delivery.request_id,
+                trace: delivery.trace,
+                decision: delivery.decision,
+                fence: delivery.fence,
+            };
             let (mut exchange, retry) = self
-                .attempt(body.clone(), request_id, trace, decision, started, deadline)
+                .attempt(
+                    request,
+                    delivery.started,
+                    (delivery.answer_by, delivery.give_up),
+                )
                 .await;
+            let refused = matches!(retry, Some(Retry::Unsent))
+                && matches!(
+                    exchange.outcome,
+                    Outcome::UpstreamUnreachable(UpstreamError::Connect)
+                );
+            if refused {
+                breaker.refused();
+            }
             let pause = match retry {
+                // A probe is one attempt: the callback waiting on it is answered now.
+                _ if probe.is_some() => None,
                 None => None,
                 Some(Retry::Unsent) => Some(jittered(backoff)),
                 Some(Retry::After(asked)) => Some(asked.max(jittered(backoff))),
             };
             let now = Instant::now();
+            let retry_by = if refused {
+                connect_retry_by
+            } else {
+                delivery.answer_by
+            };
+            drop(probe);
             match pause {
-                Some(pause) if now + pause + MIN_ATTEMPT <= deadline => {
+                Some(pause) if now + pause + MIN_ATTEMPT <= retry_by => {
                     match retry {
                         Some(Retry::After(_)) => retries.unavailable += 1,
                         _ => retries.unsent += 1,
@@ -279,84 +383,100 @@ impl Upstream {
     /// One attempt: the exchange it came to, and whether it may be repeated.
     async fn attempt(
         &self,
-        body: Bytes,
-        request_id: &HeaderValue,
-        trace: &Trace,
-        decision: &Decision,
+        outgoing: Outgoing<'_>,
         started: Instant,
-        deadline: Instant,
+        (answer_by, give_up): (Instant, Instant),
     ) -> (Exchange, Option<Retry>) {
         // Before an answer: no status, and the time is up to now.
-        let done = |outcome, detail: String| Exchange {
+        let done = |outcome, detail: String, sent| Exchange {
             outcome,
             status: None,
             elapsed: started.elapsed(),
             detail: Some(detail),
             retries: Retries::default(),
+            sent,
         };
-        let request = match self.request(body, request_id, trace, decision) {
+        let request = match self.request(outgoing) {
             Ok(r) => r,
             Err(e) => {
                 return (
                     done(
                         Outcome::UpstreamUnreachable(UpstreamError::Connect),
                         e.to_string(),
+                        false,
                     ),
                     None,
                 );
             }
         };
-        let (sender, response) =
-            match timeout_at(deadline, self.send(request, Instant::now())).await {
-                Err(_) => {
-                    return (
-                        done(
-                            Outcome::UpstreamTimedOut,
-                            "no answer before the deadline".into(),
-                        ),
-                        None,
-                    );
-                }
-                Ok(Err(SendError::Connect(e))) => {
-                    let retry = never_sent(&*e).then_some(Retry::Unsent);
-                    return (
-                        done(
-                            Outcome::UpstreamUnreachable(UpstreamError::Connect),
-                            format!("connecting: {}", error_chain(&*e)),
-                        ),
-                        retry,
-                    );
-                }
-                Ok(Err(SendError::Unsent(e))) => {
-                    return (
-                        done(
-                            Outcome::UpstreamUnreachable(UpstreamError::Connect),
-                            format!("closed before the request was written: {}", error_chain(&e)),
-                        ),
-                        // A refused certificate stays refused.
-                        (!refused_by_tls(&e)).then_some(Retry::Unsent),
-                    );
-                }
-                Ok(Err(SendError::Exchange(e))) => {
-                    let kind = if refused_by_tls(&e) {
-                        UpstreamError::Connect
-                    } else {
-                        UpstreamError::Dropped
-                    };
-                    return (
-                        done(Outcome::UpstreamUnreachable(kind), error_chain(&e)),
-                        None,
-                    );
-                }
-                Ok(Ok(sent)) => sent,
-            };
+        let (sender, response) = match timeout_at(give_up, self.send(request, Instant::now())).await
+        {
+            // Connecting is bounded by the connector's own timeout, well before
+            // this: what ran out was the wait for an answer to a request sent.
+            Err(_) => {
+                return (
+                    done(
+                        Outcome::UpstreamTimedOut,
+                        "no answer before the deadline".into(),
+                        true,
+                    ),
+                    None,
+                );
+            }
+            Ok(Err(SendError::Connect(e))) => {
+                let retry = never_sent(&*e).then_some(Retry::Unsent);
+                return (
+                    done(
+                        Outcome::UpstreamUnreachable(UpstreamError::Connect),
+                        format!("connecting: {}", error_chain(&*e)),
+                        false,
+                    ),
+                    retry,
+                );
+            }
+            Ok(Err(SendError::Unsent(e))) => {
+                return (
+                    done(
+                        Outcome::UpstreamUnreachable(UpstreamError::Connect),
+                        format!("closed before the request was written: {}", error_chain(&e)),
+                        false,
+                    ),
+                    // A refused certificate stays refused.
+                    (!refused_by_tls(&e)).then_some(Retry::Unsent),
+                );
+            }
+            Ok(Err(SendError::Exchange(e))) => {
+                let refused = refused_by_tls(&e);
+                let kind = if refused {
+                    UpstreamError::Connect
+                } else {
+                    UpstreamError::Dropped
+                };
+                return (
+                    done(
+                        Outcome::UpstreamUnreachable(kind),
+                        error_chain(&e),
+                        !refused,
+                    ),
+                    None,
+                );
+            }
+            Ok(Ok(sent)) => sent,
+        };
         let status = response.status();
-        let retry = (status == StatusCode::SERVICE_UNAVAILABLE)
+        let retry = (self.route.retry_503 && status == StatusCode::SERVICE_UNAVAILABLE)
             .then(|| retry_after(response.headers()))
             .flatten()
             .map(Retry::After);
         let (parts, body) = response.into_parts();
-        let answer = timeout_at(deadline, Limited::new(body, MAX_ANSWER_BYTES).collect()).await;
+        // Any status but a success is a refusal whatever its body says: its message
+        // is not worth a late verdict.
+        let body_by = if status.is_success() {
+            give_up
+        } else {
+            answer_by
+        };
+        let answer = timeout_at(body_by, Limited::new(body, MAX_ANSWER_BYTES).collect()).await;
         let answered = Instant::now();
         let answer: Result<Bytes, Unread> = match answer {
             Ok(Ok(collected)) => {
@@ -377,23 +497,26 @@ impl Upstream {
             elapsed: answered - started,
             detail,
             retries: Retries::default(),
+            sent: true,
         };
         (exchange, retry)
     }
 
-    fn request(
-        &self,
-        body: Bytes,
-        request_id: &HeaderValue,
-        trace: &Trace,
-        decision: &Decision,
-    ) -> Result<Request<Full<Bytes>>, http::Error> {
+    fn request(&self, outgoing: Outgoing<'_>) -> Result<Request<Full<Bytes>>, http::Error> {
+        let Outgoing {
+            body,
+            request_id,
+            trace,
+            decision,
+            fence,
+        } = outgoing;
         // Names and fixed values are built once, not parsed for every callback.
         const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID);
         const IDEMPOTENCY_KEY_NAME: HeaderName = HeaderName::from_static(IDEMPOTENCY_KEY);
         const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT);
         const TRACESTATE_NAME: HeaderName = HeaderName::from_static(TRACESTATE);
-        let mut headers = HeaderMap::with_capacity(6 + self.route.headers.0.len());
+        const FENCING_TOKEN_NAME: HeaderName = HeaderName::from_static(FENCING_TOKEN);
+        let mut headers = HeaderMap::with_capacity(7 + self.route.headers.0.len());
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -407,6 +530,9 @@ impl Upstream {
         headers.insert(TRACEPARENT_NAME, trace.traceparent());
         if let Some(state) = &trace.tracestate {
             headers.insert(TRACESTATE_NAME, state.clone());
+        }
+        if let Some(fence) = fence {
+            headers.insert(FENCING_TOKEN_NAME, HeaderValue::from(fence));
         }
         for (name, value) in &self.route.headers.0 {
             headers.append(name, value.clone());
@@ -423,6 +549,15 @@ impl Upstream {
         *request.headers_mut() = headers;
         Ok(request)
     }
+}
+
+/// What one attempt sends.
+struct Outgoing<'a> {
+    body: Bytes,
+    request_id: &'a HeaderValue,
+    trace: &'a Trace,
+    decision: &'a Decision,
+    fence: Option<u64>,
 }
 
 /// Why a request could not be exchanged.
@@ -473,6 +608,11 @@ pub struct Settings {
     pub ca_file: Option<PathBuf>,
     pub client: Option<ClientIdentity>,
     pub ok_rule: Option<OkRule>,
+    /// Whether a `503` with a fitting `Retry-After` is sent again (`RETRY_503`).
+    pub retry_503: bool,
+    /// How long a refused connection is retried, and how long refusals last before
+    /// callbacks are answered at once (`CONNECT_RETRY_MS`); zero: the answer bound alone.
+    pub connect_retry: Duration,
 }
 
 /// Client certificate for mutual TLS to the upstream.
@@ -482,16 +622,37 @@ pub struct ClientIdentity {
     pub key: PathBuf,
 }
 
-/// Extra headers for the upstream. Values are secret; `Debug` shows names only.
+/// Extra headers for the upstream, and each name as the operator wrote it, which is how
+/// it goes out. Values are secret; `Debug` shows names only.
 #[derive(Clone, Default)]
-pub struct UpstreamHeaders(pub Vec<(HeaderName, HeaderValue)>);
+pub struct UpstreamHeaders(pub Vec<(HeaderName, HeaderValue)>, pub Vec<String>);
 
 impl std::fmt::Debug for UpstreamHeaders {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_map()
-            .entries(self.0.iter().map(|(n, _)| (n.as_str(), "<redacted>")))
+            .entries(self.1.iter().map(|n| (n.as_str(), "<redacted>")))
             .finish()
     }
+}
+
+/// How every header name of a request goes out: the gateway's own as their standards and
+/// the conventions of legacy servers write them (`traceparent` and `tracestate` lower-case,
+/// as W3C writes them, are sent as hyper writes every name), the operator's as written.
+fn spellings(headers: &UpstreamHeaders) -> Spellings {
+    const OWN: &[&str] = &[
+        "Host",
+        "Content-Type",
+        "Content-Length",
+        "User-Agent",
+        "X-Request-Id",
+        "Idempotency-Key",
+        "Fencing-Token",
+    ];
+    Spellings::new(
+        OWN.iter()
+            .copied()
+            .chain(headers.1.iter().map(String::as_str)),
+    )
 }
 
 /// Headers the gateway itself owns on the upstream request.
@@ -512,6 +673,7 @@ pub const RESERVED_HEADERS: &[&str] = &[
     "idempotency-key",
     "traceparent",
     "tracestate",
+    FENCING_TOKEN,
 ];
 
 #[cfg(test)]

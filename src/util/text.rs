@@ -76,6 +76,43 @@ pub fn redact(text: &mut String, secrets: &[String]) {
     }
 }
 
+/// A URL as logs and `check-config` show it: whatever precedes `@` in its authority is a
+/// credential, and so may be any query value (`?access_token=…`, `?api_key=…`); the
+/// parameters' names stay, to tell one URL from another.
+pub fn shown_url(url: &http::Uri) -> String {
+    let mut out = String::new();
+    if let Some(scheme) = url.scheme_str() {
+        out.push_str(scheme);
+        out.push_str("://");
+    }
+    if let Some(authority) = url.authority() {
+        match authority.as_str().rsplit_once('@') {
+            Some((_, host)) => {
+                out.push_str("<redacted>@");
+                out.push_str(host);
+            }
+            None => out.push_str(authority.as_str()),
+        }
+    }
+    out.push_str(url.path());
+    if let Some(query) = url.query() {
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((name, _)) => {
+                    out.push_str(name);
+                    out.push_str("=<redacted>");
+                }
+                None => out.push_str("<redacted>"),
+            }
+        }
+    }
+    out
+}
+
 /// `%XX` decoding, so values may hold commas (`%2C`) and other separators.
 pub fn percent_decode(s: &str) -> Option<Vec<u8>> {
     let bytes = s.as_bytes();
@@ -119,5 +156,19 @@ mod tests {
         assert!(cut.len() <= MAX_LOGGED_FIELD_BYTES && cut.len() > MAX_LOGGED_FIELD_BYTES - 3);
         assert!(long.starts_with(cut));
         assert_eq!(bounded(&"x".repeat(1000)).len(), MAX_LOGGED_FIELD_BYTES);
+    }
+
+    #[test]
+    fn shown_urls_hide_credentials_and_query_values() {
+        let shown = |u: &str| shown_url(&u.parse().unwrap());
+        assert_eq!(
+            shown("https://user:pw@collector.example:4318/v1/traces?api_key=k1&flag"),
+            "https://<redacted>@collector.example:4318/v1/traces?api_key=<redacted>&<redacted>"
+        );
+        assert_eq!(
+            shown("http://127.0.0.1:8080/approve?access_token=abc"),
+            "http://127.0.0.1:8080/approve?access_token=<redacted>"
+        );
+        assert_eq!(shown("http://legacy:8080/api"), "http://legacy:8080/api");
     }
 }

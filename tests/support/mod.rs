@@ -14,6 +14,8 @@ pub mod gateway;
 pub mod layering;
 pub mod legacy;
 pub mod metrics;
+pub mod openapi;
+pub mod otlp;
 pub mod redis_server;
 pub mod upstream;
 

@@ -1,13 +1,101 @@
-//! A real `redis-server` on a free loopback port, killed when dropped. Debian's
-//! package provides it; `.ci/run` installs it. A missing server fails the test
-//! that needs it rather than skipping it: a suite that passes because it did
-//! not run proves nothing.
+//! A real `redis-server` on a free loopback port, killed when dropped. The one on
+//! the PATH when there is one; otherwise the tests bring their own, taken out of
+//! Debian's packages (`apt-get download`, `dpkg-deb -x`, nothing installed) into the
+//! target directory the first time a test needs it. A server that cannot be had
+//! fails the test that needs it rather than skipping it: a suite that passes because
+//! it did not run proves nothing.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub const REDIS_SERVER: &str = "redis-server";
+
+/// Set to fetch Debian's server even when one is on the PATH: how the fetching
+/// itself is tried on a machine that has Redis installed.
+const FETCH_ANYWAY: &str = "FEISHU_GATE_TEST_FETCH_REDIS";
+
+/// Debian's packages the server is taken from: the server's name, the binary, and
+/// the libraries it links that a machine without Redis may lack.
+const PACKAGES: &str = "redis-server redis-tools libjemalloc2 liblzf1 libatomic1";
+
+/// The program to run, and the library path it needs when it was fetched.
+struct Server {
+    program: PathBuf,
+    libraries: Option<OsString>,
+}
+
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let on_path = Command::new(REDIS_SERVER)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if on_path && std::env::var_os(FETCH_ANYWAY).is_none() {
+            return Server {
+                program: PathBuf::from(REDIS_SERVER),
+                libraries: None,
+            };
+        }
+        fetch(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("redis-server"))
+    })
+}
+
+/// Takes the server out of Debian's packages into `dir`, once (a lock keeps test
+/// processes running side by side from doing it twice).
+fn fetch(dir: &Path) -> Server {
+    let root = dir.join("root");
+    let program = root.join("usr/bin/redis-server");
+    let script = format!(
+        r#"set -e
+mkdir -p "$0/deb"
+exec 9>"$0/lock"
+flock 9
+[ -x "$0/root/usr/bin/redis-server" ] && exit 0
+cd "$0/deb"
+if ! apt-get download {PACKAGES} >/dev/null 2>&1; then
+  # A machine whose package lists were never fetched.
+  [ "$(id -u)" = 0 ] && apt-get update -qq >/dev/null
+  apt-get download {PACKAGES} >/dev/null
+fi
+for deb in *.deb; do dpkg-deb -x "$deb" "$0/root"; done
+"#
+    );
+    let fetched = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        fetched && program.exists(),
+        "{REDIS_SERVER} is not on the PATH and could not be taken out of Debian's packages \
+         ({PACKAGES}) into {}: install it (apt-get install redis-server)",
+        dir.display()
+    );
+    let mut libraries = Vec::new();
+    for lib in ["usr/lib", "lib"] {
+        if let Ok(entries) = std::fs::read_dir(root.join(lib)) {
+            libraries.extend(
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir() && p.to_string_lossy().ends_with("-linux-gnu")),
+            );
+        }
+        libraries.push(root.join(lib));
+    }
+    Server {
+        program,
+        libraries: std::env::join_paths(libraries).ok(),
+    }
+}
 
 pub struct Redis {
     child: Option<Child>,
@@ -55,7 +143,11 @@ impl Redis {
     /// Starts the server again on the same port, empty (nothing is persisted).
     pub fn restart(&mut self) {
         self.kill();
-        let mut cmd = Command::new(REDIS_SERVER);
+        let server = server();
+        let mut cmd = Command::new(&server.program);
+        if let Some(libraries) = &server.libraries {
+            cmd.env("LD_LIBRARY_PATH", libraries);
+        }
         match &self.tls {
             None => cmd.args(["--port", &self.port.to_string()]),
             Some((cert, key)) => cmd
@@ -75,7 +167,8 @@ impl Redis {
             .spawn()
             .unwrap_or_else(|e| {
                 panic!(
-                    "cannot run {REDIS_SERVER} ({e}): install it (Debian: apt-get install redis-server)"
+                    "cannot run {} ({e}): install it (Debian: apt-get install redis-server)",
+                    server.program.display()
                 )
             });
         self.child = Some(child);

@@ -92,11 +92,16 @@ fn every_secret_and_only_a_secret_is_read_from_its_file() {
             let e = loaded.unwrap_err().to_string();
             assert_eq!(
                 e,
-                format!("{file}: cannot read /no/such/secret: entity not found")
+                format!(
+                    "{file}: cannot read /no/such/secret: No such file or directory (os error 2)"
+                )
             );
         } else {
             let w = loaded.unwrap().warnings;
-            let unknown = format!("{file} is not a feishu-gate setting and is ignored");
+            let unknown = format!(
+                "{file} is not a feishu-gate setting and is ignored ({name} is not a secret, \
+                 so it is not read from a file)"
+            );
             assert!(w.contains(&unknown), "{w:?}");
         }
     }
@@ -106,6 +111,8 @@ fn every_secret_and_only_a_secret_is_read_from_its_file() {
 const RANGES: &[(&str, u64, u64)] = &[
     (UPSTREAM_TIMEOUT_MS, 1, 9_000),
     (ANSWER_WITHIN_MS, 500, 9_500),
+    (LATE_VERDICT_MS, 0, 600_000),
+    (CONNECT_RETRY_MS, 0, 9_000),
     (MAX_BODY_BYTES, 1_024, 16 * 1024 * 1024),
     (RATE_LIMIT_RPS, 0, 1_000_000),
     (RATE_LIMIT_BURST, 1, 10_000_000),
@@ -132,6 +139,30 @@ fn every_number_is_read_within_its_range() {
         }
         assert!(with(&[(name, &max.to_string())]).is_ok(), "{name}={max}");
     }
+}
+
+#[test]
+fn a_late_verdict_window_counts_from_arrival_so_it_cannot_end_before_the_answer() {
+    let e = errors(&[(LATE_VERDICT_MS, "3000")]);
+    assert_eq!(
+        e,
+        vec![format!(
+            "{LATE_VERDICT_MS}: 3000 is below {ANSWER_WITHIN_MS} (9500): it counts from the \
+             callback's arrival too; use 0 to cut the exchange at the upstream timeout"
+        )]
+    );
+    let lark = with(&[(ANSWER_WITHIN_MS, "4500"), (LATE_VERDICT_MS, "4500")]).unwrap();
+    assert_eq!(
+        lark.config.pipeline.late_verdict,
+        Duration::from_millis(4_500)
+    );
+    let off = with(&[(LATE_VERDICT_MS, "0")]).unwrap();
+    assert!(off.config.pipeline.late_verdict.is_zero());
+    let default = with(&[]).unwrap();
+    assert_eq!(
+        default.config.pipeline.late_verdict,
+        Duration::from_secs(60)
+    );
 }
 
 /// [`RANGES`] lists every variable read as a number, so none is left unchecked above.
@@ -314,7 +345,7 @@ fn secrets_from_files_and_rotation_lists() {
     .to_string();
     assert_eq!(
         e,
-        "FEISHU_GATE_TOKEN_FILE: cannot read /nonexistent/t: entity not found"
+        "FEISHU_GATE_TOKEN_FILE: cannot read /nonexistent/t: No such file or directory (os error 2)"
     );
 }
 
@@ -330,7 +361,7 @@ fn every_problem_stays_on_one_line_whatever_the_path() {
     }
     assert_eq!(
         e[1],
-        "FEISHU_GATE_KEY_FILE: cannot read /no\\nsuch\\r/key: entity not found"
+        "FEISHU_GATE_KEY_FILE: cannot read /no\\nsuch\\r/key: No such file or directory (os error 2)"
     );
 }
 
@@ -340,8 +371,8 @@ fn both_files_of_a_pair_are_checked() {
     assert_eq!(
         e,
         vec![
-            format!("{TLS_CERT}: cannot read /no/cert.pem: entity not found"),
-            format!("{TLS_KEY}: cannot read /no/key.pem: entity not found"),
+            format!("{TLS_CERT}: cannot read /no/cert.pem: No such file or directory (os error 2)"),
+            format!("{TLS_KEY}: cannot read /no/key.pem: No such file or directory (os error 2)"),
         ]
     );
 }
@@ -463,7 +494,10 @@ fn unknown_variables_warn_but_kubernetes_service_links_do_not() {
     w.retain(|w| w.contains("is not a feishu-gate setting"));
     assert_eq!(
         w,
-        vec!["FEISHU_GATE_UPSTREM_URL is not a feishu-gate setting and is ignored"]
+        vec![
+            "FEISHU_GATE_UPSTREM_URL is not a feishu-gate setting and is ignored \
+             (did you mean FEISHU_GATE_UPSTREAM_URL?)"
+        ]
     );
 }
 
@@ -508,4 +542,65 @@ fn misc_validation() {
     );
     assert_eq!(c.dedup.ttl, None);
     assert_eq!(c.lang, Lang::En);
+}
+
+#[test]
+fn the_openapi_credentials_come_in_pairs_and_the_secret_never_shows() {
+    assert!(with(&[]).unwrap().config.openapi.is_none());
+    let both = with(&[(APP_ID, "cli_a1"), (APP_SECRET, "s3cret-app-secret")]).unwrap();
+    let openapi = both.config.openapi.as_ref().unwrap();
+    assert_eq!(openapi.base.to_string(), "https://open.feishu.cn/");
+    assert!(!format!("{openapi:?}").contains("s3cret-app-secret"));
+    let shown: Vec<_> = both.config.describe();
+    assert!(shown.contains(&(APP_SECRET, "<redacted>".to_owned())));
+    assert!(shown.iter().all(|(_, v)| !v.contains("s3cret-app-secret")));
+    assert_eq!(
+        errors(&[(APP_ID, "cli_a1")]),
+        vec![format!("{APP_SECRET}: is required with {APP_ID}")]
+    );
+    assert_eq!(
+        errors(&[(APP_SECRET, "x")]),
+        vec![format!("{APP_ID}: is required with {APP_SECRET}")]
+    );
+    let lark = with(&[
+        (APP_ID, "cli_a1"),
+        (APP_SECRET, "x"),
+        (OPENAPI_URL, "https://open.larksuite.com"),
+    ])
+    .unwrap();
+    let base = &lark.config.openapi.unwrap().base;
+    assert_eq!(base.host(), Some("open.larksuite.com"));
+    let bad = errors(&[
+        (APP_ID, "a"),
+        (APP_SECRET, "x"),
+        (OPENAPI_URL, "open.feishu.cn"),
+    ]);
+    assert_eq!(bad.len(), 1);
+    assert!(bad[0].starts_with(OPENAPI_URL), "{bad:?}");
+    let alone = with(&[(OPENAPI_URL, "https://open.larksuite.com")]).unwrap();
+    assert!(
+        alone.warnings.iter().any(|w| w.starts_with(OPENAPI_URL)),
+        "{:?}",
+        alone.warnings
+    );
+}
+
+#[test]
+fn listeners_on_one_port_are_refused_when_one_takes_every_address() {
+    let clash = errors(&[(LISTEN, "0.0.0.0:9000"), (ADMIN_LISTEN, "127.0.0.1:9000")]);
+    assert_eq!(
+        clash,
+        vec![format!(
+            "{ADMIN_LISTEN}: must not share a port with {LISTEN} (0.0.0.0:9000)"
+        )]
+    );
+    assert!(with(&[(LISTEN, "127.0.0.1:9000"), (ADMIN_LISTEN, "127.0.0.2:9000")]).is_ok());
+    assert!(with(&[(LISTEN, "0.0.0.0:0"), (ADMIN_LISTEN, "0.0.0.0:0")]).is_ok());
+    let maybe = errors(&[(ALLOW_PLAINTEXT, "maybe")]);
+    assert_eq!(
+        maybe,
+        vec![format!(
+            "{ALLOW_PLAINTEXT}: \"maybe\" is not true or false (yes/no, on/off and 1/0 also do)"
+        )]
+    );
 }

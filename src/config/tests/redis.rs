@@ -44,7 +44,7 @@ fn redis_is_off_by_default_and_its_url_never_shown() {
     assert_eq!(
         e,
         vec![format!(
-            "{REDIS_CA_FILE}: cannot read /no/ca.pem: entity not found"
+            "{REDIS_CA_FILE}: cannot read /no/ca.pem: No such file or directory (os error 2)"
         )]
     );
 }
@@ -94,4 +94,21 @@ fn redis_url_from_a_file() {
             "{REDIS_URL}: set either {REDIS_URL} or {REDIS_URL}_FILE, not both"
         )]
     );
+}
+
+#[test]
+fn a_password_sent_in_the_clear_across_machines_is_warned_about() {
+    let warned = |url: &str| {
+        with(&[(REDIS_URL, url)])
+            .unwrap()
+            .warnings
+            .iter()
+            .any(|w| w.contains("redis:// with a password"))
+    };
+    assert!(warned("redis://:s3cret@redis.internal:6379"));
+    assert!(warned("redis://gate:s3cret@10.0.0.9"));
+    assert!(!warned("redis://:s3cret@127.0.0.1:6379"));
+    assert!(!warned("redis://:s3cret@localhost"));
+    assert!(!warned("rediss://:s3cret@redis.internal"));
+    assert!(!warned("redis://redis.internal"));
 }
