@@ -1,11 +1,18 @@
-//! The work one callback costs with no network: open the envelope, check the
-//! token, validate, build the upstream body and the idempotency key, that is
-//! `Verifier::verify`. Target: at most 5 µs for a typical (1 KiB) callback.
+//! The work one callback costs.
+//!
+//! - `verify`: with no network: open the envelope, check the token, validate, build the
+//!   upstream body and the idempotency key, that is `Verifier::verify`. Target: at most
+//!   5 µs for a typical (1 KiB) callback.
+//! - `path`: the whole hop over loopback: a client on a kept-alive connection, the gateway
+//!   serving as `serve` does (worker threads, its upstream pool), and a legacy system
+//!   answering `{"code":0}`. Client and legacy system are plain threads that allocate
+//!   nothing per request, so every allocation counted is the gateway's. Target: at most
+//!   12 heap allocations per callback.
 //!
 //! Before timing, each case prints how many heap allocations (and bytes) one
 //! call makes, counted by a global allocator that only counts.
 //!
-//! `cargo bench --bench callback`
+//! `cargo bench --bench callback`, or `cargo bench --bench callback -- path` for the hop.
 
 // The counting allocator below is a `GlobalAlloc`, an unsafe trait.
 #![allow(unsafe_code)]
@@ -33,6 +40,7 @@ static ALLOCATED_BYTES: AtomicU64 = AtomicU64::new(0);
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        show_site(layout.size());
         ALLOCATED_BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
         // SAFETY: same layout, same contract as the caller's.
         unsafe { System.alloc(layout) }
@@ -45,6 +53,7 @@ unsafe impl GlobalAlloc for Counting {
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        show_site(new_size);
         ALLOCATED_BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
         // SAFETY: `ptr` came from `System` with `layout`.
         unsafe { System.realloc(ptr, layout, new_size) }
@@ -53,6 +62,28 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
+
+/// Whether each allocation prints where it was made (`ALLOCATION_SITES=1`, for one
+/// callback of the `path` group).
+static SHOW_SITES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+std::thread_local! {
+    /// Set while a site is printed: the backtrace allocates too.
+    static SHOWING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn show_site(size: usize) {
+    if !SHOW_SITES.load(Ordering::Relaxed) || SHOWING.with(|s| s.replace(true)) {
+        return;
+    }
+    let thread = std::thread::current();
+    eprintln!(
+        "--- {size} bytes on {}\n{}",
+        thread.name().unwrap_or("?"),
+        std::backtrace::Backtrace::force_capture()
+    );
+    SHOWING.with(|s| s.set(false));
+}
 
 fn verifier(encrypted: bool) -> Verifier {
     Verifier {
@@ -156,5 +187,197 @@ fn refuse(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, verify, refuse);
+criterion_group!(benches, verify, refuse, path);
 criterion_main!(benches);
+
+/// A legacy system that answers every request `{"code":0}`, one thread per connection,
+/// reading into a buffer of its own: nothing allocated per request.
+fn legacy_system() -> std::net::SocketAddr {
+    use std::io::{Read as _, Write as _};
+    const ANSWER: &[u8] =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{\"code\":0}";
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                stream.set_nodelay(true).unwrap();
+                let mut buffer = vec![0u8; 256 * 1024];
+                let mut filled = 0;
+                loop {
+                    match message_end(&buffer[..filled]) {
+                        Some(end) => {
+                            if stream.write_all(ANSWER).is_err() {
+                                return;
+                            }
+                            buffer.copy_within(end..filled, 0);
+                            filled -= end;
+                        }
+                        None => match stream.read(&mut buffer[filled..]) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => filled += n,
+                        },
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Where the first HTTP/1.1 message in `bytes` ends, once all of it is there: its head,
+/// and a body of its `Content-Length`.
+fn message_end(bytes: &[u8]) -> Option<usize> {
+    let head = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let length = bytes[..head]
+        .split(|&b| b == b'\n')
+        .find_map(|line| {
+            let (name, value) = line.split_at(line.iter().position(|&b| b == b':')?);
+            name.eq_ignore_ascii_case(b"content-length")
+                .then(|| std::str::from_utf8(&value[1..]).ok()?.trim().parse().ok())
+                .flatten()
+        })
+        .unwrap_or(0);
+    (bytes.len() >= head + length).then_some(head + length)
+}
+
+/// The gateway, serving on loopback as `serve` does, in front of `legacy`.
+fn gateway(legacy: std::net::SocketAddr, dedup: bool) -> std::net::SocketAddr {
+    use feishu_gate::testing::app::{App, ListenerTls};
+    use feishu_gate::testing::config::{self as vars, Config};
+    use feishu_gate::testing::server::Listeners;
+
+    let upstream = format!("http://{legacy}/legacy/approve");
+    let mut settings = vec![
+        (vars::UPSTREAM_URL, upstream.as_str()),
+        (vars::TOKEN, TOKEN),
+        (vars::KEY, KEY),
+        (vars::RATE_LIMIT_RPS, "0"),
+        (vars::WORKERS, "1"),
+    ];
+    if !dedup {
+        settings.push((vars::DEDUP_TTL_SECS, "0"));
+    }
+    let config = Config::from_vars(settings).unwrap().config;
+    let app = App::build(&config).unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let callback = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            sender.send(callback.local_addr().unwrap()).unwrap();
+            let listeners = Listeners { callback, admin };
+            let tls = ListenerTls::Files(std::time::Duration::from_secs(3600));
+            let (_, serving) = app.start(listeners, tls, std::future::pending());
+            serving.await;
+        });
+    });
+    receiver.recv().unwrap()
+}
+
+/// A client on one kept-alive connection, sending requests built before it starts and
+/// reading each answer into a buffer of its own.
+struct Client {
+    stream: std::net::TcpStream,
+    requests: Vec<Vec<u8>>,
+    next: usize,
+    buffer: Vec<u8>,
+}
+
+impl Client {
+    fn new(gateway: std::net::SocketAddr, bodies: Vec<String>) -> Self {
+        let stream = std::net::TcpStream::connect(gateway).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let requests = bodies
+            .iter()
+            .map(|body| {
+                format!(
+                    "POST / HTTP/1.1\r\nHost: gateway\r\n\
+                     Content-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .into_bytes()
+            })
+            .collect();
+        Self {
+            stream,
+            requests,
+            next: 0,
+            buffer: vec![0; 64 * 1024],
+        }
+    }
+
+    /// Sends the next request and reads its answer, which must be a 200.
+    fn callback(&mut self) {
+        use std::io::{Read as _, Write as _};
+        let request = &self.requests[self.next % self.requests.len()];
+        self.next += 1;
+        self.stream.write_all(request).unwrap();
+        let mut filled = 0;
+        let end = loop {
+            if let Some(end) = message_end(&self.buffer[..filled]) {
+                break end;
+            }
+            let n = self.stream.read(&mut self.buffer[filled..]).unwrap();
+            assert!(n > 0, "the gateway closed the connection");
+            filled += n;
+        };
+        assert!(
+            self.buffer.starts_with(b"HTTP/1.1 200 "),
+            "{}",
+            String::from_utf8_lossy(&self.buffer[..end])
+        );
+        assert_eq!(filled, end, "one answer per request");
+    }
+}
+
+/// The whole hop, on a gateway with duplicate suppression off (as `bench/run.sh` runs it)
+/// and on, with every decision a new one.
+fn path(c: &mut Criterion) {
+    const CALLS: u64 = 2_000;
+    let legacy = legacy_system();
+    let mut group = c.benchmark_group("path");
+    for (name, dedup) in [("keep_alive", false), ("keep_alive_dedup", true)] {
+        let gateway = gateway(legacy, dedup);
+        // With duplicate suppression, the counted callbacks are each a new decision;
+        // criterion's timing goes round them again, as copies.
+        let distinct = if dedup { 2 * CALLS } else { 256 };
+        let bodies = (0..distinct)
+            .map(|n| common::sealed(n, Size::Typical))
+            .collect();
+        let mut client = Client::new(gateway, bodies);
+        // Pools, buffers and tables at their working size before counting.
+        for _ in 0..CALLS {
+            client.callback();
+        }
+        let (count, bytes) = (
+            ALLOCATIONS.load(Ordering::Relaxed),
+            ALLOCATED_BYTES.load(Ordering::Relaxed),
+        );
+        for _ in 0..CALLS {
+            client.callback();
+        }
+        let count = ALLOCATIONS.load(Ordering::Relaxed) - count;
+        let bytes = ALLOCATED_BYTES.load(Ordering::Relaxed) - bytes;
+        println!(
+            "path/{name}: {:.1} allocations and {:.0} bytes allocated per callback",
+            count as f64 / CALLS as f64,
+            bytes as f64 / CALLS as f64
+        );
+        if std::env::var_os("ALLOCATION_SITES").is_some() {
+            // Whatever the gateway does after answering is the callback's too.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            SHOW_SITES.store(true, Ordering::Relaxed);
+            client.callback();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            SHOW_SITES.store(false, Ordering::Relaxed);
+        }
+        group.bench_function(name, |b| b.iter(|| client.callback()));
+    }
+    group.finish();
+}
