@@ -57,10 +57,9 @@ impl CallbackKey {
     }
 
     /// Decrypts in the buffer the decoded bytes arrived in.
-    fn decrypt_in_place(&self, decoded: Vec<u8>) -> Result<Vec<u8>, EnvelopeError> {
-        let (plain, padded) = self.open_in_place(decoded)?;
-        if padded {
-            Ok(plain)
+    fn decrypt_in_place(&self, mut decoded: Vec<u8>) -> Result<Vec<u8>, EnvelopeError> {
+        if self.open_in_place(&mut decoded)? {
+            Ok(decoded)
         } else {
             Err(EnvelopeError::BadPadding)
         }
@@ -72,13 +71,21 @@ impl CallbackKey {
     /// takes does not tell a guesser whether its padding was right (the padding oracle of
     /// unauthenticated CBC). Refusals of the encoding or the length depend on no secret.
     pub fn open(&self, encrypt: &str) -> Result<(Vec<u8>, bool), EnvelopeError> {
-        let decoded = STANDARD
-            .decode(encrypt)
-            .map_err(|_| EnvelopeError::NotBase64)?;
-        self.open_in_place(decoded)
+        let mut plain = Vec::new();
+        let padded = self.open_into(encrypt, &mut plain)?;
+        Ok((plain, padded))
     }
 
-    fn open_in_place(&self, mut decoded: Vec<u8>) -> Result<(Vec<u8>, bool), EnvelopeError> {
+    /// The same, into `buffer` (emptied first), whose room is reused.
+    pub fn open_into(&self, encrypt: &str, buffer: &mut Vec<u8>) -> Result<bool, EnvelopeError> {
+        buffer.clear();
+        STANDARD
+            .decode_vec(encrypt, buffer)
+            .map_err(|_| EnvelopeError::NotBase64)?;
+        self.open_in_place(buffer)
+    }
+
+    fn open_in_place(&self, decoded: &mut Vec<u8>) -> Result<bool, EnvelopeError> {
         if decoded.len() < 2 * BLOCK {
             return Err(EnvelopeError::TooShort);
         }
@@ -96,7 +103,7 @@ impl CallbackKey {
         let len = total - (pad & usize::from(valid.unwrap_u8()).wrapping_neg());
         decoded.copy_within(BLOCK..BLOCK + len, 0);
         decoded.truncate(len);
-        Ok((decoded, valid.into()))
+        Ok(valid.into())
     }
 
     /// Seals `plaintext` under the given IV, in Feishu's format.

@@ -7,13 +7,18 @@ use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
+use smallvec::SmallVec;
 
 use crate::outcome::{JsonError, MAX_DEPTH, MAX_FIELDS};
 
 /// A parsed JSON object whose values are still the raw text they arrived as.
 pub struct Fields<'a> {
-    entries: Vec<(Cow<'a, str>, &'a RawValue)>,
+    entries: Entries<'a>,
 }
+
+/// The fields of a callback, in place up to the number Feishu sends (a dozen) and a few
+/// more: reading one costs no allocation for them.
+type Entries<'a> = SmallVec<[(Cow<'a, str>, &'a RawValue); 16]>;
 
 impl fmt::Debug for Fields<'_> {
     /// Lists field names only: values can hold the token.
@@ -81,10 +86,84 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// Calls `f` with the contents of a JSON string value (a `RawValue` that starts with `"`),
+/// unescaped. One with escapes is unescaped into a buffer this thread keeps, so reading it
+/// allocates nothing once the buffer has grown to the longest seen. `None` when the value
+/// is not a string or holds a lone surrogate.
+pub fn with_unescaped<R>(raw: &RawValue, f: impl FnOnce(&str) -> R) -> Option<R> {
+    /// What the buffer may keep between callbacks.
+    const KEEP: usize = 16 * 1024;
+    std::thread_local! {
+        static UNESCAPED: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    if let Some(plain) = unescaped_string(raw) {
+        return Some(f(plain));
+    }
+    let inner = raw.get().strip_prefix('"')?.strip_suffix('"')?;
+    UNESCAPED.with_borrow_mut(|buffer| {
+        buffer.clear();
+        let result = unescape(inner, buffer).map(|()| f(buffer));
+        if buffer.capacity() > KEEP {
+            *buffer = String::new();
+        }
+        result
+    })
+}
+
+/// Appends the contents of a well-formed JSON string (without its quotes) to `out`,
+/// unescaped; `None` on a lone surrogate, which no Rust string can hold.
+fn unescape(mut rest: &str, out: &mut String) -> Option<()> {
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        let escape = rest.as_bytes().get(at + 1)?;
+        rest = &rest[at + 2..];
+        let c = match escape {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let unit = hex4(rest)?;
+                rest = &rest[4..];
+                let code = match unit {
+                    0xD800..=0xDBFF => {
+                        let low = rest.strip_prefix("\\u").and_then(hex4)?;
+                        if !(0xDC00..=0xDFFF).contains(&low) {
+                            return None;
+                        }
+                        rest = &rest[6..];
+                        0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00)
+                    }
+                    0xDC00..=0xDFFF => return None,
+                    unit => unit,
+                };
+                char::from_u32(code)?
+            }
+            _ => return None,
+        };
+        out.push(c);
+    }
+    out.push_str(rest);
+    Some(())
+}
+
+/// The four hex digits `text` starts with, as a number.
+fn hex4(text: &str) -> Option<u32> {
+    let digits = text.get(..4)?;
+    if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(digits, 16).ok()
+}
+
 /// The object's entries, or why it is not one.
 fn entries<'a, R: serde_json::de::Read<'a>>(
     mut de: serde_json::Deserializer<R>,
-) -> Result<Vec<(Cow<'a, str>, &'a RawValue)>, JsonError> {
+) -> Result<Entries<'a>, JsonError> {
     let mut duplicate = false;
     let mut too_many = false;
     let entries = match de.deserialize_map(ObjectVisitor {
@@ -118,14 +197,14 @@ struct ObjectVisitor<'d> {
 }
 
 impl<'de> Visitor<'de> for ObjectVisitor<'_> {
-    type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
+    type Value = Entries<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut entries: Self::Value = Vec::with_capacity(map.size_hint().unwrap_or(12));
+        let mut entries = Self::Value::new();
         while let Some(Key(key)) = map.next_key()? {
             if entries.len() == MAX_FIELDS {
                 *self.too_many = true;
@@ -244,4 +323,45 @@ fn has_lone_surrogate(bytes: &[u8]) -> bool {
     // A high surrogate with nothing after it: at the very least the string's
     // closing quote followed.
     want_low
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unescaped(json: &str) -> Option<String> {
+        let raw: &RawValue = serde_json::from_str(json).unwrap();
+        with_unescaped(raw, str::to_owned)
+    }
+
+    #[test]
+    fn strings_unescape_as_serde_json_reads_them() {
+        for text in [
+            "",
+            "plain",
+            "{\"source\":\"card\",\"version\":3}",
+            "tab\tline\nfeed\r back\\slash /slash \u{8}\u{c}",
+            "审批通过 ✓ 😀 \u{1}\u{1f}",
+        ] {
+            let json = serde_json::to_string(text).unwrap();
+            assert_eq!(unescaped(&json).as_deref(), Some(text), "{json}");
+        }
+        // Every character escaped, surrogate pairs included.
+        let text = "a\"é😀";
+        let every: String = text
+            .encode_utf16()
+            .map(|unit| format!("\\u{unit:04X}"))
+            .collect();
+        assert_eq!(unescaped(&format!("\"{every}\"")).as_deref(), Some(text));
+        assert_eq!(unescaped(r#""\/""#).as_deref(), Some("/"));
+    }
+
+    #[test]
+    fn lone_surrogates_and_non_strings_are_refused() {
+        assert_eq!(unescaped(r#""\ud800""#), None);
+        assert_eq!(unescaped(r#""\udc00x""#), None);
+        assert_eq!(unescaped(r#""\ud800\u0041""#), None);
+        assert_eq!(unescaped("17"), None);
+        assert_eq!(unescaped("{}"), None);
+    }
 }

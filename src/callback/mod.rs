@@ -48,6 +48,23 @@ pub fn string<'a>(
     })
 }
 
+/// A field's raw value when it is a JSON string, not yet unescaped; `Ok(None)` when absent
+/// or null.
+fn string_value<'a>(
+    fields: &Fields<'a>,
+    name: &'static str,
+) -> Result<Option<&'a RawValue>, BodyError> {
+    match fields.get(name) {
+        None => Ok(None),
+        Some(raw) if raw.get() == "null" => Ok(None),
+        Some(raw) if raw.get().starts_with('"') => Ok(Some(raw)),
+        Some(_) => Err(BodyError::WrongType {
+            field: name,
+            expected: Expected::String,
+        }),
+    }
+}
+
 fn required_string<'a>(fields: &Fields<'a>, name: &'static str) -> Result<Cow<'a, str>, BodyError> {
     match string(fields, name)? {
         Some(s) if !s.is_empty() => Ok(s),
@@ -60,15 +77,73 @@ fn required_string<'a>(fields: &Fields<'a>, name: &'static str) -> Result<Cow<'a
 }
 
 /// The facts about a validated callback that logs, metrics and duplicate
-/// detection need. Values are decoded strings; none of them is secret.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// detection need. Values are decoded strings; none of them is secret. They are held in
+/// one string, one after another: one allocation for all of them.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Summary {
-    pub action_type: String,
-    pub user_id: String,
-    pub approval_code: String,
-    pub instance_id: Option<String>,
-    pub task_id: Option<String>,
-    pub message_id: Option<String>,
+    text: String,
+    /// Where each field is in `text`, in the order of [`Summary::new`]'s parts.
+    spans: [Option<(u32, u32)>; 6],
+}
+
+impl Summary {
+    /// From the fields in this order: action type, user id, approval code, instance id,
+    /// task id, message id.
+    fn new(parts: [Option<&str>; 6]) -> Self {
+        let mut text = String::with_capacity(parts.iter().flatten().map(|p| p.len()).sum());
+        let spans = parts.map(|part| {
+            part.map(|part| {
+                let start = text.len();
+                text.push_str(part);
+                // A body is far below 4 GiB (MAX_BODY_BYTES).
+                (start as u32, text.len() as u32)
+            })
+        });
+        Self { text, spans }
+    }
+
+    fn part(&self, index: usize) -> Option<&str> {
+        let (start, end) = self.spans[index]?;
+        self.text.get(start as usize..end as usize)
+    }
+
+    pub fn action_type(&self) -> &str {
+        self.part(0).unwrap_or_default()
+    }
+
+    pub fn user_id(&self) -> &str {
+        self.part(1).unwrap_or_default()
+    }
+
+    pub fn approval_code(&self) -> &str {
+        self.part(2).unwrap_or_default()
+    }
+
+    pub fn instance_id(&self) -> Option<&str> {
+        self.part(3)
+    }
+
+    pub fn task_id(&self) -> Option<&str> {
+        self.part(4)
+    }
+
+    /// Canonical decimal digits, whether it arrived as a number or a string.
+    pub fn message_id(&self) -> Option<&str> {
+        self.part(5)
+    }
+}
+
+impl fmt::Debug for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Summary")
+            .field("action_type", &self.action_type())
+            .field("user_id", &self.user_id())
+            .field("approval_code", &self.approval_code())
+            .field("instance_id", &self.instance_id())
+            .field("task_id", &self.task_id())
+            .field("message_id", &self.message_id())
+            .finish()
+    }
 }
 
 /// A callback that passed validation, ready to forward.
@@ -82,6 +157,11 @@ pub struct Callback {
     /// `Idempotency-Key` header carries it (see [`idempotency_key`]).
     pub decision: Decision,
 }
+
+/// Room the forwarded body's buffer keeps after it: the upstream request writes the values
+/// of its own headers there (`Content-Length`, `Idempotency-Key`, `traceparent`,
+/// `Fencing-Token`), in the body's allocation rather than one each.
+pub const UPSTREAM_BODY_SPARE: usize = 20 + 64 + 55 + 20;
 
 /// SHA-256 over the fields that identify an approval decision.
 pub type Decision = [u8; 32];
@@ -102,7 +182,8 @@ pub fn validate(fields: &Fields<'_>, opts: ForwardOptions) -> Result<Callback, B
     let instance_id = string(fields, field::INSTANCE_ID)?;
     let task_id = string(fields, field::TASK_ID)?;
     let id = string(fields, field::ID)?;
-    let action_context = string(fields, field::ACTION_CONTEXT)?;
+    // Often JSON itself, so full of escapes: unescaped only where it is hashed.
+    let action_context = string_value(fields, field::ACTION_CONTEXT)?;
     string(fields, field::REASON)?;
     let message_id = message_id(fields)?;
     check_attachments(fields)?;
@@ -119,9 +200,18 @@ pub fn validate(fields: &Fields<'_>, opts: ForwardOptions) -> Result<Callback, B
         message_id.as_ref().map(|m| m.digits.as_str()),
         Some(user_id.as_ref()),
         Some(action_type.as_ref()),
-        action_context.as_deref(),
     ] {
         hash_part(&mut hash, part.map(str::as_bytes));
+    }
+    match action_context {
+        None => hash_part(&mut hash, None),
+        Some(raw) => json::with_unescaped(raw, |text| {
+            hash_part(&mut hash, Some(text.as_bytes()));
+        })
+        .ok_or(BodyError::WrongType {
+            field: field::ACTION_CONTEXT,
+            expected: Expected::String,
+        })?,
     }
     let targets_nothing =
         instance_id.is_none() && task_id.is_none() && id.is_none() && message_id.is_none();
@@ -132,14 +222,14 @@ pub fn validate(fields: &Fields<'_>, opts: ForwardOptions) -> Result<Callback, B
     let decision: Decision = hash.finalize().into();
 
     Ok(Callback {
-        summary: Summary {
-            action_type: action_type.into_owned(),
-            user_id: user_id.into_owned(),
-            approval_code: approval_code.into_owned(),
-            instance_id: instance_id.map(Cow::into_owned),
-            task_id: task_id.map(Cow::into_owned),
-            message_id: message_id.map(|m| m.digits),
-        },
+        summary: Summary::new([
+            Some(&action_type),
+            Some(&user_id),
+            Some(&approval_code),
+            instance_id.as_deref(),
+            task_id.as_deref(),
+            message_id.as_ref().map(|m| m.digits.as_str()),
+        ]),
         upstream_body,
         decision,
     })
@@ -166,7 +256,7 @@ pub fn idempotency_key(decision: &Decision) -> [u8; 64] {
 
 struct MessageId {
     /// Canonical decimal digits, identical for the number and string forms.
-    digits: String,
+    digits: Digits,
     /// Whether it arrived as a bare JSON number.
     is_number: bool,
 }
@@ -202,9 +292,32 @@ fn message_id(fields: &Fields<'_>) -> Result<Option<MessageId>, BodyError> {
     };
     let value: i64 = digits.parse().map_err(|_| MESSAGE_ID_TYPE)?;
     Ok(Some(MessageId {
-        digits: itoa::Buffer::new().format(value).to_owned(),
+        digits: Digits::of(value),
         is_number,
     }))
+}
+
+/// A number's decimal digits, on the stack.
+struct Digits {
+    bytes: [u8; 20],
+    len: usize,
+}
+
+impl Digits {
+    fn of(value: i64) -> Self {
+        let mut buffer = itoa::Buffer::new();
+        let text = buffer.format(value).as_bytes();
+        let mut bytes = [0u8; 20];
+        bytes[..text.len()].copy_from_slice(text);
+        Self {
+            bytes,
+            len: text.len(),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
 }
 
 fn check_attachments(fields: &Fields<'_>) -> Result<(), BodyError> {
@@ -257,7 +370,7 @@ fn upstream_body(
         .iter()
         .map(|(k, v)| k.len() + v.get().len() + 4)
         .sum();
-    let mut out = Vec::with_capacity(size + 2);
+    let mut out = Vec::with_capacity(size + 2 + UPSTREAM_BODY_SPARE);
     out.push(b'{');
     let mut first = true;
     for (key, value) in fields.iter() {
@@ -273,7 +386,7 @@ fn upstream_body(
         match message_id {
             Some(id) if key == field::MESSAGE_ID && id.is_number && opts.message_id_as_string => {
                 out.push(b'"');
-                out.extend_from_slice(id.digits.as_bytes());
+                out.extend_from_slice(id.digits.as_str().as_bytes());
                 out.push(b'"');
             }
             _ => out.extend_from_slice(value.get().as_bytes()),
@@ -313,10 +426,7 @@ mod tests {
             String::from_utf8(cb.upstream_body).unwrap(),
             r#"{"action_type":"APPROVE","action_context":"ctx-42","user_id":"b85s39b","approval_code":"A3895051-9B16-4ABA-B785-AD2986177BB1","instance_id":"people_1234","task_id":"step1","message_id":7250020197497765889,"reason":"ok"}"#
         );
-        assert_eq!(
-            cb.summary.message_id.as_deref(),
-            Some("7250020197497765889")
-        );
+        assert_eq!(cb.summary.message_id(), Some("7250020197497765889"));
     }
 
     #[test]
@@ -356,6 +466,26 @@ mod tests {
             String::from_utf8(b.upstream_body)
                 .unwrap()
                 .contains("\"7250020197497765889\"")
+        );
+    }
+
+    #[test]
+    fn action_context_counts_by_its_text_however_it_is_escaped() {
+        let key = |context: &str| {
+            let body = V1.replace(r#""ctx-42""#, context);
+            idempotency_key(&ok(&body).decision)
+        };
+        let plain = key(r#""{\"source\":\"card\"}""#);
+        assert_eq!(plain, key(r#""{\u0022source\u0022:\"card\"}""#));
+        assert_eq!(plain, key(r#""\u007b\"source\":\"card\"\u007D""#));
+        assert_ne!(plain, key(r#""{\"source\":\"cards\"}""#));
+        assert_ne!(key(r#""""#), key("null"));
+        assert_eq!(
+            err(&V1.replace(r#""ctx-42""#, "42")),
+            BodyError::WrongType {
+                field: field::ACTION_CONTEXT,
+                expected: Expected::String
+            }
         );
     }
 

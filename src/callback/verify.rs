@@ -22,13 +22,28 @@ impl Verifier {
     /// The token is checked before any field is validated, so an unauthenticated
     /// caller learns nothing about what a valid callback looks like.
     pub fn verify(&self, body: &[u8]) -> Result<Callback, BadRequest> {
+        /// What the buffer may keep between callbacks.
+        const KEEP: usize = 64 * 1024;
+        std::thread_local! {
+            /// Where envelopes are opened: its room is reused, callback after callback.
+            static PLAINTEXT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        PLAINTEXT.with_borrow_mut(|plaintext| {
+            let verified = self.verify_with(body, plaintext);
+            if plaintext.capacity() > KEEP {
+                *plaintext = Vec::new();
+            }
+            verified
+        })
+    }
+
+    fn verify_with(&self, body: &[u8], plaintext: &mut Vec<u8>) -> Result<Callback, BadRequest> {
         let outer = Fields::parse(body).map_err(|e| BadRequest::Invalid(e.into()))?;
-        let plaintext;
         let fields = match callback::string(&outer, field::ENCRYPT).map_err(BadRequest::Invalid)? {
             Some(encrypt) => {
-                plaintext = self.open(&encrypt)?;
+                self.open(&encrypt, plaintext)?;
                 // Only what was sealed counts: fields beside `encrypt` are ignored.
-                Fields::parse(&plaintext).map_err(|_| unauthorized(AuthFailure::NotJsonInside))?
+                Fields::parse(plaintext).map_err(|_| unauthorized(AuthFailure::NotJsonInside))?
             }
             None if !self.keys.is_empty() && !self.allow_plaintext => {
                 return Err(unauthorized(AuthFailure::PlaintextRefused));
@@ -51,12 +66,12 @@ impl Verifier {
     /// A bad padding is refused after the same work as a good one whose plaintext is not
     /// JSON (decrypting every block, then parsing what came out), so the time a refusal
     /// takes does not tell which it was.
-    fn open(&self, encrypt: &str) -> Result<Vec<u8>, BadRequest> {
+    fn open(&self, encrypt: &str, plain: &mut Vec<u8>) -> Result<(), BadRequest> {
         let mut failure = AuthFailure::NoKeyConfigured;
         let keys = self.keys.keys();
         for (i, key) in keys.iter().enumerate() {
             let last = i + 1 == keys.len();
-            let (plain, padded) = match key.open(encrypt) {
+            let padded = match key.open_into(encrypt, plain) {
                 Ok(opened) => opened,
                 Err(e) => {
                     failure = AuthFailure::Undecryptable(e);
@@ -66,11 +81,11 @@ impl Verifier {
             // The caller parses the result anyway, so the last key with good padding is
             // handed over unparsed; every other case parses here.
             if padded && last {
-                return Ok(plain);
+                return Ok(());
             }
-            let parsed = std::hint::black_box(Fields::parse(&plain).is_ok());
+            let parsed = std::hint::black_box(Fields::parse(plain).is_ok());
             match (padded, parsed) {
-                (true, true) => return Ok(plain),
+                (true, true) => return Ok(()),
                 (true, false) => failure = AuthFailure::NotJsonInside,
                 (false, _) => failure = AuthFailure::Undecryptable(EnvelopeError::BadPadding),
             }

@@ -186,13 +186,13 @@ impl CallbackSpan {
             let text = |value: &str| bounded(value).to_owned();
             attributes.push(KeyValue::new(
                 "feishu.approval_code",
-                text(&s.approval_code),
+                text(s.approval_code()),
             ));
-            attributes.push(KeyValue::new("feishu.action", text(&s.action_type)));
+            attributes.push(KeyValue::new("feishu.action", text(s.action_type())));
             for (key, value) in [
-                ("feishu.instance_id", &s.instance_id),
-                ("feishu.task_id", &s.task_id),
-                ("feishu.message_id", &s.message_id),
+                ("feishu.instance_id", s.instance_id()),
+                ("feishu.task_id", s.task_id()),
+                ("feishu.message_id", s.message_id()),
             ] {
                 if let Some(value) = value {
                     attributes.push(KeyValue::new(key, text(value)));

@@ -74,16 +74,25 @@ impl Trace {
     /// `traceparent` for the legacy system: this trace, the exchange's span
     /// as its parent.
     pub fn traceparent(&self) -> HeaderValue {
-        let mut text = [0u8; 55];
+        // Hex digits and dashes are always a valid header value.
+        HeaderValue::from_bytes(&self.traceparent_text())
+            .unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// The same, as the text it is.
+    pub fn traceparent_text(&self) -> [u8; TRACEPARENT_LEN] {
+        let mut text = [0u8; TRACEPARENT_LEN];
         text[..3].copy_from_slice(b"00-");
         text[3..35].copy_from_slice(Hex::<32>::of(&self.trace_id).as_bytes());
         text[35] = b'-';
         text[36..52].copy_from_slice(Hex::<16>::of(&self.exchange_span).as_bytes());
         text[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
-        // Hex digits and dashes are always a valid header value.
-        HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+        text
     }
 }
+
+/// Length of a version `00` `traceparent`.
+pub const TRACEPARENT_LEN: usize = 55;
 
 /// Random words are zero once in 2^64; an id may never be.
 fn nonzero(word: u64) -> u64 {

@@ -58,10 +58,25 @@ impl RequestIds {
         let high = u128::from(self.keys.hash_one((n, 0u8)));
         let low = u128::from(self.keys.hash_one((n, 1u8)));
         let uuid = uuid::Builder::from_random_bytes(((high << 64) | low).to_be_bytes()).into_uuid();
-        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        const LEN: usize = uuid::fmt::Hyphenated::LENGTH;
+        /// Ids cut from each buffer: an allocation (and its count) every this many
+        /// requests, not one each. A buffer is freed once the last id cut from it is.
+        const PER_BUFFER: usize = 64;
+        std::thread_local! {
+            static BUFFER: std::cell::RefCell<bytes::BytesMut> =
+                std::cell::RefCell::new(bytes::BytesMut::new());
+        }
+        let mut text = [0u8; LEN];
+        uuid.hyphenated().encode_lower(&mut text);
+        let id = BUFFER.with_borrow_mut(|buffer| {
+            if buffer.capacity() - buffer.len() < LEN {
+                *buffer = bytes::BytesMut::with_capacity(LEN * PER_BUFFER);
+            }
+            buffer.extend_from_slice(&text);
+            buffer.split().freeze()
+        });
         // A hyphenated UUID is always a valid header value.
-        HeaderValue::from_bytes(uuid.hyphenated().encode_lower(&mut text).as_bytes())
-            .unwrap_or_else(|_| HeaderValue::from_static("-"))
+        HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
     }
 }
 

@@ -14,11 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Version, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Body;
-use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout_at};
 use tokio_util::task::TaskTracker;
 
@@ -42,6 +41,7 @@ use crate::outcome::{BadRequest, Fate, Outcome, TryLater, UpstreamError};
 use crate::pipeline::limit::{Limits, RateLimit};
 use crate::respond::Translator;
 use crate::upstream::{Delivery, Exchange, REQUEST_ID, Upstream, Withheld};
+use crate::util::body::{Gather, gather};
 
 /// Bytes of request bodies held at once, every connection together. Each request reserves
 /// its declared length (or `MAX_BODY_BYTES` when it declares none) before its body is
@@ -265,23 +265,28 @@ impl Gateway {
     {
         let started = Instant::now();
         let _in_flight = InFlight::new(&self.metrics);
-        let (request_id, trace, seed) = self.request_ids.for_request(request.headers());
+        let (mut head, body) = request.into_parts();
+        let (request_id, trace, seed) = self.request_ids.for_request(&head.headers);
         let mut traced = Traced {
             trace,
             span: None,
-            caller: caller_trace(request.headers()),
+            caller: caller_trace(&head.headers),
             seed,
             arrived: self.telemetry.as_ref().map(|_| SystemTime::now()),
         };
-        let keeps_alive_by_header = request.version() <= Version::HTTP_11;
+        let keeps_alive_by_header = head.version <= Version::HTTP_11;
         let mut record = Record {
-            body_read: request.body().is_end_stream(),
+            body_read: body.is_end_stream(),
             ..Record::default()
         };
+        let declared = declared_length(&head.headers);
+        // Emptied now, so the request's header bytes are let go; its room holds the answer's.
+        let mut headers = std::mem::take(&mut head.headers);
+        headers.clear();
         let processed = {
             let processing = std::pin::pin!(self.process(
                 upstream,
-                request,
+                (&head, body, declared),
                 started,
                 &request_id,
                 (&mut traced, shown),
@@ -296,7 +301,7 @@ impl Gateway {
             Outcome::Internal
         });
 
-        let mut response = self.translator.respond(&outcome);
+        let mut response = self.translator.respond_in(&outcome, headers);
         response
             .headers_mut()
             .insert(HeaderName::from_static(REQUEST_ID), request_id.clone());
@@ -340,7 +345,7 @@ impl Gateway {
     async fn process<B>(
         &self,
         upstream: &Arc<Upstream>,
-        request: Request<B>,
+        (head, body, declared): (&http::request::Parts, B, Option<u64>),
         started: Instant,
         request_id: &HeaderValue,
         (traced, shown): (&mut Traced, &Shown),
@@ -350,16 +355,16 @@ impl Gateway {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        if request.uri().path() != self.path {
+        if head.uri.path() != self.path {
             return Outcome::BadRequest(BadRequest::NotFound);
         }
-        if request.method() != Method::POST {
+        if head.method != Method::POST {
             return Outcome::BadRequest(BadRequest::MethodNotAllowed);
         }
         if self.health.is_shutting_down() {
             return Outcome::TryLater(TryLater::ShuttingDown);
         }
-        let (body, _reserved) = match self.read_body(request, started).await {
+        let (body, _reserved) = match self.read_body(body, declared, started).await {
             Ok(body) => {
                 record.body_read = true;
                 body
@@ -400,7 +405,7 @@ impl Gateway {
             self.metrics.count_rate_limited(Scope::Global);
             return Outcome::TryLater(TryLater::RateLimited { retry_after_secs });
         }
-        if let Err(retry_after_secs) = self.limits.check_user(&summary.user_id) {
+        if let Err(retry_after_secs) = self.limits.check_user(summary.user_id()) {
             self.metrics.count_rate_limited(Scope::User);
             return Outcome::TryLater(TryLater::RateLimited { retry_after_secs });
         }
@@ -426,18 +431,14 @@ impl Gateway {
     /// share of [`BODY_BUDGET_BYTES`], to be held until the callback is answered.
     async fn read_body<B>(
         &self,
-        request: Request<B>,
+        body: B,
+        declared: Option<u64>,
         started: Instant,
     ) -> Result<(Bytes, tokio::sync::OwnedSemaphorePermit), Outcome>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let declared = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body as u64) {
             return Err(Outcome::BadRequest(BadRequest::TooLarge));
         }
@@ -450,7 +451,7 @@ impl Gateway {
                 .acquire_many_owned(reserve)
                 .await
                 .map_err(|_| Outcome::TryLater(TryLater::ShuttingDown))?;
-            let body = collect(request.into_body(), declared, self.max_body).await?;
+            let body = collect(body, declared, self.max_body).await?;
             Ok::<_, Outcome>((body, reserved))
         };
         match timeout_at(started + BODY_READ_TIMEOUT, read).await {
@@ -507,7 +508,6 @@ impl Gateway {
                 }
             },
         };
-        let (tx, mut answer) = oneshot::channel();
         let delivery = Delivering {
             upstream: Arc::clone(upstream),
             request_id: request_id.clone(),
@@ -521,10 +521,11 @@ impl Gateway {
             late_exchange: !self.late_verdict.is_zero(),
             openapi: self.openapi.clone(),
         };
-        // A task of its own, so a client hanging up cannot cancel a delivery half-way,
-        // and the exchange can outlive the answer: once started, it completes and
-        // records its outcome, local and shared, and shutdown waits for it on the tracker.
-        self.deliveries.spawn(delivery.run(outbound, tx));
+        // Run here, on the callback's own task, unless the callback stops waiting for it:
+        // then it goes on as a task of its own, so a client hanging up cannot cancel a
+        // delivery half-way, and the exchange can outlive the answer. Once started, it
+        // completes and records its outcome, local and shared, and shutdown waits for it.
+        let delivery = Detachable::new(delivery.exchange(outbound), &self.deliveries);
         // What the legacy system answers by the deadline is the caller's answer; the
         // shared memory's record may take a little longer, so that a 200 is given once
         // every replica would know it, unless Redis cannot take it in that time.
@@ -533,40 +534,29 @@ impl Gateway {
         } else {
             VERDICT_SLACK
         };
-        let exchange = match timeout_at(deadline + grace, &mut answer).await {
-            Ok(Ok(Ok(exchange))) => exchange,
+        let finished = match timeout_at(deadline + grace, delivery.run()).await {
+            Ok(finished) => finished,
+            // Its outcome is the detached delivery's to log as a late verdict.
+            Err(_) if self.late_verdict.is_zero() => {
+                record.detail = Some("no answer before the deadline".to_owned());
+                return Outcome::UpstreamTimedOut;
+            }
+            Err(_) => {
+                record.detail = Some(GOING_ON.to_owned());
+                return Outcome::UpstreamTimedOut;
+            }
+        };
+        let Finished { answer, rest } = finished;
+        if let Some(rest) = rest {
+            rest.settle(true, &self.deliveries);
+        }
+        let exchange = match answer {
+            Ok(exchange) => exchange,
             // Answered from the shared memory, without a delivery of its own.
-            Ok(Ok(Err((outcome, why)))) => {
+            Err((outcome, why)) => {
                 record.detail = Some(why.to_owned());
                 record.joined_elsewhere(&outcome);
                 return outcome;
-            }
-            // Deliveries are never aborted: a panic, or a runtime going away under it.
-            // Either way the decision's fate is unknown.
-            Ok(Err(_)) => {
-                record.detail = Some("the delivery ended without an outcome (a bug)".to_owned());
-                return Outcome::Internal;
-            }
-            Err(_) => {
-                // Closed first, so that an outcome sent from now on is the delivery's
-                // to log as a late verdict, and one sent just before is not lost.
-                answer.close();
-                match answer.try_recv() {
-                    Ok(Ok(exchange)) => exchange,
-                    Ok(Err((outcome, why))) => {
-                        record.detail = Some(why.to_owned());
-                        record.joined_elsewhere(&outcome);
-                        return outcome;
-                    }
-                    Err(_) if self.late_verdict.is_zero() => {
-                        record.detail = Some("no answer before the deadline".to_owned());
-                        return Outcome::UpstreamTimedOut;
-                    }
-                    Err(_) => {
-                        record.detail = Some(GOING_ON.to_owned());
-                        return Outcome::UpstreamTimedOut;
-                    }
-                }
             }
         };
         record.upstream_status = exchange.status;
@@ -648,9 +638,9 @@ struct Delivering {
 }
 
 impl Delivering {
-    /// Asks the shared memory, delivers, records the outcome, and sends it to the
-    /// callback; when the callback was answered already, logs it as a late verdict.
-    async fn run(self, outbound: Outbound, tx: oneshot::Sender<Result<Exchange, Answered>>) {
+    /// Asks the shared memory, delivers, and records the outcome: what the callback is
+    /// answered, and what is left to do once it has been (or never will be).
+    async fn exchange(self, outbound: Outbound) -> Finished {
         let Self {
             upstream,
             request_id,
@@ -688,8 +678,10 @@ impl Delivering {
                 {
                     Ok(held) => held,
                     Err(answered) => {
-                        let _ = tx.send(Err(answered));
-                        return;
+                        return Finished {
+                            answer: Err(answered),
+                            rest: None,
+                        };
                     }
                 }
             }
@@ -789,25 +781,99 @@ impl Delivering {
             elapsed: exchange.elapsed,
             fate,
         };
-        if tx.send(Ok(exchange)).is_err() {
-            let (fate, sent) = (late.fate, late.sent);
+        // Whatever renews the claim now is the rest's; none is, once recorded.
+        drop(renewal);
+        Finished {
+            answer: Ok(exchange),
+            rest: Some(Rest {
+                late,
+                decision,
+                metrics,
+                late_exchange,
+                openapi,
+                card,
+                unrecorded: shared.filter(|_| !recorded).map(|shared| Unrecorded {
+                    shared,
+                    claim,
+                    give_up,
+                    uncertain_until,
+                }),
+                running,
+            }),
+        }
+    }
+}
+
+/// What a delivery came to: the callback's answer, and, once an exchange was made, what
+/// is left to do after it.
+struct Finished {
+    answer: Result<Exchange, Answered>,
+    rest: Option<Rest>,
+}
+
+/// What is left of a delivery once its callback has its answer, or has stopped waiting.
+struct Rest {
+    late: Late,
+    decision: Decision,
+    metrics: Arc<Metrics>,
+    late_exchange: bool,
+    openapi: Option<Arc<OpenApi>>,
+    card: Option<Result<Card, CardRepair>>,
+    /// Set when the outcome did not reach the shared memory in the callback's time.
+    unrecorded: Option<Unrecorded>,
+    running: running::Entry,
+}
+
+/// An outcome the shared memory has still to take.
+struct Unrecorded {
+    shared: Arc<SharedMemory>,
+    claim: Option<Arc<shared::Claim>>,
+    give_up: Instant,
+    uncertain_until: Instant,
+}
+
+impl Rest {
+    /// Logs a verdict the callback never heard (`answered` false) and repairs the card
+    /// after a late acceptance; an outcome the shared memory has not taken is written in
+    /// the background, on `tracker`, until it is.
+    fn settle(self, answered: bool, tracker: &TaskTracker) {
+        let Self {
+            late,
+            decision,
+            metrics,
+            late_exchange,
+            openapi,
+            card,
+            unrecorded,
+            running,
+        } = self;
+        let (fate, sent) = (late.fate, late.sent);
+        if !answered {
             late.log(&decision, &metrics, late_exchange);
             if let (Some(openapi), Some(card), true) = (&openapi, card, late_exchange && sent) {
                 repair_card(openapi, card, fate, &metrics);
             }
         }
-        if let (Some(shared), false) = (&shared, recorded) {
+        let Some(Unrecorded {
+            shared,
+            claim,
+            give_up,
+            uncertain_until,
+        }) = unrecorded
+        else {
+            return;
+        };
+        tracker.spawn(async move {
             running.reached(Stage::Record);
             // An acceptance is still this replica's to hold while its record is pending.
             // Anything else is not renewed: a renewal racing the release would put back
             // the key the release deletes.
-            if fate == Fate::Delivered {
-                renewal = claim
-                    .as_ref()
-                    .map(|claim| shared.keep(claim, give_up, &metrics));
-            }
+            let renewal = match (&claim, fate) {
+                (Some(claim), Fate::Delivered) => Some(shared.keep(claim, give_up, &metrics)),
+                _ => None,
+            };
             record_in_background(
-                shared,
+                &shared,
                 &decision,
                 claim.as_deref(),
                 fate,
@@ -815,8 +881,61 @@ impl Delivering {
                 &metrics,
             )
             .await;
+            drop((renewal, running));
+        });
+    }
+}
+
+/// A delivery run on its callback's task until the callback stops waiting for it (its
+/// deadline passed, or its client went away): then it is moved, as it is, to a task of
+/// its own on the tracker, and finishes there.
+struct Detachable<F: Future<Output = Finished> + Send + 'static> {
+    delivery: Option<std::pin::Pin<Box<F>>>,
+    tracker: TaskTracker,
+}
+
+impl<F: Future<Output = Finished> + Send + 'static> Detachable<F> {
+    fn new(delivery: F, tracker: &TaskTracker) -> Self {
+        Self {
+            delivery: Some(Box::pin(delivery)),
+            tracker: tracker.clone(),
         }
-        drop((renewal, running));
+    }
+
+    /// Runs the delivery to its end; dropped before then, it detaches it.
+    async fn run(mut self) -> Finished {
+        if let Some(delivery) = &mut self.delivery {
+            let finished = delivery.as_mut().await;
+            self.delivery = None;
+            return finished;
+        }
+        // `new` always holds a delivery.
+        std::future::pending().await
+    }
+}
+
+impl<F: Future<Output = Finished> + Send + 'static> Drop for Detachable<F> {
+    fn drop(&mut self) {
+        let Some(delivery) = self.delivery.take() else {
+            return;
+        };
+        // A delivery that panicked is not resumed; with no runtime left (it is being
+        // torn down), none can be.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if std::thread::panicking() {
+            return;
+        }
+        let tracker = self.tracker.clone();
+        self.tracker.spawn_on(
+            async move {
+                if let Some(rest) = delivery.await.rest {
+                    rest.settle(false, &tracker);
+                }
+            },
+            &runtime,
+        );
     }
 }
 
@@ -894,10 +1013,10 @@ impl Late {
 /// sets, or why there is none to repair.
 fn card(summary: &crate::callback::Summary, decision: &Decision) -> Result<Card, CardRepair> {
     let message_id = summary
-        .message_id
-        .clone()
-        .ok_or(CardRepair::SkippedNoMessageId)?;
-    let status = CardStatus::for_action(&summary.action_type).ok_or(CardRepair::SkippedAction)?;
+        .message_id()
+        .ok_or(CardRepair::SkippedNoMessageId)?
+        .to_owned();
+    let status = CardStatus::for_action(summary.action_type()).ok_or(CardRepair::SkippedAction)?;
     let key = idempotency_key(decision);
     Ok(Card {
         message_id,
@@ -1028,6 +1147,14 @@ fn detail(why: &BadRequest) -> String {
     }
 }
 
+/// The body length a request declares in `Content-Length`, when it declares one.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 /// The caller's trace context, copied aside while the request is read and verified;
 /// `None` without a `traceparent`, as Feishu sends.
 fn caller_trace(headers: &HeaderMap) -> Option<HeaderMap> {
@@ -1040,10 +1167,7 @@ fn caller_trace(headers: &HeaderMap) -> Option<HeaderMap> {
     Some(caller)
 }
 
-/// A body copied into one buffer as it arrives: memory in proportion to its bytes,
-/// whatever its framing. Pieces kept as they come would each hold a buffer of their own
-/// (or a slice pinning hyper's read buffer), tens of bytes per byte of a body sent in
-/// one-byte chunks.
+/// The callback's body, read whole within `max_body` and [`MAX_BODY_PIECES`].
 async fn collect<B>(body: B, declared: Option<u64>, max_body: usize) -> Result<Bytes, Outcome>
 where
     B: Body<Data = Bytes>,
@@ -1051,32 +1175,22 @@ where
 {
     // The declared length is at most `max_body`, checked before.
     let expected = declared.map_or(max_body.min(16 * 1024), |n| n as usize);
-    let mut buffer = BytesMut::with_capacity(expected);
-    let mut pieces = 0usize;
-    let mut body = std::pin::pin!(body);
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| Outcome::BadRequest(BadRequest::Unreadable))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        if data.is_empty() {
-            continue;
-        }
-        pieces += 1;
-        if buffer.len() + data.len() > max_body {
-            return Err(Outcome::BadRequest(BadRequest::TooLarge));
-        }
-        if pieces > MAX_BODY_PIECES {
-            return Err(Outcome::BadRequest(BadRequest::Fragmented));
-        }
-        buffer.extend_from_slice(&data);
-    }
-    Ok(buffer.freeze())
+    gather(body, expected, max_body, MAX_BODY_PIECES)
+        .await
+        .map_err(|e| {
+            Outcome::BadRequest(match e {
+                Gather::TooLarge => BadRequest::TooLarge,
+                Gather::TooManyPieces => BadRequest::Fragmented,
+                Gather::Broken(_) => BadRequest::Unreadable,
+            })
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use std::pin::Pin;
+
+    use http_body_util::BodyExt as _;
     use std::task::{Context, Poll};
 
     use super::*;

@@ -262,13 +262,25 @@ impl Translator {
 
     /// The whole response for an outcome.
     pub fn respond(&self, outcome: &Outcome) -> Response<Full<Bytes>> {
+        self.respond_in(outcome, http::HeaderMap::new())
+    }
+
+    /// The same, its headers written into `headers` once cleared: the request's map,
+    /// whose room then serves the answer.
+    pub fn respond_in(
+        &self,
+        outcome: &Outcome,
+        mut headers: http::HeaderMap,
+    ) -> Response<Full<Bytes>> {
         let status = outcome.status();
         let body = match self.message(outcome) {
             None => Bytes::from_static(SUCCESS_BODY),
             Some(message) => Bytes::from(error_body(&message)),
         };
+        headers.clear();
         let mut response = Response::new(Full::new(body));
         *response.status_mut() = status;
+        *response.headers_mut() = headers;
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,

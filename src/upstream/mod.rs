@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::client::conn::http1;
 use tokio::time::{Instant, timeout_at};
 use tower_service::Service as _;
@@ -20,6 +20,7 @@ use tower_service::Service as _;
 use crate::callback::{self, Decision};
 use crate::observe::trace::{TRACEPARENT, TRACESTATE, Trace};
 use crate::outcome::{Outcome, UpstreamError};
+use crate::util::body::{Gather, gather};
 use crate::util::https::{self, Connector, TrustFile, Versions};
 use crate::vars::{self, ConfigError, ConfigErrors};
 
@@ -55,6 +56,8 @@ pub const USER_AGENT: &str = concat!("feishu-gate/", env!("CARGO_PKG_VERSION"));
 pub struct Upstream {
     pool: Pool,
     route: Route,
+    /// The header map of the last answer read, emptied, for the next request.
+    spare_headers: std::sync::Mutex<Option<HeaderMap>>,
 }
 
 /// Everything about the upstream but the connections, shared by the workers.
@@ -174,6 +177,7 @@ impl Upstream {
         );
         Ok(Self {
             pool: Pool::default(),
+            spare_headers: std::sync::Mutex::default(),
             route: Route {
                 timeout: settings.timeout,
                 connector,
@@ -202,6 +206,7 @@ impl Upstream {
         Self {
             pool: Pool::default(),
             route: self.route.clone(),
+            spare_headers: std::sync::Mutex::default(),
         }
     }
 
@@ -284,12 +289,12 @@ impl Upstream {
     /// tried again after a short jittered pause, as is one answered `503` with a
     /// `Retry-After` that fits, for as long as `answer_by` leaves time for another
     /// attempt; a request that may have been received never is.
-    pub async fn deliver<G, F>(&self, delivery: Delivery<'_>, mut may_send: G) -> Exchange
+    pub async fn deliver<G, F>(&self, mut delivery: Delivery<'_>, mut may_send: G) -> Exchange
     where
         G: FnMut() -> F,
         F: std::future::Future<Output = Result<(), Withheld>>,
     {
-        let body = Bytes::from(delivery.body);
+        let prepared = Prepared::new(std::mem::take(&mut delivery.body), &delivery);
         let mut retries = Retries::default();
         let mut backoff = FIRST_BACKOFF;
         let breaker = &self.route.breaker;
@@ -327,16 +332,9 @@ impl Upstream {
                     sent: false,
                 };
             }
-            let request = Outgoing {
-                body: body.clone(),
-                request_id: delivery.request_id,
-                trace: delivery.trace,
-                decision: delivery.decision,
-                fence: delivery.fence,
-            };
             let (mut exchange, retry) = self
                 .attempt(
-                    request,
+                    (&prepared, delivery.request_id, delivery.trace),
                     delivery.started,
                     (delivery.answer_by, delivery.give_up),
                 )
@@ -476,21 +474,27 @@ impl Upstream {
         } else {
             answer_by
         };
-        let answer = timeout_at(body_by, Limited::new(body, MAX_ANSWER_BYTES).collect()).await;
+        let answer = timeout_at(body_by, gather(body, 1024, MAX_ANSWER_BYTES, usize::MAX)).await;
         let answered = Instant::now();
         let answer: Result<Bytes, Unread> = match answer {
             Ok(Ok(collected)) => {
                 // Only a connection whose answer was read to its end can carry
                 // the next request; any other is dropped, which closes it.
                 self.pool.checkin(sender, answered);
-                Ok(collected.to_bytes())
+                Ok(collected)
             }
-            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Unread::TooLong),
-            Ok(Err(e)) => Err(Unread::Broken(format!("reading the answer: {e}"))),
+            Ok(Err(Gather::TooLarge | Gather::TooManyPieces)) => Err(Unread::TooLong),
+            Ok(Err(Gather::Broken(e))) => Err(Unread::Broken(format!("reading the answer: {e}"))),
             Err(_) => Err(Unread::Late),
         };
         let (outcome, detail) =
             answer::judge(status, &parts.headers, answer, self.route.ok_rule.as_ref());
+        let mut spare = parts.headers;
+        spare.clear();
+        *self
+            .spare_headers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(spare);
         let exchange = Exchange {
             outcome,
             status: Some(status),
@@ -502,37 +506,36 @@ impl Upstream {
         (exchange, retry)
     }
 
-    fn request(&self, outgoing: Outgoing<'_>) -> Result<Request<Full<Bytes>>, http::Error> {
-        let Outgoing {
-            body,
-            request_id,
-            trace,
-            decision,
-            fence,
-        } = outgoing;
-        // Names and fixed values are built once, not parsed for every callback.
+    fn request(
+        &self,
+        (prepared, request_id, trace): Outgoing<'_>,
+    ) -> Result<Request<Full<Bytes>>, http::Error> {
+        // Names are built once, not parsed for every callback.
         const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID);
         const IDEMPOTENCY_KEY_NAME: HeaderName = HeaderName::from_static(IDEMPOTENCY_KEY);
         const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT);
         const TRACESTATE_NAME: HeaderName = HeaderName::from_static(TRACESTATE);
         const FENCING_TOKEN_NAME: HeaderName = HeaderName::from_static(FENCING_TOKEN);
-        let mut headers = HeaderMap::with_capacity(7 + self.route.headers.0.len());
+        // The map the last answer was read into, emptied: its room is this request's.
+        let mut headers = self
+            .spare_headers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .unwrap_or_else(|| HeaderMap::with_capacity(8 + self.route.headers.0.len()));
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
         headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
         headers.insert(REQUEST_ID_NAME, request_id.clone());
-        headers.insert(
-            IDEMPOTENCY_KEY_NAME,
-            HeaderValue::from_bytes(&callback::idempotency_key(decision))?,
-        );
-        headers.insert(TRACEPARENT_NAME, trace.traceparent());
+        headers.insert(IDEMPOTENCY_KEY_NAME, prepared.idempotency_key.clone());
+        headers.insert(TRACEPARENT_NAME, prepared.traceparent.clone());
         if let Some(state) = &trace.tracestate {
             headers.insert(TRACESTATE_NAME, state.clone());
         }
-        if let Some(fence) = fence {
-            headers.insert(FENCING_TOKEN_NAME, HeaderValue::from(fence));
+        if let Some(fence) = &prepared.fence {
+            headers.insert(FENCING_TOKEN_NAME, fence.clone());
         }
         for (name, value) in &self.route.headers.0 {
             headers.append(name, value.clone());
@@ -543,7 +546,9 @@ impl Upstream {
         {
             headers.insert(header::HOST, host.clone());
         }
-        let mut request = Request::new(Full::new(body));
+        // Set here, the client takes it as it is instead of formatting one.
+        headers.insert(header::CONTENT_LENGTH, prepared.content_length.clone());
+        let mut request = Request::new(Full::new(prepared.body.clone()));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = self.route.target.clone();
         *request.headers_mut() = headers;
@@ -551,14 +556,52 @@ impl Upstream {
     }
 }
 
-/// What one attempt sends.
-struct Outgoing<'a> {
+/// What every attempt of one delivery sends alike: the body and the values of the
+/// headers that depend on the decision, written after the body in the room its buffer
+/// keeps for them ([`callback::UPSTREAM_BODY_SPARE`]), so that one allocation holds
+/// them all and each attempt only counts references.
+struct Prepared {
     body: Bytes,
-    request_id: &'a HeaderValue,
-    trace: &'a Trace,
-    decision: &'a Decision,
-    fence: Option<u64>,
+    content_length: HeaderValue,
+    idempotency_key: HeaderValue,
+    traceparent: HeaderValue,
+    fence: Option<HeaderValue>,
 }
+
+impl Prepared {
+    fn new(body: Vec<u8>, delivery: &Delivery<'_>) -> Self {
+        let body_len = body.len();
+        let mut buffer = body;
+        let mut digits = itoa::Buffer::new();
+        let mut ends = [0usize; 4];
+        buffer.extend_from_slice(digits.format(body_len).as_bytes());
+        ends[0] = buffer.len();
+        buffer.extend_from_slice(&callback::idempotency_key(delivery.decision));
+        ends[1] = buffer.len();
+        buffer.extend_from_slice(&delivery.trace.traceparent_text());
+        ends[2] = buffer.len();
+        if let Some(fence) = delivery.fence {
+            buffer.extend_from_slice(digits.format(fence).as_bytes());
+        }
+        ends[3] = buffer.len();
+        let all = Bytes::from(buffer);
+        // Digits, hex and dashes: always a valid header value.
+        let value = |from: usize, to: usize| {
+            HeaderValue::from_maybe_shared(all.slice(from..to))
+                .unwrap_or_else(|_| HeaderValue::from_static(""))
+        };
+        Self {
+            body: all.slice(..body_len),
+            content_length: value(body_len, ends[0]),
+            idempotency_key: value(ends[0], ends[1]),
+            traceparent: value(ends[1], ends[2]),
+            fence: delivery.fence.map(|_| value(ends[2], ends[3])),
+        }
+    }
+}
+
+/// What one attempt sends: the delivery's prepared parts, its request id and trace.
+type Outgoing<'a> = (&'a Prepared, &'a HeaderValue, &'a Trace);
 
 /// Why a request could not be exchanged.
 enum SendError {
