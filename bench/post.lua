@@ -3,6 +3,12 @@
 -- run's figures as one JSON line prefixed "RESULT " when done.
 
 local bodies = {}
+-- CONNECTION_CLOSE=1: every callback on a connection of its own, as a client that
+-- keeps none alive sends them; wrk connects again after each answer.
+local headers = { ["Content-Type"] = "application/json" }
+if os.getenv("CONNECTION_CLOSE") == "1" then
+  headers["Connection"] = "close"
+end
 local next_body = 0
 local thread_count = 0
 
@@ -23,7 +29,7 @@ end
 
 function request()
   next_body = next_body % #bodies + 1
-  return wrk.format("POST", nil, { ["Content-Type"] = "application/json" }, bodies[next_body])
+  return wrk.format("POST", nil, headers, bodies[next_body])
 end
 
 function done(summary, latency, requests)

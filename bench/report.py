@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 SYSTEMS = ("gateway", "nginx")
-MODE_TITLES = {"plain": "plain HTTP", "tls": "TLS"}
+MODE_TITLES = {"plain": "plain HTTP", "tls": "TLS", "tls-close": "TLS, a connection per callback"}
 # The targets of issue #7, at this many connections.
 AT = 32
 
@@ -81,7 +81,7 @@ def table(by_kind, results):
         f"(throughput and CPU over all of them, latency of the median run); "
         f"commit {machine['commit']}, {machine['date']}.",
         "",
-        "| mode | conns | system | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req (of it kernel) | errors |",
+        "| mode | conns | system | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req (of it kernel); with a connection per callback, per connection | errors |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for mode in modes:

@@ -5,6 +5,10 @@
 #   bench/run.sh                      # everything, about 5 minutes after the build
 #   DURATION=3 ROUNDS=2 CONNECTIONS="8 32" MODES=plain bench/run.sh
 #   GATEWAY_BIN=/path/to/other/feishu-gate bench/run.sh
+#   MODES=tls-close CONNECTIONS=16 bench/run.sh   # a new TLS connection per callback
+#
+# Modes: plain and tls keep connections alive; tls-close makes a new TLS connection
+# (a full handshake) for every callback, so its CPU per request is CPU per connection.
 #
 # Writes results.jsonl, table.md and latency.png to $OUT (target/bench by
 # default). See docs/performance.md for what is measured and why.
@@ -16,7 +20,7 @@ DURATION=${DURATION:-4}           # seconds of each measured run
 ROUNDS=${ROUNDS:-3}               # measured runs per system and load, alternating
 WARMUP=${WARMUP:-2}               # seconds of load before a load's first round, not counted
 CONNECTIONS=${CONNECTIONS:-"1 8 32 64"}
-MODES=${MODES:-"plain tls"}
+MODES=${MODES:-"plain tls tls-close"}
 BODY_KIND=${BODY_KIND:-typical}   # typical (1 KiB sealed), large, plain
 PORT=${PORT:-18080}               # first of six consecutive loopback ports
 OUT=${OUT:-$root/target/bench}
@@ -170,7 +174,7 @@ start() {
   if [ "$system" = gateway ]; then
     admin=$gate_admin
     local tls_env=()
-    [ "$mode" = tls ] && tls_env=(FEISHU_GATE_TLS_CERT="$work/tls.crt" FEISHU_GATE_TLS_KEY="$work/tls.key")
+    [ "$mode" != plain ] && tls_env=(FEISHU_GATE_TLS_CERT="$work/tls.crt" FEISHU_GATE_TLS_KEY="$work/tls.key")
     env FEISHU_GATE_LISTEN=127.0.0.1:$gate_port FEISHU_GATE_ADMIN_LISTEN=127.0.0.1:$gate_admin \
       FEISHU_GATE_UPSTREAM_URL=http://127.0.0.1:$up_port/legacy/approve \
       FEISHU_GATE_TOKEN="$token" FEISHU_GATE_KEY="$key" \
@@ -201,9 +205,9 @@ start() {
 url() {
   case $1/$2 in
     gateway/plain) echo "http://127.0.0.1:$gate_port/" ;;
-    gateway/tls) echo "https://127.0.0.1:$gate_port/" ;;
+    gateway/tls*) echo "https://127.0.0.1:$gate_port/" ;;
     nginx/plain) echo "http://127.0.0.1:$nginx_port/" ;;
-    nginx/tls) echo "https://127.0.0.1:$nginx_tls_port/" ;;
+    nginx/tls*) echo "https://127.0.0.1:$nginx_tls_port/" ;;
   esac
 }
 
@@ -211,6 +215,9 @@ url() {
 load() {
   local system=$1 mode=$2 conns=$3 pid=$4 round=$5 threads=2 user0 sys0 user1 sys1 out result
   [ "$conns" -lt 2 ] && threads=1
+  local close=0
+  [ "$mode" = tls-close ] && close=1
+  export CONNECTION_CLOSE=$close
   if [ "$round" = 1 ]; then
     wrk -t"$threads" -c"$conns" -d"${WARMUP}s" --timeout 5s -s bench/post.lua "$(url "$system" "$mode")" >/dev/null
   fi

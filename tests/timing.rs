@@ -124,6 +124,44 @@ async fn a_slow_legacy_system_is_waited_for_and_its_copies_join_the_exchange() {
         .await;
 }
 
+/// A client that hangs up while its decision is being delivered does not cut the
+/// delivery: it runs to its end, its acceptance is recorded and logged as a verdict the
+/// caller never heard, and the copy Feishu sends next is answered 200 without a second
+/// delivery.
+#[tokio::test]
+async fn a_client_hanging_up_mid_delivery_does_not_cut_it() {
+    use tokio::io::AsyncWriteExt as _;
+
+    let up = Upstream::start(Reply::ok().slow(Duration::from_millis(800))).await;
+    let gate = replica(&up, None, &[]).await;
+    let body = decision(1);
+    let mut client = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async { up.count() == 1 }).await,
+        "the request reached the legacy system"
+    );
+    drop(client);
+    gate.line("the verdict nobody heard", |l| {
+        l.contains("late verdict: accepted")
+    })
+    .await;
+    let copy = send(&gate, &body).await;
+    assert_eq!(copy.status, 200, "{}", copy.text);
+    assert_eq!(up.count(), 1, "delivered once");
+    let m = gate.metrics().await;
+    assert_eq!(
+        metric(&m, r#"feishu_gate_late_verdicts_total{verdict="accepted"}"#),
+        1.0,
+        "{m}"
+    );
+}
+
 /// The delivery ends while Redis is stopped, just after another call on the same
 /// replica failed: its `delivered` mark is still written (when Redis returns), not
 /// skipped, and a copy on the other replica 13 s later, past any claim's life, is not
