@@ -30,6 +30,8 @@ impl Verifier {
         }
         PLAINTEXT.with_borrow_mut(|plaintext| {
             let verified = self.verify_with(body, plaintext);
+            // The token it holds is not left in memory until the next callback.
+            plaintext.fill(0);
             if plaintext.capacity() > KEEP {
                 *plaintext = Vec::new();
             }

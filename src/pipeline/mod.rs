@@ -19,7 +19,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Versio
 use http_body_util::Full;
 use hyper::body::Body;
 use tokio::time::{Instant, timeout_at};
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
 use guard::{CatchPanic, InFlight};
 use ids::{RequestIds, Seed};
@@ -138,8 +138,8 @@ pub struct Gateway {
     body_budget: Arc<tokio::sync::Semaphore>,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
-    /// Deliveries run as their own tasks so a client hanging up cannot cancel
-    /// one half-way; shutdown waits for them here.
+    /// Every delivery, whether on its callback's task or moved to one of its own (see
+    /// [`Detachable`]), so that shutdown waits for each here.
     pub deliveries: TaskTracker,
     /// The same deliveries by decision, for the drain to name what it abandons.
     running: Arc<Running>,
@@ -378,6 +378,9 @@ impl Gateway {
                 return Outcome::BadRequest(why);
             }
         };
+        // What is forwarded is the callback's own copy; the body as it came may be a slice
+        // of the connection's read buffer, not to be held for as long as a delivery.
+        drop(body);
         if !shown.verify() {
             // Its connection was given up to make room a moment before: nothing is
             // delivered on a connection that will not carry the answer; Feishu retries.
@@ -891,14 +894,16 @@ impl Rest {
 /// its own on the tracker, and finishes there.
 struct Detachable<F: Future<Output = Finished> + Send + 'static> {
     delivery: Option<std::pin::Pin<Box<F>>>,
-    tracker: TaskTracker,
+    /// Counts the delivery on the tracker while it runs here: an HTTP/2 request runs as
+    /// a task of hyper's, which the drain does not otherwise wait for.
+    tracked: TaskTrackerToken,
 }
 
 impl<F: Future<Output = Finished> + Send + 'static> Detachable<F> {
     fn new(delivery: F, tracker: &TaskTracker) -> Self {
         Self {
             delivery: Some(Box::pin(delivery)),
-            tracker: tracker.clone(),
+            tracked: tracker.token(),
         }
     }
 
@@ -927,8 +932,9 @@ impl<F: Future<Output = Finished> + Send + 'static> Drop for Detachable<F> {
         if std::thread::panicking() {
             return;
         }
-        let tracker = self.tracker.clone();
-        self.tracker.spawn_on(
+        // Spawned before `tracked` is dropped: the tracker counts it throughout.
+        let tracker = self.tracked.task_tracker().clone();
+        tracker.clone().spawn_on(
             async move {
                 if let Some(rest) = delivery.await.rest {
                     rest.settle(false, &tracker);

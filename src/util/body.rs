@@ -16,7 +16,8 @@ pub enum Gather<E> {
 }
 
 /// Reads `body` whole, at most `limit` bytes in at most `max_pieces` pieces. A body that
-/// comes in one piece, as nearly every one does, is that piece, copied nowhere; one in
+/// comes in one piece, as nearly every one does, is that piece, copied nowhere (it may be
+/// a slice of the connection's read buffer: hold it no longer than it is read); one in
 /// several is copied as it arrives into one buffer of `expected` bytes or more, so the
 /// memory it holds is in proportion to its bytes whatever its framing: pieces kept as they
 /// came would each hold a buffer of their own (or a slice pinning the connection's read
