@@ -982,7 +982,7 @@ impl Late {
                     outcome,
                     upstream_status = status,
                     upstream_ms = elapsed_ms,
-                    "late verdict: accepted after the caller was answered 504; \
+                    "late verdict: accepted after the caller stopped waiting (answered 504, or gone); \
                      recorded as delivered, its copies are answered 200"
                 );
             }
@@ -994,7 +994,7 @@ impl Late {
                     outcome,
                     upstream_status = status,
                     upstream_ms = elapsed_ms,
-                    "late verdict: not accepted after the caller was answered 504; \
+                    "late verdict: not accepted after the caller stopped waiting (answered 504, or gone); \
                      the next copy is delivered again"
                 );
             }
