@@ -278,11 +278,11 @@ fn warn_if_expired(info: &CertInfo) {
     }
 }
 
-/// ring's suites with AES-128-GCM over SHA-256 first. OpenSSL clients list AES-256-GCM
+/// The provider's suites with AES-128-GCM over SHA-256 first. OpenSSL clients list AES-256-GCM
 /// over SHA-384 first, and SHA-384 costs a handshake about 28 µs more on a CPU without
 /// SHA-512 instructions, for no strength a callback needs: the server's order decides.
 fn provider() -> CryptoProvider {
-    let mut provider = rustls::crypto::ring::default_provider();
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider.cipher_suites.sort_by_key(|suite| {
         !matches!(
             suite.suite(),

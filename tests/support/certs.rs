@@ -20,7 +20,7 @@ use tokio_rustls::client::TlsStream;
 use feishu_gate::testing::config;
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// A certificate authority, root or intermediate.
