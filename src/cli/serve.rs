@@ -98,9 +98,9 @@ pub(super) fn openapi_check() -> ExitCode {
 }
 
 pub(super) fn serve() -> ExitCode {
-    // Callbacks are served by the worker threads `server::serve` starts; this
-    // thread only accepts connections, answers the admin port and waits for
-    // signals, so it needs no pool of its own.
+    // Callbacks are accepted and served by the worker threads `server::serve`
+    // starts; this thread only answers the admin port and waits for signals,
+    // so it needs no pool of its own.
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .on_thread_park(logging::flush)
@@ -119,7 +119,7 @@ pub(super) fn serve() -> ExitCode {
     }
 }
 
-/// The gateway's life on the accepting thread's runtime: configuration, listeners,
+/// The gateway's life on the main thread's runtime: configuration, listeners,
 /// serving, drain.
 async fn run_gateway() -> Result<(), StartError> {
     let (loaded, app) = load()?;

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
@@ -158,8 +158,8 @@ pub struct Listeners {
 /// single-threaded event loop with its own upstream connection pool, the way
 /// nginx runs worker processes: a callback is read, verified, delivered and
 /// answered on one thread, with no hand-off between threads and no lock on
-/// its path. The caller's runtime accepts connections and gives each to the
-/// worker serving the fewest, and serves the admin endpoints.
+/// its path. Each worker accepts its own connections while it serves the
+/// fewest (see [`Balance`]). The caller's runtime serves the admin endpoints.
 pub async fn serve(
     gateway: Arc<Gateway>,
     listeners: Listeners,
@@ -188,63 +188,63 @@ pub async fn serve(
     // Every callback connection from its accept to its end, on any worker.
     let connections = TaskTracker::new();
     let stop = CancellationToken::new();
-    let workers = match Workers::start(&gateway, settings.workers, tls.as_ref(), &stop) {
+    let listen = listeners
+        .callback
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let count = settings
+        .workers
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+        .max(1);
+    let intake = Arc::new(Intake {
+        slots: Slots::new(settings.max_connections, Policy::CALLBACKS),
+        connections: connections.clone(),
+        accepting: CancellationToken::new(),
+        listening: TaskTracker::new(),
+        balance: Arc::new(Balance::with_workers(count)),
+    });
+    // The workers accept from clones of the socket, each registered with its own event
+    // loop; this runtime's registration goes.
+    let started = listeners.callback.into_std().and_then(|listener| {
+        Workers::start(&gateway, count, tls.as_ref(), &stop, &intake, &listener)
+    });
+    let workers = match started {
         Ok(workers) => workers,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the worker threads");
+            // Those started let the socket go and end.
+            intake.accepting.cancel();
             housekeeping.abort();
             let _ = admin_stop.send(true);
             let _ = admin.await;
             return;
         }
     };
-    let slots = Slots::new(settings.max_connections, Policy::CALLBACKS);
     gateway.set_ready();
     tracing::info!(
-        listen = %listeners.callback.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        listen = %listen,
         tls = tls.is_some(),
-        workers = workers.queues.len(),
+        workers = workers.threads.len(),
         "serving callbacks"
     );
 
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listeners.callback.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let slot = tokio::select! {
-            () = &mut shutdown => break,
-            slot = slots.admit() => match slot {
-                Some(slot) => slot,
-                None => break,
-            },
-        };
-        // Callbacks are small request/response pairs; Nagle only adds latency.
-        let _ = stream.set_nodelay(true);
-        // Leaves this runtime's event loop for the worker's.
-        match stream.into_std() {
-            Ok(stream) => workers.dispatch(stream, peer, (slot, connections.token())),
-            Err(e) => tracing::debug!(%peer, error = %e, "accepted connection unusable"),
-        }
-    }
-
+    shutdown.await;
     gateway.begin_shutdown();
-    drop(listeners.callback);
+    // The socket closes once every worker has let its clone go, so that a newcomer is
+    // refused rather than left in a backlog nobody reads.
+    intake.accepting.cancel();
+    intake.listening.close();
+    // Bounded: a worker thread held up by a connection must not hold up the drain.
+    let _ = tokio::time::timeout(grace, intake.listening.wait()).await;
     tracing::info!(
         grace_ms = grace.as_millis() as u64,
         "shutting down: draining in-flight callbacks"
     );
     // Each worker closes its connections, each as soon as it carries no request.
-    let threads = workers.close();
+    let threads = workers.threads;
     let drained = tokio::time::timeout(grace, async {
         connections.close();
         connections.wait().await;
@@ -284,49 +284,174 @@ pub async fn serve(
     let _ = admin.await;
 }
 
-/// A connection on its way to a worker, and what it holds while open: its
-/// place under the connection cap, in the drain's count and in its worker's.
+/// A connection just accepted, and what it holds while open: its place under the
+/// connection cap, in the drain's count and in its worker's.
 struct Accepted {
-    stream: std::net::TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     held: (Slot, TaskTrackerToken, OpenConnection),
 }
 
-/// The worker threads: each one's queue of connections, and how many it serves.
+/// What the workers' accept loops share.
+struct Intake {
+    slots: Arc<Slots>,
+    /// Every callback connection from its accept to its end.
+    connections: TaskTracker,
+    /// Cancelled when the gateway stops taking connections.
+    accepting: CancellationToken,
+    /// Held by each worker while its clone of the listening socket is open.
+    listening: TaskTracker,
+    balance: Arc<Balance>,
+}
+
+/// How many connections each worker serves. Connections stay with one worker for life,
+/// so a worker accepts only while it serves the fewest: balancing them as they come
+/// keeps every core busy when a few long-lived connections carry the load. Every worker
+/// watches the socket, so the one that takes a connection registers it once, with its
+/// own event loop, and no thread hands it to another.
+struct Balance {
+    workers: Vec<Turn>,
+}
+
+#[derive(Default)]
+struct Turn {
+    open: AtomicUsize,
+    /// Set while the worker waits for its turn to accept.
+    waiting: AtomicBool,
+    nudge: Notify,
+}
+
+impl Balance {
+    fn with_workers(count: usize) -> Self {
+        Self {
+            workers: (0..count).map(|_| Turn::default()).collect(),
+        }
+    }
+
+    fn fewest(&self) -> usize {
+        self.workers
+            .iter()
+            .map(|worker| worker.open.load(Ordering::SeqCst))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Whether worker `index` serves no more than any other.
+    fn may_take(&self, index: usize) -> bool {
+        self.workers
+            .get(index)
+            .is_some_and(|mine| mine.open.load(Ordering::SeqCst) <= self.fewest())
+    }
+
+    /// Returns once worker `index` serves the fewest.
+    async fn turn(&self, index: usize) {
+        let Some(turn) = self.workers.get(index) else {
+            return std::future::pending().await;
+        };
+        loop {
+            // Set before looking, and a count changed before it is read (both
+            // sequentially consistent): a change this look misses sees the flag.
+            turn.waiting.store(true, Ordering::SeqCst);
+            if self.may_take(index) {
+                turn.waiting.store(false, Ordering::SeqCst);
+                return;
+            }
+            turn.nudge.notified().await;
+        }
+    }
+
+    /// Wakes every worker waiting whose turn a changed count has made.
+    fn changed(&self) {
+        let fewest = self.fewest();
+        for turn in &self.workers {
+            if turn.waiting.load(Ordering::SeqCst) && turn.open.load(Ordering::SeqCst) <= fewest {
+                turn.nudge.notify_one();
+            }
+        }
+    }
+
+    fn opened(self: &Arc<Self>, index: usize) -> Option<OpenConnection> {
+        let turn = self.workers.get(index)?;
+        turn.open.fetch_add(1, Ordering::SeqCst);
+        self.changed();
+        Some(OpenConnection {
+            balance: self.clone(),
+            index,
+        })
+    }
+
+    /// Takes a worker that no longer accepts out of the balance, so the others do not
+    /// wait for its turn.
+    fn withdraw(&self, index: usize) {
+        if let Some(turn) = self.workers.get(index) {
+            turn.open.store(usize::MAX, Ordering::SeqCst);
+            self.changed();
+        }
+    }
+}
+
+/// Counts a connection against its worker for as long as it is held.
+struct OpenConnection {
+    balance: Arc<Balance>,
+    index: usize,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if let Some(turn) = self.balance.workers.get(self.index) {
+            turn.open.fetch_sub(1, Ordering::SeqCst);
+            self.balance.changed();
+        }
+    }
+}
+
+/// The worker threads.
 struct Workers {
-    queues: Vec<(mpsc::UnboundedSender<Accepted>, Arc<AtomicUsize>)>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Workers {
     fn start(
         gateway: &Arc<Gateway>,
-        workers: Option<usize>,
+        count: usize,
         tls: Option<&TlsAcceptor>,
         stop: &CancellationToken,
+        intake: &Arc<Intake>,
+        listener: &std::net::TcpListener,
     ) -> std::io::Result<Self> {
-        let count = workers.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-        });
         let mut workers = Self {
-            queues: Vec::new(),
             threads: Vec::new(),
         };
-        for index in 0..count.max(1) {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
+        for index in 0..count {
+            let started = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .on_thread_park(crate::observe::logging::flush)
                 .build()
-            {
-                Ok(runtime) => runtime,
+                .and_then(|runtime| {
+                    // Registered with this worker's event loop, here, so that a failure
+                    // stops the start instead of leaving a worker that never accepts.
+                    let listener = {
+                        let _entered = runtime.enter();
+                        TcpListener::from_std(listener.try_clone()?)?
+                    };
+                    Ok((runtime, listener))
+                });
+            let (runtime, listener) = match started {
+                Ok(started) => started,
                 Err(e) => {
-                    // The ones started end at once: no connection reached them.
+                    // The ones started end once the caller stops them accepting.
                     stop.cancel();
                     return Err(e);
                 }
             };
-            let (queue, incoming) = mpsc::unbounded_channel();
-            let worker = worker(incoming, gateway.clone(), tls.cloned(), stop.clone());
+            let worker = worker(
+                index,
+                (listener, intake.listening.token()),
+                intake.clone(),
+                gateway.clone(),
+                tls.cloned(),
+                stop.clone(),
+            );
             let thread = std::thread::Builder::new()
                 .name(format!("feishu-gate-worker-{index}"))
                 // Connections still open past the grace end with the runtime.
@@ -342,48 +467,17 @@ impl Workers {
                     return Err(e);
                 }
             }
-            workers.queues.push((queue, Arc::default()));
         }
         Ok(workers)
     }
-
-    /// Hands the connection to the worker serving the fewest: connections
-    /// stay with one worker for life, so balancing them as they come keeps
-    /// every core busy when a few long-lived connections carry the load.
-    fn dispatch(
-        &self,
-        stream: std::net::TcpStream,
-        peer: SocketAddr,
-        (slot, tracked): (Slot, TaskTrackerToken),
-    ) {
-        let Some((queue, open)) = self
-            .queues
-            .iter()
-            .min_by_key(|(_, open)| open.load(Ordering::Relaxed))
-        else {
-            return;
-        };
-        open.fetch_add(1, Ordering::Relaxed);
-        // Only a worker that is gone refuses; the connection closes.
-        let _ = queue.send(Accepted {
-            stream,
-            peer,
-            held: (slot, tracked, OpenConnection(open.clone())),
-        });
-    }
-
-    /// Stops handing out connections; each worker then closes its own as soon
-    /// as they carry no request. Returns the threads, to join after `stop`.
-    fn close(self) -> Vec<std::thread::JoinHandle<()>> {
-        drop(self.queues);
-        self.threads
-    }
 }
 
-/// One worker's event loop: serves the connections it is given until the
-/// accept loop stops, then closes them once idle, and runs until `stop`.
+/// One worker's event loop: accepts and serves connections until the gateway stops
+/// taking them, then closes them once idle, and runs until `stop`.
 async fn worker(
-    mut incoming: mpsc::UnboundedReceiver<Accepted>,
+    index: usize,
+    (listener, listening): (TcpListener, TaskTrackerToken),
+    intake: Arc<Intake>,
     gateway: Arc<Gateway>,
     tls: Option<TlsAcceptor>,
     stop: CancellationToken,
@@ -399,34 +493,91 @@ async fn worker(
             }
         }
     });
-    let builder = Arc::new(connection_builder());
     // The worker's own: a connection checks for shutdown each time it is
     // polled, under a lock that, shared between workers, would pass from core
     // to core every request.
     let closing = CancellationToken::new();
-    // Connections dispatched before the accept loop stopped are still received.
-    while let Some(accepted) = incoming.recv().await {
-        tokio::spawn(serve_connection(
-            accepted,
-            closing.clone(),
-            gateway.clone(),
-            upstream.clone(),
-            builder.clone(),
-            tls.clone(),
-        ));
-    }
+    let serving = Serving {
+        closing: closing.clone(),
+        gateway,
+        upstream,
+        builder: Arc::new(connection_builder()),
+        tls,
+    };
+    accept_loop(index, &listener, &intake, &serving).await;
+    // Whatever ended the loop, the others must not wait for this worker's turn.
+    intake.balance.withdraw(index);
+    drop((listener, listening));
     closing.cancel();
     // Deliveries that outlived their requests, and whatever the drain left
     // open, run until the grace ends.
     stop.cancelled().await;
 }
 
-/// Counts a connection against its worker for as long as it is held.
-struct OpenConnection(Arc<AtomicUsize>);
+/// What every connection of one worker is served with.
+struct Serving {
+    closing: CancellationToken,
+    gateway: Arc<Gateway>,
+    upstream: Arc<Upstream>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    tls: Option<TlsAcceptor>,
+}
 
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+/// Accepts while this worker serves the fewest connections, until the gateway stops
+/// taking them.
+async fn accept_loop(
+    index: usize,
+    listener: &TcpListener,
+    intake: &Arc<Intake>,
+    serving: &Serving,
+) {
+    let accepting = &intake.accepting;
+    loop {
+        tokio::select! {
+            biased;
+            () = accepting.cancelled() => return,
+            () = intake.balance.turn(index) => {}
+        }
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = accepting.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(worker = index, error = %e, "accept failed");
+                    tokio::select! {
+                        () = accepting.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                    }
+                }
+            },
+        };
+        let slot = tokio::select! {
+            biased;
+            () = accepting.cancelled() => return,
+            slot = intake.slots.admit() => match slot {
+                Some(slot) => slot,
+                None => return,
+            },
+        };
+        let Some(open) = intake.balance.opened(index) else {
+            return;
+        };
+        // Callbacks are small request/response pairs; Nagle only adds latency.
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(
+            Accepted {
+                stream,
+                peer,
+                held: (slot, intake.connections.token(), open),
+            },
+            serving.closing.clone(),
+            serving.gateway.clone(),
+            serving.upstream.clone(),
+            serving.builder.clone(),
+            serving.tls.clone(),
+        ));
     }
 }
 
@@ -441,13 +592,6 @@ async fn serve_connection(
     let Accepted { stream, peer, held } = accepted;
     let (slot, _tracked, _open) = held;
     let unverified_by = tokio::time::Instant::now() + FIRST_CALLBACK_WITHIN;
-    let stream = match TcpStream::from_std(stream) {
-        Ok(stream) => stream,
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "cannot register the connection");
-            return;
-        }
-    };
     let seen = slot.seen.clone();
     let stream = slots::HeardIo::new(stream, seen.clone());
     let serving = async {
@@ -557,5 +701,64 @@ async fn serve_io<I>(
     };
     if let Err(e) = ended {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Polls `turn` once: whether it is this worker's turn now.
+    async fn has_turn(balance: &Balance, index: usize) -> bool {
+        tokio::select! {
+            biased;
+            () = balance.turn(index) => true,
+            () = std::future::ready(()) => false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_worker_accepts_only_while_it_serves_the_fewest() {
+        let balance = Arc::new(Balance::with_workers(2));
+        assert!(has_turn(&balance, 0).await && has_turn(&balance, 1).await);
+        let first = balance.opened(0).unwrap();
+        assert!(!has_turn(&balance, 0).await);
+        assert!(has_turn(&balance, 1).await);
+        let second = balance.opened(1).unwrap();
+        assert!(has_turn(&balance, 0).await && has_turn(&balance, 1).await);
+        drop(first);
+        assert!(has_turn(&balance, 0).await);
+        assert!(!has_turn(&balance, 1).await);
+        drop(second);
+        assert!(has_turn(&balance, 1).await);
+        assert!(balance.opened(2).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_worker_is_woken_when_its_turn_comes() {
+        let balance = Arc::new(Balance::with_workers(2));
+        let open = balance.opened(0).unwrap();
+        let waiting = tokio::spawn({
+            let balance = balance.clone();
+            async move { balance.turn(0).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        // The other worker takes a connection too: the counts are level again.
+        let other = balance.opened(1).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("woken")
+            .unwrap();
+        drop((open, other));
+    }
+
+    #[tokio::test]
+    async fn a_withdrawn_worker_never_holds_the_others_back() {
+        let balance = Arc::new(Balance::with_workers(2));
+        balance.withdraw(1);
+        let _open: Vec<_> = (0..3).map(|_| balance.opened(0).unwrap()).collect();
+        assert!(has_turn(&balance, 0).await);
+        assert!(!has_turn(&balance, 1).await);
     }
 }

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -78,7 +78,27 @@ pub struct Slots {
     permits: Arc<Semaphore>,
     held: Mutex<HashMap<u64, Entry>>,
     next: AtomicU64,
+    /// Newcomers waiting for a slot: each may have one connection closing for it. Every
+    /// worker accepts, so several may wait at once, and one closing for all of them would
+    /// leave the rest to look again after [`LOOK_AGAIN`].
+    waiting: AtomicUsize,
     policy: Policy,
+}
+
+/// Counts a newcomer among those waiting for as long as it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Slots {
@@ -87,6 +107,7 @@ impl Slots {
             permits: Arc::new(Semaphore::new(cap)),
             held: Mutex::default(),
             next: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
             policy,
         })
     }
@@ -100,12 +121,14 @@ impl Slots {
     /// has shown least gives up (it is told to close, and its slot comes free as it does);
     /// otherwise waits for one to free. `None` once the table is closed.
     pub async fn admit(self: &Arc<Self>) -> Option<Slot> {
+        let mut waiting = None;
         let permit = loop {
             match self.permits.clone().try_acquire_owned() {
                 Ok(permit) => break permit,
                 Err(tokio::sync::TryAcquireError::Closed) => return None,
                 Err(tokio::sync::TryAcquireError::NoPermits) => {}
             }
+            waiting.get_or_insert_with(|| Waiting::enter(&self.waiting));
             self.evict_one();
             match tokio::time::timeout(LOOK_AGAIN, self.permits.clone().acquire_owned()).await {
                 Ok(Ok(permit)) => break permit,
@@ -113,6 +136,7 @@ impl Slots {
                 Err(_) => {}
             }
         };
+        drop(waiting);
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let seen = Arc::new(Seen::default());
         let close = CancellationToken::new();
@@ -133,16 +157,18 @@ impl Slots {
         })
     }
 
-    /// Tells the connection that has shown least to close, if any may be and none is
-    /// closing already for the newcomer.
+    /// Tells the connection that has shown least to close, if any may be and fewer are
+    /// closing already than newcomers wait.
     fn evict_one(&self) {
         let held = self.lock();
-        if held.values().any(|e| e.close.is_cancelled()) {
+        let closing = held.values().filter(|e| e.close.is_cancelled()).count();
+        if closing >= self.waiting.load(Ordering::Relaxed).max(1) {
             return;
         }
         let now = Instant::now();
         let victim = held
             .values()
+            .filter(|e| !e.close.is_cancelled())
             .filter(|e| now.duration_since(e.accepted) >= self.policy.grace(e.seen.rank()))
             .filter(|e| !(self.policy.keep_verified && e.seen.is_verified()))
             .min_by_key(|e| (e.seen.rank(), e.accepted));
@@ -275,6 +301,22 @@ mod tests {
         drop(feishu);
         assert!(third.await.unwrap().is_some());
         assert!(!first.close.is_cancelled() && !second.close.is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn newcomers_waiting_at_once_each_have_a_connection_closed_for_them() {
+        let slots = Slots::new(2, Policy::CALLBACKS);
+        let held = [slots.admit().await.unwrap(), slots.admit().await.unwrap()];
+        tokio::time::advance(Duration::from_millis(200)).await;
+        let newcomers = [newcomer(&slots), newcomer(&slots)];
+        // Both are told at once, not the second a `LOOK_AGAIN` after the first.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(held.iter().all(|slot| slot.close.is_cancelled()));
+        drop(held);
+        for newcomer in newcomers {
+            assert!(newcomer.await.unwrap().is_some());
+        }
+        assert_eq!(slots.waiting.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test(start_paused = true)]
