@@ -97,20 +97,23 @@ impl<T> Spelled<T> {
         let mut first = true;
         // Read from this write's lines: the state's is only known once they are written.
         let mut content_length = None;
-        while let Some(nl) = buf[at..].iter().position(|&b| b == b'\n') {
+        while let Some(nl) = memchr::memchr(b'\n', &buf[at..]) {
             let line = &buf[at..=at + nl];
             let start = self.scratch.len();
             self.scratch.extend_from_slice(line);
+            let colon = if request_line {
+                memchr::memchr(b':', line)
+            } else {
+                None
+            };
             // The rest of a line begun in an earlier write, or the request line, is copied.
-            if request_line
-                && (line_start || !first)
-                && let Some(colon) = line.iter().position(|&b| b == b':')
+            if (line_start || !first)
+                && let Some(colon) = colon
                 && let Some(spelled) = self.spellings.of(&line[..colon])
             {
                 self.scratch[start..start + colon].copy_from_slice(spelled);
             }
-            if request_line
-                && let Some(colon) = line.iter().position(|&b| b == b':')
+            if let Some(colon) = colon
                 && line[..colon].eq_ignore_ascii_case(b"content-length")
                 && let Ok(text) = std::str::from_utf8(&line[colon + 1..])
                 && let Ok(n) = text.trim().parse::<usize>()
@@ -149,7 +152,7 @@ impl<T> Spelled<T> {
                     };
                 }
                 State::Head { .. } => {
-                    let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+                    let Some(nl) = memchr::memchr(b'\n', rest) else {
                         self.line.extend_from_slice(rest);
                         self.set_line_start(false);
                         return;
@@ -192,7 +195,7 @@ impl<T> Spelled<T> {
                 n => State::Body(n),
             };
             return;
-        } else if let Some(colon) = line.iter().position(|&b| b == b':')
+        } else if let Some(colon) = memchr::memchr(b':', line)
             && line[..colon].eq_ignore_ascii_case(b"content-length")
             && let Ok(text) = std::str::from_utf8(&line[colon + 1..])
             && let Ok(n) = text.trim().parse()
