@@ -232,20 +232,22 @@ pub async fn serve(
     );
 
     shutdown.await;
+    // One grace for everything after the signal.
+    let deadline = tokio::time::Instant::now() + grace;
     gateway.begin_shutdown();
     // The socket closes once every worker has let its clone go, so that a newcomer is
     // refused rather than left in a backlog nobody reads.
     intake.accepting.cancel();
     intake.listening.close();
     // Bounded: a worker thread held up by a connection must not hold up the drain.
-    let _ = tokio::time::timeout(grace, intake.listening.wait()).await;
+    let _ = tokio::time::timeout_at(deadline, intake.listening.wait()).await;
     tracing::info!(
         grace_ms = grace.as_millis() as u64,
         "shutting down: draining in-flight callbacks"
     );
     // Each worker closes its connections, each as soon as it carries no request.
     let threads = workers.threads;
-    let drained = tokio::time::timeout(grace, async {
+    let drained = tokio::time::timeout_at(deadline, async {
         connections.close();
         connections.wait().await;
         gateway.deliveries.close();
