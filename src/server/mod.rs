@@ -517,6 +517,7 @@ async fn worker(
 }
 
 /// What every connection of one worker is served with.
+#[derive(Clone)]
 struct Serving {
     closing: CancellationToken,
     gateway: Arc<Gateway>,
@@ -574,29 +575,25 @@ async fn accept_loop(
                 peer,
                 held: (slot, intake.connections.token(), open),
             },
-            serving.closing.clone(),
-            serving.gateway.clone(),
-            serving.upstream.clone(),
-            serving.builder.clone(),
-            serving.tls.clone(),
+            serving.clone(),
         ));
     }
 }
 
-async fn serve_connection(
-    accepted: Accepted,
-    closing: CancellationToken,
-    gateway: Arc<Gateway>,
-    upstream: Arc<Upstream>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    tls: Option<TlsAcceptor>,
-) {
+async fn serve_connection(accepted: Accepted, serving: Serving) {
     let Accepted { stream, peer, held } = accepted;
+    let Serving {
+        closing,
+        gateway,
+        upstream,
+        builder,
+        tls,
+    } = serving;
     let (slot, _tracked, _open) = held;
     let unverified_by = tokio::time::Instant::now() + FIRST_CALLBACK_WITHIN;
     let seen = slot.seen.clone();
     let stream = slots::HeardIo::new(stream, seen.clone());
-    let serving = async {
+    let served = async {
         match tls {
             None => serve_io(stream, &builder, gateway, upstream, closing, seen).await,
             Some(acceptor) => {
@@ -611,7 +608,7 @@ async fn serve_connection(
         }
     };
     tokio::select! {
-        () = serving => {}
+        () = served => {}
         () = slot.evicted() => tracing::debug!(%peer, "closed to make room for a newcomer"),
         () = unverified_past(&slot, unverified_by) => {
             tracing::debug!(%peer, "closed: no verified callback in time");
